@@ -1,0 +1,212 @@
+"""Load and save checkpoints safely: reportgen's own format and the course layout.
+
+Nothing is ever unpickled beyond tensors and plain containers (`torch.load(weights_only=True)`).
+
+* reportgen format: one file holding {"format": "reportgen-checkpoint", "version", "config",
+  "vocab", "model_state_dict", "step", "train_loss", "heldout_bits_per_char", "corpus",
+  "seed", "history"}.
+* course layout: `checkpoint_step{S}_loss{L}.pt` with `model_state_dict` (optionally
+  `optimizer_state_dict`, `step`, `loss`), `tokenizer.json` beside it, and optionally
+  `checkpoint_step{S}_props.json` with hyperparameters. Missing hyperparameters are inferred
+  from tensor shapes; `with_residuals` cannot be and comes from the caller (default True).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ReportgenError
+from .model import ModelConfig, TransformerLM
+from .tokenizer import CharTokenizer
+
+FORMAT = "reportgen-checkpoint"
+FORMAT_VERSION = 1
+COURSE_NAME = re.compile(r"checkpoint_step(?P<step>\d+)_loss(?P<loss>[-+0-9.eE]+?)\.pt$")
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded model in eval mode with its vocabulary, metadata and file hash."""
+
+    model: TransformerLM
+    tokenizer: CharTokenizer
+    path: Path
+    sha256: str
+    language: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's hyperparameters."""
+        return self.model.config
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_load(path: Path) -> Any:
+    """torch.load with weights_only=True; every failure becomes a one-line ReportgenError."""
+    if not path.exists():
+        raise ReportgenError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise ReportgenError(f"{path}: not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files; all mean "not loadable"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            reason = "refused: it holds arbitrary Python objects, which are never unpickled"
+        elif "zip archive" in str(exc) or "central directory" in str(exc) or isinstance(exc, EOFError):
+            reason = f"truncated or not a PyTorch checkpoint ({first[:120]})"
+        else:
+            reason = f"not a loadable PyTorch checkpoint ({first[:120]})"
+        raise ReportgenError(f"{path}: {reason}") from None
+
+
+def _strip_prefix(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Drop a torch.compile `_orig_mod.` prefix; keep tensors only."""
+    return {k.removeprefix("_orig_mod."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def infer_config(state: dict[str, torch.Tensor], path: Path, with_residuals: bool = True,
+                 known: dict[str, Any] | None = None) -> ModelConfig:
+    """Hyperparameters from tensor shapes, overridden by `known` values (e.g. a props JSON)."""
+    try:
+        vocab_size, embed_size = state["embed.token_embeddings.weight"].shape
+        max_context_len = state["embed.position_embeddings.weight"].shape[0]
+        n_layers = len({k.split(".")[1] for k in state if k.startswith("layers.")})
+        n_heads = len({k.split(".")[4] for k in state if k.startswith("layers.0.causal_attention.kqv_matrices.")})
+        mlp_hidden_size = state["layers.0.mlp.i2h.weight"].shape[0]
+    except KeyError as exc:
+        raise ReportgenError(f"{path}: not a TransformerLM state dict (missing {exc.args[0]})") from None
+    values = dict(n_layers=n_layers, n_heads=n_heads, embed_size=int(embed_size),
+                  max_context_len=int(max_context_len), vocab_size=int(vocab_size),
+                  mlp_hidden_size=int(mlp_hidden_size), with_residuals=with_residuals)
+    names = {f.name for f in fields(ModelConfig)}
+    values.update({k: v for k, v in (known or {}).items() if k in names})
+    try:
+        return ModelConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ReportgenError(f"{path}: bad hyperparameters ({exc})") from None
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> TransformerLM:
+    """Instantiate the model and load `state` strictly (a missing causal mask is filled in)."""
+    model = TransformerLM.from_config(config)
+    own = model.state_dict()
+    state = dict(state)
+    for key, value in own.items():
+        if key.endswith("causal_attention.mask") and key not in state:
+            state[key] = value
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ReportgenError(f"{path}: weights do not fit the model ({detail[:300]})") from None
+    return model.eval()
+
+
+def save_checkpoint(path: Path, model: TransformerLM, tokenizer: CharTokenizer, *, step: int,
+                    train_loss: float, heldout_bits_per_char: float, corpus: dict[str, Any],
+                    seed: int, history: list[list[float]], dtype: torch.dtype = torch.float16) -> None:
+    """Write a self-contained reportgen checkpoint (weights in `dtype`, mask buffers omitted)."""
+    state = {k: v.detach().to(dtype) for k, v in model.state_dict().items() if not k.endswith(".mask")}
+    payload = {
+        "format": FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict(),
+        "vocab": tokenizer.vocab, "model_state_dict": state, "step": int(step),
+        "train_loss": float(train_loss), "heldout_bits_per_char": float(heldout_bits_per_char),
+        "corpus": corpus, "seed": int(seed), "history": history,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _course_tokenizer(ckpt: Path, train_text: str | Path | None, vocab_size: int) -> CharTokenizer:
+    """tokenizer.json beside the checkpoint, else the vocabulary rebuilt from the training text."""
+    tok_path = ckpt.parent / "tokenizer.json"
+    if tok_path.exists():
+        tok = CharTokenizer.load(tok_path)
+        source = tok_path
+    elif train_text is not None:
+        from .corpora import read_text
+
+        tok = CharTokenizer.from_text([read_text(train_text)])
+        source = Path(train_text)
+    else:
+        raise ReportgenError(f"{ckpt}: no tokenizer.json beside it; pass --train-text to rebuild the vocabulary")
+    if tok.vocab_size() != vocab_size:
+        raise ReportgenError(
+            f"{source}: vocabulary has {tok.vocab_size()} symbols but the checkpoint {ckpt.name} expects {vocab_size}")
+    return tok
+
+
+def _resolve(path: Path) -> Path:
+    """A checkpoint file, or the latest-step course checkpoint inside a folder."""
+    if path.is_dir():
+        found = sorted(path.glob("checkpoint_step*_loss*.pt"),
+                       key=lambda p: int(COURSE_NAME.search(p.name)["step"]) if COURSE_NAME.search(p.name) else -1)
+        if not found:
+            found = sorted(path.glob("*.pt"))
+        if not found:
+            raise ReportgenError(f"{path}: folder holds no .pt checkpoint")
+        return found[-1]
+    return path
+
+
+def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text: str | Path | None = None,
+                    language: str | None = None) -> ModelBundle:
+    """Load a reportgen or course-layout checkpoint (file or folder) into a ModelBundle."""
+    path = _resolve(Path(path))
+    payload = _safe_load(path)
+    if not isinstance(payload, dict):
+        raise ReportgenError(f"{path}: not a checkpoint (holds a {type(payload).__name__}, expected a dict)")
+    if payload.get("format") == FORMAT:
+        if payload.get("version") != FORMAT_VERSION:
+            raise ReportgenError(f"{path}: checkpoint format version {payload.get('version')} is not supported")
+        state = _strip_prefix(payload["model_state_dict"])
+        config = infer_config(state, path, known=payload.get("config"))
+        tokenizer = CharTokenizer(payload["vocab"])
+        if tokenizer.vocab_size() != config.vocab_size:
+            raise ReportgenError(f"{path}: vocabulary size {tokenizer.vocab_size()} != model's {config.vocab_size}")
+        meta = {k: payload.get(k) for k in ("step", "train_loss", "heldout_bits_per_char", "corpus", "seed", "history")}
+        meta["format"] = "reportgen"
+        language = language or (payload.get("corpus") or {}).get("language")
+    elif "model_state_dict" in payload or all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raw = payload.get("model_state_dict", payload)
+        if not isinstance(raw, dict):
+            raise ReportgenError(f"{path}: model_state_dict is not a dict")
+        state = _strip_prefix(raw)
+        known: dict[str, Any] = {}
+        match = COURSE_NAME.search(path.name)
+        props = path.parent / f"checkpoint_step{match['step']}_props.json" if match else None
+        if props is not None and props.exists():
+            try:
+                known = json.loads(props.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ReportgenError(f"{props}: not valid JSON ({exc})") from None
+        config = infer_config(state, path, with_residuals=with_residuals, known=known)
+        tokenizer = _course_tokenizer(path, train_text, config.vocab_size)
+        meta = {"format": "course", "step": payload.get("step", int(match["step"]) if match else None),
+                "train_loss": payload.get("loss", float(match["loss"]) if match else None),
+                "hyperparameters_inferred": sorted(set(config.to_dict()) - set(known))}
+    else:
+        raise ReportgenError(f"{path}: not a TransformerLM checkpoint (keys: {', '.join(map(str, list(payload)[:6]))})")
+    model = build_model(config, state, path)
+    return ModelBundle(model=model, tokenizer=tokenizer, path=path, sha256=file_sha256(path),
+                       language=language, metadata=meta)

@@ -1,0 +1,77 @@
+"""Command line: `reportgen train | analyze | run | diff`. User mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import ReportgenError
+from .progress import stderr
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """Parse '250,1000,5000' into a tuple of ints."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train a model and save checkpoints."""
+    from .corpora import bible_split, text_split
+    from .train import TrainConfig, train
+
+    split = text_split(args.text, args.language) if args.text else bible_split(args.language)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      save_at=args.save_at, n_layers=args.layers, n_heads=args.heads,
+                      embed_size=args.embed, max_context_len=args.context, mlp_hidden_size=args.mlp,
+                      with_residuals=not args.no_residuals, threads=args.threads, out=Path(args.out))
+    for path in train(split, cfg):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="reportgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a character-level TransformerLM")
+    t.add_argument("--language", choices=("en", "he"), default="en", help="default corpus language (default en)")
+    t.add_argument("--text", help="train on this text file or folder instead of the default corpus")
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-at", type=_ints, default=(), help="extra steps to checkpoint, e.g. 250,1000")
+    t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--heads", type=int, default=4)
+    t.add_argument("--embed", type=int, default=128)
+    t.add_argument("--context", type=int, default=128)
+    t.add_argument("--mlp", type=int, default=512)
+    t.add_argument("--no-residuals", action="store_true")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--out", default="checkpoints", help="output folder (default checkpoints/)")
+    t.set_defaults(func=_cmd_train)
+    return parser
+
+
+def cli(args: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (tests call it directly)."""
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    try:
+        return ns.func(ns)
+    except ReportgenError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli())

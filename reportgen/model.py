@@ -1,0 +1,282 @@
+"""The character-level transformer LM, shaped like the course skeleton.
+
+Module tree and state-dict keys match the course's `TransformerLM` so a student's checkpoint
+loads with ``strict=True``. Leaves first: attention, MLP, block, config, model.
+
+Dimension letters: B batch, N (or T) sequence length, D embed size, H heads, hs = D / H.
+The default forward fuses every head into one matmul and ``scaled_dot_product_attention``;
+``return_attention_weights=True`` takes the explicit-softmax path and also returns the
+attention probabilities. Head ablation is a context manager (`TransformerLM.ablate`) that
+never touches the weights and always restores the model's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ABLATION_MODES = ("zero", "mean", "uniform")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a TransformerLM (the course constructor's arguments)."""
+
+    n_layers: int
+    n_heads: int
+    embed_size: int
+    max_context_len: int
+    vocab_size: int
+    mlp_hidden_size: int
+    with_residuals: bool = True
+    dropout: float = 0.0
+    init_method: str = "xavier"
+
+    def __post_init__(self) -> None:
+        if self.embed_size % self.n_heads != 0:
+            raise ValueError(f"embed_size {self.embed_size} is not divisible by n_heads {self.n_heads}")
+
+    @property
+    def head_size(self) -> int:
+        """Width of one head's keys, queries and values."""
+        return self.embed_size // self.n_heads
+
+    def to_dict(self) -> dict:
+        """Plain-dict form, for checkpoints and results.json."""
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one `kqv` Linear per head (course layout)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_size = config.head_size
+        # Each Linear maps D -> 3*hs; its output chunks are k, q, v in that order.
+        self.kqv_matrices = nn.ModuleList(
+            nn.Linear(config.embed_size, 3 * config.head_size) for _ in range(config.n_heads)
+        )
+        self.proj = nn.Linear(config.embed_size, config.embed_size)
+        self.dropout = nn.Dropout(config.dropout)
+        mask = torch.tril(torch.ones(config.max_context_len, config.max_context_len))
+        self.register_buffer("mask", mask.unsqueeze(0))  # (1, ctx, ctx)
+        # Ablation state, set only inside TransformerLM.ablate(): {head: (mode, mean (hs,) or None)}.
+        self._ablation: dict[int, tuple[str, torch.Tensor | None]] = {}
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, N, D) to q, k, v, each (B, H, N, hs), with one fused matmul."""
+        B, N, _ = x.shape
+        weight = torch.cat([m.weight for m in self.kqv_matrices], dim=0)  # (H*3*hs, D)
+        bias = torch.cat([m.bias for m in self.kqv_matrices], dim=0)  # (H*3*hs,)
+        kqv = F.linear(x, weight, bias).view(B, N, self.n_heads, 3, self.head_size)  # (B, N, H, 3, hs)
+        kqv = kqv.permute(3, 0, 2, 1, 4)  # (3, B, H, N, hs)
+        k, q, v = kqv[0], kqv[1], kqv[2]
+        return q, k, v
+
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend over x (B, N, D); return the output (B, N, D) and, if asked, weights (B, H, N, N)."""
+        B, N, D = x.shape
+        q, k, v = self._qkv(x)  # each (B, H, N, hs)
+        uniform = [h for h, (mode, _) in self._ablation.items() if mode == "uniform"]
+        if need_weights or uniform:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, N, N)
+            causal = self.mask[:, :N, :N] == 0  # (1, N, N)
+            scores = scores.masked_fill(causal.unsqueeze(0), float("-inf"))
+            att = torch.softmax(scores, dim=-1)  # (B, H, N, N)
+            if uniform:
+                flat = (~causal).to(att.dtype) / (~causal).sum(-1, keepdim=True)  # (1, N, N)
+                att = att.clone()
+                att[:, uniform] = flat
+            y = self.dropout(att) @ v  # (B, H, N, hs)
+        else:
+            att = None
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout.p if self.training else 0.0
+            )  # (B, H, N, hs)
+        for h, (mode, mean) in self._ablation.items():
+            if mode == "zero":
+                y[:, h] = 0.0
+            elif mode == "mean":
+                y[:, h] = mean.to(y.dtype)
+        y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, H*hs)
+        return self.proj(y), att
+
+    def head_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs before the projection, (B, H, N, hs), for mean-ablation statistics."""
+        q, k, v = self._qkv(x)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward layer: i2h, GELU, h2o."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.i2h = nn.Linear(config.embed_size, config.mlp_hidden_size)
+        self.h2o = nn.Linear(config.mlp_hidden_size, config.embed_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (B, N, D) to (B, N, D)."""
+        return self.dropout(self.h2o(F.gelu(self.i2h(x))))
+
+
+class TransformerDecoderBlock(nn.Module):
+    """Pre-LayerNorm decoder block, with or without residual connections."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.with_residuals = config.with_residuals
+        self.layer_norm_1 = nn.LayerNorm(config.embed_size)
+        self.causal_attention = CausalSelfAttention(config)
+        self.layer_norm_2 = nn.LayerNorm(config.embed_size)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Map (B, N, D) to (B, N, D); also return the attention weights if asked."""
+        a, att = self.causal_attention(self.layer_norm_1(x), need_weights)
+        x = x + a if self.with_residuals else a
+        m = self.mlp(self.layer_norm_2(x))
+        x = x + m if self.with_residuals else m
+        return x, att
+
+
+class Embed(nn.Module):
+    """Token plus learned absolute position embeddings."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.embed_size)
+        self.position_embeddings = nn.Embedding(config.max_context_len, config.embed_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Map token ids (B, N) to embeddings (B, N, D)."""
+        N = idx.shape[1]
+        pos = torch.arange(N, device=idx.device)  # (N,)
+        return self.dropout(self.token_embeddings(idx) + self.position_embeddings(pos))
+
+
+class TransformerLM(nn.Module):
+    """Character-level GPT-style language model with the course's module tree."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        embed_size: int,
+        max_context_len: int,
+        vocab_size: int,
+        mlp_hidden_size: int,
+        with_residuals: bool,
+        dropout: float = 0.0,
+        init_method: str = "xavier",
+    ):
+        super().__init__()
+        self.config = ModelConfig(
+            n_layers, n_heads, embed_size, max_context_len, vocab_size, mlp_hidden_size,
+            with_residuals, dropout, init_method,
+        )
+        self.embed = Embed(self.config)
+        self.layers = nn.ModuleList(TransformerDecoderBlock(self.config) for _ in range(n_layers))
+        self.layer_norm = nn.LayerNorm(embed_size)
+        self.word_prediction = nn.Linear(embed_size, vocab_size)
+        self._init_weights(init_method)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "TransformerLM":
+        """Build a model from a `ModelConfig`."""
+        return cls(**config.to_dict())
+
+    def _init_weights(self, method: str) -> None:
+        """Initialise Linear/Embedding weights ('xavier', 'normal' or 'kaiming'); biases to 0."""
+        init = {
+            "xavier": nn.init.xavier_uniform_,
+            "normal": lambda w: nn.init.normal_(w, std=0.02),
+            "kaiming": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="linear"),
+        }
+        if method not in init:
+            raise ValueError(f"unknown init_method {method!r}; choose one of {sorted(init)}")
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                init[method](module.weight)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, return_attention_weights: bool = False):
+        """Logits (B, N, vocab); with `return_attention_weights`, also attention (L, B, H, N, N)."""
+        B, N = idx.shape
+        if N > self.config.max_context_len:
+            raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
+        x = self.embed(idx)  # (B, N, D)
+        weights = []
+        for layer in self.layers:
+            x, att = layer(x, return_attention_weights)
+            weights.append(att)
+        logits = self.word_prediction(self.layer_norm(x))  # (B, N, vocab)
+        if return_attention_weights:
+            return logits, torch.stack(weights)  # (L, B, H, N, N)
+        return logits
+
+    @contextlib.contextmanager
+    def ablate(
+        self,
+        heads: Mapping[tuple[int, int], str],
+        means: Mapping[tuple[int, int], torch.Tensor] | None = None,
+    ) -> Iterator["TransformerLM"]:
+        """Within the block, replace heads {(layer, head): mode} by zero, mean or uniform attention.
+
+        'mean' needs `means[(layer, head)]`, the head's mean output (hs,). Weights are never
+        modified and the ablation state is cleared on exit, even after an exception.
+        """
+        for (layer, head), mode in heads.items():
+            if mode not in ABLATION_MODES:
+                raise ValueError(f"unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}")
+            if not (0 <= layer < self.config.n_layers and 0 <= head < self.config.n_heads):
+                raise ValueError(f"no head L{layer}H{head} in a {self.config.n_layers}x{self.config.n_heads} model")
+            if mode == "mean" and (means is None or (layer, head) not in means):
+                raise ValueError(f"mean ablation of L{layer}H{head} needs its mean output")
+        try:
+            for (layer, head), mode in heads.items():
+                mean = means[(layer, head)] if mode == "mean" else None
+                self.layers[layer].causal_attention._ablation[head] = (mode, mean)
+            yield self
+        finally:
+            for layer in self.layers:
+                layer.causal_attention._ablation = {}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prefix: torch.Tensor,
+        n_new: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample `n_new` tokens after `prefix` (N,) with temperature and optional top-k; return (N + n_new,)."""
+        idx = prefix.clone()
+        ctx = self.config.max_context_len
+        for _ in range(n_new):
+            logits = self(idx[-ctx:].unsqueeze(0))[0, -1]  # (vocab,)
+            if temperature <= 0:
+                nxt = logits.argmax().view(1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            idx = torch.cat([idx, nxt])
+        return idx
