@@ -8,7 +8,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/reportgen: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 

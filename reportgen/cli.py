@@ -33,6 +33,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    """Load a checkpoint and print what it holds."""
+    import json
+
+    from .checkpoint import load_checkpoint
+
+    bundle = load_checkpoint(args.checkpoint, with_residuals=not args.no_residuals, train_text=args.train_text)
+    meta = {k: v for k, v in bundle.metadata.items() if k != "history"}
+    print(json.dumps({"path": str(bundle.path), "sha256": bundle.sha256, "language": bundle.language,
+                      "config": bundle.config.to_dict(), "vocab_size": bundle.tokenizer.vocab_size(),
+                      "metadata": meta}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """Options for checkpoints whose hyperparameters or vocabulary are not stored with them."""
+    p.add_argument("--no-residuals", action="store_true",
+                   help="course checkpoints: the model was trained without residual connections "
+                        "(cannot be inferred from tensor shapes; default: with residuals)")
+    p.add_argument("--train-text", help="course checkpoints without tokenizer.json: rebuild the vocabulary from this text")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="reportgen", description=__doc__)
@@ -55,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--out", default="checkpoints", help="output folder (default checkpoints/)")
     t.set_defaults(func=_cmd_train)
+
+    i = sub.add_parser("info", help="load a checkpoint and print its hyperparameters and metadata")
+    i.add_argument("checkpoint", help="a .pt file, or a folder of course checkpoints (latest step is used)")
+    _add_checkpoint_options(i)
+    i.set_defaults(func=_cmd_info)
     return parser
 
 
