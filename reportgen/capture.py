@@ -1,0 +1,183 @@
+"""Capture: run a model over text windows and stream detector statistics (memory flat in text size).
+
+Torch stops here: the returned `HeadScores` holds numpy arrays only. Shapes: W windows,
+L layers, H heads, T query positions, S key positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import ModelBundle
+from .classes import CharClasses
+from .detectors import SKIP, batch_stats, class_onehot, positional_null
+from .errors import ReportgenError
+
+LN2 = float(np.log(2.0))
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """Per-window detector values for one model on one split: name -> (W, L, H) arrays."""
+
+    observed: dict[str, np.ndarray]
+    chance: dict[str, np.ndarray]
+    swap: dict[str, np.ndarray]  # content detectors only
+    positional: dict[str, np.ndarray]  # content detectors only
+    mean_attn: np.ndarray  # (L, H, T, S) mean attention over windows
+    class_matrix: np.ndarray  # (L, H, C, C) mean key-class mass per query class
+    class_chance: np.ndarray  # (C, C) the same under uniform causal attention
+    class_count: np.ndarray  # (C,) valid queries per class
+    window_starts: np.ndarray  # (W,) character offsets of the windows in the text
+    samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (text, attn (L, H, T, T))
+
+    @property
+    def n_windows(self) -> int:
+        """Number of windows (the resampling unit)."""
+        return len(self.window_starts)
+
+
+def encode(bundle: ModelBundle, text: str, source: str, oov: str = "error") -> np.ndarray:
+    """Text -> token ids (N,), applying the out-of-vocabulary policy; errors name `source`."""
+    if not text.strip():
+        raise ReportgenError(f"{source}: text is empty")
+    text, _ = bundle.tokenizer.clean(text, policy=oov, source=source)
+    return np.asarray([bundle.tokenizer.stoi[c] for c in text], dtype=np.int64)
+
+
+def window_starts(n_chars: int, length: int, limit: int | None, source: str) -> np.ndarray:
+    """Starts of non-overlapping windows; `limit` of them evenly spread, or all."""
+    n = n_chars // length
+    if n == 0:
+        raise ReportgenError(f"{source}: text has {n_chars} characters, shorter than one window of {length}")
+    starts = np.arange(n) * length
+    if limit is not None and limit < n:
+        starts = starts[np.linspace(0, n - 1, limit).round().astype(int)]
+    return starts
+
+
+@torch.no_grad()
+def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit: int | None = None,
+            batch_size: int = 32, n_samples: int = 4, source: str = "text", on_batch=None) -> HeadScores:
+    """Run the model over windows of `ids`, computing every detector per batch and keeping few matrices."""
+    model = bundle.model
+    T = model.config.max_context_len
+    starts = window_starts(len(ids), T, limit, source)
+    lookup = torch.as_tensor(classes.lookup())
+    if len(starts) < 2:
+        raise ReportgenError(f"{source}: need at least 2 windows of {T} characters for statistics, got {len(starts)}")
+    all_ids = torch.as_tensor(np.stack([ids[s:s + T] for s in starts]))  # (W, T)
+    parts: list = []
+    attn_sum = None
+    class_matrix = None
+    class_count = None
+    samples: list[tuple[str, np.ndarray]] = []
+    for lo in range(0, len(starts), batch_size):
+        batch = all_ids[lo:lo + batch_size]  # (B, T)
+        if len(batch) == 1:  # a lone last window cannot be label-swapped: score it with its predecessor
+            batch = all_ids[lo - 1:lo + 1]
+        _, attn = model(batch, return_attention_weights=True)  # (L, B, H, T, S)
+        attn = attn.permute(1, 0, 2, 3, 4)  # (B, L, H, T, S)
+        stats = batch_stats(attn, batch, lookup[batch], bundle.tokenizer.vocab_size())
+        keep = slice(1, 2) if len(all_ids[lo:lo + batch_size]) == 1 else slice(None)
+        parts.append((stats, keep))
+        if len(samples) < n_samples:
+            for b in range(min(n_samples - len(samples), len(batch))):
+                samples.append((bundle.tokenizer.detokenize(batch[b].tolist()), attn[b].numpy().copy()))
+        summed = attn[keep].sum(0)
+        attn_sum = summed if attn_sum is None else attn_sum + summed
+        class_matrix = stats.class_matrix if class_matrix is None else class_matrix + stats.class_matrix
+        class_count = stats.class_count if class_count is None else class_count + stats.class_count
+        if on_batch:
+            on_batch(len(all_ids[lo:lo + batch_size]))
+
+    def gather(field_name):
+        names = getattr(parts[0][0], field_name).keys()
+        return {n: torch.cat([getattr(s, field_name)[n][k] for s, k in parts]).numpy() for n in names}
+
+    mean_attn = attn_sum / len(starts)  # (L, H, T, S)
+    positional = {}
+    for lo in range(0, len(starts), 256):  # chunks keep the (W, L, H, T, C) intermediate small
+        chunk = all_ids[lo:lo + 256]
+        for name, value in positional_null(mean_attn, chunk, lookup[chunk]).items():
+            positional.setdefault(name, []).append(value.numpy())
+    codes = class_onehot(lookup[all_ids])  # (W, T, C)
+    pos = torch.arange(T, dtype=torch.float32)[SKIP:]
+    onehot = codes[:, SKIP:]  # (W, T', C) valid queries
+    prefix = codes.cumsum(1)[:, SKIP:] / (pos.view(1, -1, 1) + 1)  # (W, T', C) uniform causal share
+    class_chance = torch.einsum("wiq,wic->qc", onehot, prefix) / onehot.sum((0, 1)).clamp_min(1).view(-1, 1)
+    counts = class_count.clamp_min(1).view(1, 1, -1, 1)
+    return HeadScores(
+        observed=gather("observed"), chance=gather("chance"), swap=gather("swap"),
+        positional={n: np.concatenate(v) for n, v in positional.items()},
+        mean_attn=mean_attn.numpy(), class_matrix=(class_matrix / counts).numpy(),
+        class_chance=class_chance.numpy(), class_count=class_count.numpy(),
+        window_starts=starts, samples=samples,
+    )
+
+
+@dataclass(frozen=True)
+class ProbeScores:
+    """Repeated-sequence probes: per probe (P,) and head (L, H) scores, plus copy losses."""
+
+    kind: str
+    period: int
+    observed: np.ndarray  # (P, L, H) mean attention from later copies to the token after the match
+    chance: np.ndarray  # (P, L, H)
+    positional: np.ndarray  # (P, L, H) the same from the head's mean text attention pattern
+    loss_first: np.ndarray  # (P,) bits/char on the first copy
+    loss_repeat: np.ndarray  # (P,) bits/char on the later copies
+    example: str
+
+
+def random_probes(classes: CharClasses, n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Sequences (n, length) of random letters repeating with a period that has no repeated letter."""
+    letters = [i for i, c in enumerate(classes.codes) if classes.vocab[i] != "<PAD>"
+               and classes.vocab[i].isalpha()]
+    period = min(25, len(letters), length // 2)
+    if period < 2:
+        raise ReportgenError("vocabulary has too few letters for repeated-sequence probes")
+    seqs = []
+    for _ in range(n):
+        unit = rng.choice(letters, size=period, replace=False)
+        seqs.append(np.resize(unit, length))
+    return np.stack(seqs), period
+
+
+def natural_probes(ids: np.ndarray, n: int, length: int) -> tuple[np.ndarray, int]:
+    """Held-out passages of length // 2 repeated twice, evenly spread over the text: (n, length)."""
+    period = length // 2
+    usable = len(ids) - period
+    if usable <= 0:
+        raise ReportgenError("held-out text is shorter than half a window; cannot build repeated passages")
+    starts = np.linspace(0, usable - 1, n).round().astype(int)
+    return np.stack([np.tile(ids[s:s + period], 2)[:length] for s in starts]), period
+
+
+@torch.no_grad()
+def probe(bundle: ModelBundle, seqs: np.ndarray, period: int, kind: str, mean_attn: np.ndarray,
+          batch_size: int = 32) -> ProbeScores:
+    """Score induction on repeated sequences: attention from i to i - period + 1 for i >= period."""
+    model = bundle.model
+    P, T = seqs.shape
+    pos = np.arange(period, T)
+    obs, losses_first, losses_rep = [], [], []
+    for lo in range(0, P, batch_size):
+        batch = torch.as_tensor(seqs[lo:lo + batch_size])  # (B, T)
+        logits, attn = model(batch, return_attention_weights=True)  # (B, T, V), (L, B, H, T, S)
+        target = attn[..., pos, pos - period + 1]  # (L, B, H, T')
+        obs.append(target.mean(-1).permute(1, 0, 2).numpy())  # (B, L, H)
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch[:, 1:], reduction="none") / LN2  # (B, T-1)
+        losses_first.append(nll[:, : period - 1].mean(1).numpy())  # predicting positions 1..period-1
+        losses_rep.append(nll[:, period - 1:].mean(1).numpy())  # predicting positions period..T-1
+    observed = np.concatenate(obs)
+    L, H = observed.shape[1:]
+    chance = np.full_like(observed, float(np.mean(1.0 / (pos + 1))))
+    rows = mean_attn / np.clip(mean_attn.sum(-1, keepdims=True), 1e-12, None)
+    positional = np.broadcast_to(rows[..., pos, pos - period + 1].mean(-1), observed.shape).copy()
+    return ProbeScores(kind, period, observed, chance, positional, np.concatenate(losses_first),
+                       np.concatenate(losses_rep), bundle.tokenizer.detokenize(seqs[0].tolist()))

@@ -1,0 +1,249 @@
+"""Per-window detector statistics from attention matrices.
+
+Every detector gives, per window and head, an observed value (the mean over valid queries
+i >= SKIP of a per-query value) and its chance value under uniform causal attention (the mean
+of |target set| / (i + 1)). Content detectors also get a label-swap null (the window's
+attention scored against the characters of other windows in the batch) and, after the pass,
+a positional null (the head's own average attention pattern scored against this window's
+characters; see `positional_null`).
+
+Shapes: B windows in a batch, L layers, H heads, T query positions, S key positions (S == T),
+C character classes, K offsets. Row = query, column = key: A[..., i, j] is the attention
+from query i to key j <= i; offset k = i - j (k = 1 is the previous character).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .classes import CLASS_NAMES
+
+SKIP = 8  # queries 0..SKIP-1 see tiny prefixes that inflate every statistic
+MAX_OFFSET = 8
+NEAR = 8  # punctuation within this many characters back counts as "near"
+N_SWAPS = 3  # label-swap derangements per batch (rolls by 1..N_SWAPS)
+CLASS_C = len(CLASS_NAMES)
+
+# Detector families: how each is tested and what kind of role it can support.
+OFFSET_DETECTORS = tuple(f"offset_{k}" for k in range(MAX_OFFSET + 1))
+ARGMAX_DETECTORS = tuple(f"argmax_{k}" for k in range(MAX_OFFSET + 1))
+CLASS_DETECTORS = tuple(f"class_{c}" for c in CLASS_NAMES)
+TARGET_DETECTORS = ("recent_space", "word_start", "duplicate", "induction", "punct_near", "punct_far")
+CONTENT_DETECTORS = CLASS_DETECTORS + TARGET_DETECTORS
+SHAPE_DETECTORS = ("sink", "entropy", "distance", "confidence")
+
+DESCRIPTIONS = {
+    **{f"offset_{k}": f"attention mass on the character {k} back" for k in range(MAX_OFFSET + 1)},
+    **{f"argmax_{k}": f"share of queries whose strongest key is {k} back" for k in range(MAX_OFFSET + 1)},
+    **{f"class_{c}": f"attention mass on {c} keys" for c in CLASS_NAMES},
+    "offset_0": "attention mass on the current character itself",
+    "offset_1": "attention mass on the previous character",
+    "recent_space": "attention mass on the most recent space or line break before the query",
+    "word_start": "attention mass on the first character of the current word",
+    "duplicate": "attention mass on earlier copies of the query character",
+    "induction": "attention mass on characters that followed an earlier copy of the query character",
+    "punct_near": f"attention mass on punctuation up to {NEAR} characters back",
+    "punct_far": f"attention mass on punctuation more than {NEAR} characters back",
+    "sink": "attention mass on the first position of the window",
+    "entropy": "normalised entropy H_i / ln(i+1) (1 = uniform over the prefix)",
+    "distance": "mean attention distance (characters back)",
+    "confidence": "largest attention weight of a query",
+    "probe_random": "repeated random letters: mass on the token after the earlier copy",
+    "probe_natural": "repeated held-out passage: mass on the token after the earlier copy",
+}
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Detector values for one batch: name -> (B, L, H) tensors for observed, chance and swap nulls."""
+
+    observed: dict[str, torch.Tensor]
+    chance: dict[str, torch.Tensor]
+    swap: dict[str, torch.Tensor]
+    attn_sum: torch.Tensor  # (L, H, T, S) summed over the batch, for the positional null
+    class_matrix: torch.Tensor  # (L, H, C, C) summed mass query-class x key-class over valid queries
+    class_count: torch.Tensor  # (C,) valid queries per query class
+
+
+def target_masks(ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean key masks (B, T, S) for the target-set detectors, from ids and class codes (B, T)."""
+    B, T = ids.shape
+    i = torch.arange(T).view(T, 1)
+    j = torch.arange(T).view(1, T)
+    causal = j <= i  # (T, S)
+    before = j < i
+    space = CLASS_NAMES.index("space")
+    newline = CLASS_NAMES.index("newline")
+    is_boundary = (codes == space) | (codes == newline)  # (B, T)
+    pos = torch.arange(T).expand(B, T)
+    # Most recent boundary strictly before query i: running max of boundary positions, shifted by one.
+    last = torch.where(is_boundary, pos, torch.full_like(pos, -1)).cummax(dim=1).values  # (B, T) at or before
+    last_before = torch.cat([torch.full((B, 1), -1), last[:, :-1]], dim=1)  # (B, T) strictly before
+    recent = (j.unsqueeze(0) == last_before.unsqueeze(2)) & (last_before.unsqueeze(2) >= 0)  # (B, T, S)
+    start = torch.where(is_boundary, pos + 1, torch.zeros_like(pos))  # word starts after a boundary
+    word_start = start.cummax(dim=1).values  # (B, T): first char of the word containing i
+    word = (j.unsqueeze(0) == word_start.unsqueeze(2)) & ~is_boundary.unsqueeze(2) & causal  # (B, T, S)
+    same = ids.unsqueeze(2) == ids.unsqueeze(1)  # (B, T, S): x_j == x_i
+    prev_ids = torch.cat([torch.full((B, 1), -1, dtype=ids.dtype), ids[:, :-1]], dim=1)  # x_{j-1}
+    induction = (prev_ids.unsqueeze(1) == ids.unsqueeze(2)) & causal  # (B, T, S): x_{j-1} == x_i
+    punct = (codes == CLASS_NAMES.index("punctuation")).unsqueeze(1)  # (B, 1, S)
+    offset = i - j
+    return {
+        "recent_space": recent,
+        "word_start": word,
+        "duplicate": same & before,
+        "induction": induction,
+        "punct_near": punct & (offset >= 1) & (offset <= NEAR),
+        "punct_far": punct & (offset > NEAR),
+    }
+
+
+def _query_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over valid queries (last dim, i >= SKIP): (..., T) -> (...)."""
+    return x[..., SKIP:].mean(-1)
+
+
+def class_onehot(codes: torch.Tensor) -> torch.Tensor:
+    """One-hot classes (B, T, C) as float."""
+    return torch.nn.functional.one_hot(codes, CLASS_C).float()
+
+
+def _features(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Key features (B, S, F): class one-hot (C), char one-hot (V), previous-char one-hot (V)."""
+    B, S = ids.shape
+    chars = torch.nn.functional.one_hot(ids, vocab_size).float()  # (B, S, V)
+    prev = torch.cat([torch.zeros(B, 1, vocab_size), chars[:, :-1]], dim=1)  # (B, S, V): x_{j-1}
+    return torch.cat([class_onehot(codes), chars, prev], dim=-1)
+
+
+def _boundary_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key index (B, T) of the most recent boundary before i and of the current word's start; -1 if none."""
+    B, T = codes.shape
+    boundary = (codes == CLASS_NAMES.index("space")) | (codes == CLASS_NAMES.index("newline"))
+    pos = torch.arange(T).expand(B, T)
+    last = torch.where(boundary, pos, torch.full_like(pos, -1)).cummax(dim=1).values  # at or before i
+    recent = torch.cat([torch.full((B, 1), -1), last[:, :-1]], dim=1)  # strictly before i
+    start = torch.where(boundary, pos + 1, torch.zeros_like(pos)).cummax(dim=1).values
+    word = torch.where(boundary, torch.full_like(pos, -1), start)  # a boundary has no current word
+    return recent, word
+
+
+def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, ids: torch.Tensor,
+             codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-query masses (B, L, H, T) of every content detector, given the attention's key-feature sums.
+
+    `prod` (B, L, H, T, F) is attention times the key features of the labels being scored (the
+    window's own, or another window's for the label-swap null); ids and codes (B, T) are those labels.
+    """
+    B, L, H, T, S = attn.shape
+    V = (prod.shape[-1] - CLASS_C) // 2
+    out = {f"class_{name}": prod[..., c] for c, name in enumerate(CLASS_NAMES)}
+    q = ids.view(B, 1, 1, T, 1).expand(B, L, H, T, 1)
+    self_mass = diags[0]  # (B, L, H, T): A[i, i]
+    out["duplicate"] = prod[..., CLASS_C:CLASS_C + V].gather(-1, q).squeeze(-1) - self_mass
+    out["induction"] = prod[..., CLASS_C + V:].gather(-1, q).squeeze(-1)
+    recent, word = _boundary_targets(codes)
+    for name, target in (("recent_space", recent), ("word_start", word)):
+        idx = target.clamp_min(0).view(B, 1, 1, T, 1).expand(B, L, H, T, 1)
+        out[name] = attn.gather(-1, idx).squeeze(-1) * (target >= 0).view(B, 1, 1, T)
+    punct = (codes == CLASS_NAMES.index("punctuation")).float()  # (B, T)
+    near = torch.zeros_like(self_mass)
+    for k in range(1, NEAR + 1):
+        shifted = torch.cat([torch.zeros(B, k), punct[:, :-k]], dim=1)  # punct[i - k]
+        near = near + diags[k] * shifted.view(B, 1, 1, T)
+    out["punct_near"] = near
+    out["punct_far"] = prod[..., CLASS_NAMES.index("punctuation")] - near - self_mass * punct.view(B, 1, 1, T)
+    return out
+
+
+def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Per-query chance masses (B, T) under uniform causal attention: |target set| / (i + 1)."""
+    B, T = ids.shape
+    uniform = 1.0 / torch.arange(1, T + 1, dtype=torch.float32)  # (T,)
+    feats = _features(ids, codes, vocab_size).cumsum(1)  # (B, T, F): counts of each feature in [0, i]
+    out = {f"class_{name}": feats[..., c] * uniform for c, name in enumerate(CLASS_NAMES)}
+    q = ids.unsqueeze(-1)
+    out["duplicate"] = (feats[..., CLASS_C:CLASS_C + vocab_size].gather(-1, q).squeeze(-1) - 1) * uniform
+    out["induction"] = feats[..., CLASS_C + vocab_size:].gather(-1, q).squeeze(-1) * uniform
+    recent, word = _boundary_targets(codes)
+    out["recent_space"] = (recent >= 0).float() * uniform
+    out["word_start"] = (word >= 0).float() * uniform
+    punct = (codes == CLASS_NAMES.index("punctuation")).float()
+    before = torch.cat([torch.zeros(B, 1), punct.cumsum(1)[:, :-1]], dim=1)  # punct in [0, i-1]
+    behind_near = torch.cat([torch.zeros(B, NEAR + 1), punct.cumsum(1)[:, :-(NEAR + 1)]], dim=1)  # in [0, i-NEAR-1]
+    out["punct_near"] = (before - behind_near) * uniform
+    out["punct_far"] = behind_near * uniform
+    return out
+
+
+def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> BatchStats:
+    """All detectors on one batch of attention (B, L, H, T, S) with ids and class codes (B, T)."""
+    B, L, H, T, S = attn.shape
+    if T <= SKIP:
+        raise ValueError(f"windows of {T} characters are too short: the first {SKIP} queries are skipped")
+    attn = attn.float()
+    positions = torch.arange(T, dtype=torch.float32)
+    chance_row = _query_mean(1.0 / (positions + 1))  # scalar: mean of 1/(i+1)
+    obs: dict[str, torch.Tensor] = {}
+    chance: dict[str, torch.Tensor] = {}
+
+    def put(name, observed, expected):
+        obs[name] = observed
+        chance[name] = expected.expand(B, L, H)
+
+    # Fixed offsets: mass A[i, i-k] (zero-padded for i < k) and argmax rate.
+    diags = [torch.nn.functional.pad(attn.diagonal(offset=-k, dim1=-2, dim2=-1), (k, 0))
+             for k in range(max(MAX_OFFSET, NEAR) + 1)]  # each (B, L, H, T)
+    top, argmax = attn.max(-1)  # (B, L, H, T)
+    argmax_offset = positions - argmax.float()
+    for k in range(MAX_OFFSET + 1):
+        put(f"offset_{k}", _query_mean(diags[k]), chance_row)
+        put(f"argmax_{k}", _query_mean((argmax_offset == k).float()), chance_row)
+
+    # Content: one matmul of attention with key features, then gathers.
+    feats = _features(ids, codes, vocab_size)  # (B, S, F)
+    prod = attn @ feats.view(B, 1, 1, S, -1)  # (B, L, H, T, F)
+    content_chance = _content_chance(ids, codes, vocab_size)
+    for name, value in _content(attn, diags, prod, ids, codes).items():
+        put(name, _query_mean(value), _query_mean(content_chance[name]).view(B, 1, 1))
+    swap: dict[str, torch.Tensor] = {}
+    n_swaps = min(N_SWAPS, B - 1)
+    for r in range(1, n_swaps + 1):  # label swap: this window's attention, another window's characters
+        ids_r, codes_r = ids.roll(r, 0), codes.roll(r, 0)
+        prod_r = attn @ feats.roll(r, 0).view(B, 1, 1, S, -1)
+        for name, value in _content(attn, diags, prod_r, ids_r, codes_r).items():
+            swap[name] = swap.get(name, 0) + _query_mean(value) / n_swaps
+    if n_swaps == 0:
+        swap = {k: torch.full_like(obs[k], float("nan")) for k in CONTENT_DETECTORS}
+
+    # Shape of the distribution.
+    put("sink", _query_mean(attn[..., 0]), chance_row)
+    entropy = -torch.special.xlogy(attn, attn).sum(-1)[..., 1:] / positions[1:].log()  # (B, L, H, T-1), i >= 1
+    put("entropy", entropy[..., SKIP - 1:].mean(-1), torch.ones(()))
+    distance = positions - attn @ positions  # (B, L, H, T): sum_j A[i, j] (i - j)
+    put("distance", _query_mean(distance), _query_mean(positions / 2))
+    put("confidence", _query_mean(top), chance_row)
+
+    valid = feats[:, SKIP:, :CLASS_C]  # (B, T', C) query classes of valid queries
+    class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :CLASS_C], valid)  # (L, H, Cq, Ck)
+    return BatchStats(obs, chance, swap, attn.sum(0), class_matrix, valid.sum((0, 1)))
+
+
+def positional_null(mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Content-detector values (W, L, H) expected from the head's mean attention (L, H, T, S) alone.
+
+    Each window's characters are scored under the head's average pattern (renormalised rows),
+    i.e. what a head that attends by position only, exactly as this head does on average, would get.
+    """
+    W, T = ids.shape
+    rows = mean_attn / mean_attn.sum(-1, keepdim=True).clamp_min(1e-12)  # (L, H, T, S)
+    out: dict[str, torch.Tensor] = {}
+    onehot = class_onehot(codes)  # (W, T, C)
+    per_class = torch.einsum("lhis,wsc->wlhic", rows, onehot)  # (W, L, H, T, C)
+    for c, name in enumerate(CLASS_NAMES):
+        out[f"class_{name}"] = _query_mean(per_class[..., c])
+    for name, mask in target_masks(ids, codes).items():
+        out[name] = _query_mean(torch.einsum("lhis,wis->wlhi", rows, mask.float()))
+    return out

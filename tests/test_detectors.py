@@ -1,0 +1,44 @@
+"""Detectors on synthetic attention: the fast gather/matmul path agrees with explicit masks."""
+
+from __future__ import annotations
+
+import torch
+
+from reportgen.classes import CLASS_NAMES
+from reportgen.detectors import SKIP, batch_stats, positional_null, target_masks
+
+
+def random_attention(B, L, H, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(B, L, H, T, T, generator=g) * 2
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    return scores.softmax(-1)
+
+
+def random_text(B, T, V=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, V, (B, T), generator=g)
+    lookup = torch.tensor([CLASS_NAMES.index(c) for c in
+                           ["other", "space", "vowel", "vowel", "consonant", "consonant", "consonant",
+                            "punctuation", "newline", "consonant", "vowel", "consonant"]])
+    return ids, lookup[ids], V
+
+
+def test_fast_content_masses_equal_explicit_mask_sums():
+    attn = random_attention(4, 2, 3, 24)
+    ids, codes, V = random_text(4, 24)
+    stats = batch_stats(attn, ids, codes, V)
+    for name, mask in target_masks(ids, codes).items():
+        per_query = (attn * mask.float().view(4, 1, 1, 24, 24)).sum(-1)[..., SKIP:].mean(-1)
+        torch.testing.assert_close(stats.observed[name], per_query, atol=1e-5, rtol=0, msg=name)
+        chance = (mask.float().sum(-1) / torch.arange(1, 25))[..., SKIP:].mean(-1)
+        torch.testing.assert_close(stats.chance[name][:, 0, 0], chance, atol=1e-6, rtol=0, msg=name)
+
+
+def test_positional_null_of_a_window_own_attention_equals_its_observed_value():
+    attn = random_attention(1, 1, 2, 20, seed=3)
+    ids, codes, V = random_text(2, 20, seed=4)
+    stats = batch_stats(attn.expand(2, -1, -1, -1, -1), ids, codes, V)
+    null = positional_null(attn[0], ids, codes)
+    for name, value in null.items():
+        torch.testing.assert_close(value, stats.observed[name], atol=1e-5, rtol=0, msg=name)
