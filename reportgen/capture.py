@@ -63,49 +63,66 @@ def window_starts(n_chars: int, length: int, limit: int | None, source: str) -> 
 @torch.no_grad()
 def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit: int | None = None,
             batch_size: int = 32, n_samples: int = 4, source: str = "text", on_batch=None) -> HeadScores:
-    """Run the model over windows of `ids`, computing every detector per batch and keeping few matrices."""
+    """Run the model over windows of `ids` and score every detector per batch (memory flat in text size)."""
     model = bundle.model
     T = model.config.max_context_len
     starts = window_starts(len(ids), T, limit, source)
-    lookup = torch.as_tensor(classes.lookup())
     if len(starts) < 2:
         raise ReportgenError(f"{source}: need at least 2 windows of {T} characters for statistics, got {len(starts)}")
-    all_ids = torch.as_tensor(np.stack([ids[s:s + T] for s in starts]))  # (W, T)
-    parts: list = []
-    attn_sum = None
-    class_matrix = None
-    class_count = None
-    samples: list[tuple[str, np.ndarray]] = []
-    for lo in range(0, len(starts), batch_size):
-        batch = all_ids[lo:lo + batch_size]  # (B, T)
-        if len(batch) == 1:  # a lone last window cannot be label-swapped: score it with its predecessor
-            batch = all_ids[lo - 1:lo + 1]
-        _, attn = model(batch, return_attention_weights=True)  # (L, B, H, T, S)
-        attn = attn.permute(1, 0, 2, 3, 4)  # (B, L, H, T, S)
-        stats = batch_stats(attn, batch, lookup[batch], bundle.tokenizer.vocab_size())
-        keep = slice(1, 2) if len(all_ids[lo:lo + batch_size]) == 1 else slice(None)
+    windows = torch.as_tensor(np.stack([ids[s:s + T] for s in starts]))  # (W, T)
+
+    def batches():
+        for lo in range(0, len(windows), batch_size):
+            batch = windows[lo:lo + batch_size]  # (B, T)
+            _, attn = model(batch, return_attention_weights=True)  # (L, B, H, T, S)
+            yield attn.permute(1, 0, 2, 3, 4), batch  # (B, L, H, T, S)
+            if on_batch:
+                on_batch(len(batch))
+
+    return score_windows(batches(), windows, classes, bundle.tokenizer.vocab_size(), starts,
+                         n_samples=n_samples, detok=bundle.tokenizer.detokenize)
+
+
+def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_size: int, starts: np.ndarray,
+                  n_samples: int = 4, detok=None) -> HeadScores:
+    """Accumulate detector statistics over batches of (attention (B, L, H, T, S), ids (B, T)).
+
+    `windows` (W, T) are all windows' ids in batch order (for the positional null). Works on
+    any attention, so synthetic attention with planted patterns tests the same code path.
+    """
+    lookup = torch.as_tensor(classes.lookup())
+    parts, samples = [], []
+    attn_sum = class_matrix = class_count = None
+    previous = None
+    for attn, batch in batches:
+        keep = slice(None)
+        if len(batch) == 1 and previous is not None:  # a lone window cannot be label-swapped: pair it
+            attn, batch, keep = torch.cat([previous[0], attn]), torch.cat([previous[1], batch]), slice(1, 2)
+        stats = batch_stats(attn, batch, lookup[batch], vocab_size)
         parts.append((stats, keep))
-        if len(samples) < n_samples:
-            for b in range(min(n_samples - len(samples), len(batch))):
-                samples.append((bundle.tokenizer.detokenize(batch[b].tolist()), attn[b].numpy().copy()))
-        summed = attn[keep].sum(0)
+        previous = (attn[-1:], batch[-1:])
+        for b in range(len(batch)):
+            if len(samples) < n_samples and (keep.start is None or b == keep.start):
+                text = detok(batch[b].tolist()) if detok else ""
+                samples.append((text, attn[b].numpy().copy()))
+        summed = attn[keep].float().sum(0)
         attn_sum = summed if attn_sum is None else attn_sum + summed
-        class_matrix = stats.class_matrix if class_matrix is None else class_matrix + stats.class_matrix
-        class_count = stats.class_count if class_count is None else class_count + stats.class_count
-        if on_batch:
-            on_batch(len(all_ids[lo:lo + batch_size]))
+        if keep.start is None:
+            class_matrix = stats.class_matrix if class_matrix is None else class_matrix + stats.class_matrix
+            class_count = stats.class_count if class_count is None else class_count + stats.class_count
 
     def gather(field_name):
         names = getattr(parts[0][0], field_name).keys()
         return {n: torch.cat([getattr(s, field_name)[n][k] for s, k in parts]).numpy() for n in names}
 
-    mean_attn = attn_sum / len(starts)  # (L, H, T, S)
-    positional = {}
-    for lo in range(0, len(starts), 256):  # chunks keep the (W, L, H, T, C) intermediate small
-        chunk = all_ids[lo:lo + 256]
+    W, T = windows.shape
+    mean_attn = attn_sum / W  # (L, H, T, S)
+    positional: dict[str, list[np.ndarray]] = {}
+    for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediate small
+        chunk = windows[lo:lo + 256]
         for name, value in positional_null(mean_attn, chunk, lookup[chunk]).items():
             positional.setdefault(name, []).append(value.numpy())
-    codes = class_onehot(lookup[all_ids])  # (W, T, C)
+    codes = class_onehot(lookup[windows])  # (W, T, C)
     pos = torch.arange(T, dtype=torch.float32)[SKIP:]
     onehot = codes[:, SKIP:]  # (W, T', C) valid queries
     prefix = codes.cumsum(1)[:, SKIP:] / (pos.view(1, -1, 1) + 1)  # (W, T', C) uniform causal share
@@ -116,7 +133,7 @@ def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit
         positional={n: np.concatenate(v) for n, v in positional.items()},
         mean_attn=mean_attn.numpy(), class_matrix=(class_matrix / counts).numpy(),
         class_chance=class_chance.numpy(), class_count=class_count.numpy(),
-        window_starts=starts, samples=samples,
+        window_starts=np.asarray(starts), samples=samples,
     )
 
 
