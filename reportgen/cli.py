@@ -47,6 +47,59 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace):
+    """RunConfig from --config TOML and command-line options."""
+    from .config import DEFAULT_TOML, ModelSpec, build_config
+
+    models = None
+    if args.model:
+        labels = list(args.label or [])
+        languages = list(args.language or [])
+        models = tuple(
+            ModelSpec(Path(m), labels[i] if i < len(labels) else Path(m).stem.replace("_", " "),
+                      languages[i] if i < len(languages) else None,
+                      Path(args.text) if args.text else None, Path(args.heldout) if args.heldout else None,
+                      not args.no_residuals, Path(args.train_text) if args.train_text else None)
+            for i, m in enumerate(args.model))
+    elif args.text:
+        from .errors import ReportgenError
+
+        raise ReportgenError("--text needs --model: say which model should read it")
+    toml = Path(args.config) if args.config else (DEFAULT_TOML if DEFAULT_TOML.exists() else None)
+    return build_config(toml, models=models, out=Path(args.out) if args.out else None, seed=args.seed,
+                        oov=args.oov, train_windows=args.train_windows, heldout_windows=args.heldout_windows,
+                        pdf=False if getattr(args, "no_pdf", False) else None)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyse the models and write results.json."""
+    from .analyze import analyze, write_json
+
+    cfg = _run_config(args)
+    _, results = analyze(cfg)
+    path = cfg.out / "results.json"
+    write_json(path, results)
+    stderr.print(f"wrote {path}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by analyze and run."""
+    p.add_argument("--model", action="append", help="checkpoint file or folder (repeatable; default: shipped models)")
+    p.add_argument("--label", action="append", help="display label for each --model, in order")
+    p.add_argument("--language", action="append", choices=("en", "he"), help="language of each --model, in order")
+    p.add_argument("--text", help="text file or folder to analyse (split into training / held-out as documented)")
+    p.add_argument("--heldout", help="held-out text file to use with --text instead of splitting it")
+    p.add_argument("--out", help="output folder (default site/)")
+    p.add_argument("--config", help="TOML settings file (default inputs/reportgen.toml)")
+    p.add_argument("--seed", type=int, help="random seed for resampling and probes (default 0)")
+    p.add_argument("--oov", choices=("error", "drop", "replace"),
+                   help="characters outside the vocabulary: stop with an error (default), drop or replace them")
+    p.add_argument("--train-windows", type=int, help="training windows to sample for discovery (default 256)")
+    p.add_argument("--heldout-windows", type=int, help="cap on held-out windows (default: all)")
+    _add_checkpoint_options(p)
+
+
 def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """Options for checkpoints whose hyperparameters or vocabulary are not stored with them."""
     p.add_argument("--no-residuals", action="store_true",
@@ -82,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", help="a .pt file, or a folder of course checkpoints (latest step is used)")
     _add_checkpoint_options(i)
     i.set_defaults(func=_cmd_info)
+
+    a = sub.add_parser("analyze", help="analyse attention heads and write results.json")
+    _add_run_options(a)
+    a.set_defaults(func=_cmd_analyze)
     return parser
 
 

@@ -21,15 +21,22 @@ DESCRIPTIVE = ("entropy", "distance", "confidence")  # summaries, not tested aga
 PROBES = ("probe_random", "probe_natural")
 
 
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT,
+def resample_counts(n_windows: int, rng: np.random.Generator, n_boot: int = N_BOOT) -> np.ndarray:
+    """Multinomial resample counts (n_boot, W): row r says how often each window appears in resample r."""
+    return rng.multinomial(n_windows, np.full(n_windows, 1.0 / n_windows), size=n_boot).astype(np.float64)
+
+
+def bootstrap_ci(values: np.ndarray, rng: np.random.Generator | np.ndarray, n_boot: int = N_BOOT,
                  level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CI of the mean of each column of values (W, K): BCa where stable, else percentile.
 
     Returns (low (K,), high (K,), bca_used (K,) bool). Resamples windows with one multinomial
-    count matrix (n_boot, W) shared by every column, so all statistics see the same resamples.
+    count matrix (n_boot, W) shared by every column; pass a `resample_counts` matrix instead of
+    a generator to share the resamples across calls too.
     """
     W, K = values.shape
-    counts = rng.multinomial(W, np.full(W, 1.0 / W), size=n_boot).astype(np.float64)  # (R, W)
+    counts = rng if isinstance(rng, np.ndarray) else resample_counts(W, rng, n_boot)  # (R, W)
+    n_boot = counts.shape[0]
     boot = counts @ values.astype(np.float64) / W  # (R, K)
     theta = values.mean(0)  # (K,)
     tail = (1 - level) / 2
@@ -87,7 +94,7 @@ class SplitStats:
     values: dict[str, dict[str, np.ndarray]]  # detector -> field -> (L, H)
 
 
-def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], rng: np.random.Generator,
+def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], rng: np.random.Generator | np.ndarray,
             tested: bool) -> dict[str, np.ndarray]:
     """Summary arrays (K,) for one detector from per-window arrays (W, K)."""
     low, high, bca = bootstrap_ci(obs, rng)
@@ -117,11 +124,12 @@ def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], rng: n
 def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.random.Generator) -> SplitStats:
     """All detector summaries for one model on one split (probes may be empty)."""
     L, H = scores.mean_attn.shape[:2]
+    counts = resample_counts(scores.n_windows, rng)
     flat = lambda a: a.reshape(a.shape[0], L * H)
     values: dict[str, dict[str, np.ndarray]] = {}
     for name, obs in scores.observed.items():
         nulls = [flat(scores.positional[name]), flat(scores.swap[name])] if name in CONTENT_DETECTORS else []
-        values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, rng, name not in DESCRIPTIVE)
+        values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, counts, name not in DESCRIPTIVE)
     for name, pr in probes.items():
         values[name] = _fields(flat(pr.observed), flat(pr.chance), [flat(pr.positional)], rng, True)
     values = {name: {f: v.reshape(L, H) for f, v in fields.items()} for name, fields in values.items()}

@@ -1,0 +1,255 @@
+"""Analysis stage: for each model, capture on training and held-out windows, score, validate, summarise.
+
+`analyze(config)` returns the models' analyses and the results.json document (schema below,
+documented in README.md). Roles are discovered on training windows and confirmed on held-out
+windows; q-values come from one Benjamini–Hochberg family per split over every model, layer,
+head and tested detector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.cluster import hierarchy
+from scipy.spatial.distance import squareform
+
+from . import __version__
+from .capture import HeadScores, ProbeScores, capture, encode, natural_probes, probe, random_probes
+from .checkpoint import ModelBundle, load_checkpoint
+from .classes import CLASS_NAMES, CharClasses
+from .config import ModelSpec, RunConfig
+from .corpora import TextSplit, bible_split, text_split
+from .detectors import DESCRIPTIONS, SKIP
+from .errors import ReportgenError
+from .progress import make_progress
+from .stats import FAMILY_OF, ROLE_RULES, SplitStats, add_q_values, head_fields, roles_of, split_stats
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "heldout")
+FINDING_FIELDS = ("mean", "chance", "ci_low", "ci_high", "p", "q", "consistency", "times_chance",
+                  "positional", "swap", "gain", "gain_ci_low", "gain_ci_high")
+
+
+@dataclass(frozen=True)
+class ModelAnalysis:
+    """Everything measured for one model: bundle, text, scores and statistics per split, probes."""
+
+    spec: ModelSpec
+    bundle: ModelBundle
+    split: TextSplit
+    classes: CharClasses
+    scores: dict[str, HeadScores]
+    probes: dict[str, ProbeScores]
+    stats: dict[str, SplitStats]
+    head_distance: np.ndarray  # (L*H, L*H) Jensen–Shannon distance between heads
+    clusters: list[list[str]]
+
+
+def load_text(spec: ModelSpec, language: str | None) -> TextSplit:
+    """The model's text: the user's file(s), or the default corpus of its language."""
+    if spec.text is not None:
+        return text_split(spec.text, language or "en", spec.heldout)
+    if language is None:
+        raise ReportgenError(f"{spec.path}: checkpoint does not record its language; give a language or --text")
+    return bible_split(language)
+
+
+def js_distance(samples: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Mean Jensen–Shannon distance (base 2) between heads' attention rows over sample windows: (K, K)."""
+    mats = np.stack([a for _, a in samples]).astype(np.float64)  # (N, L, H, T, S)
+    N, L, H, T, S = mats.shape
+    rows = mats[..., SKIP:, :].reshape(N, L * H, T - SKIP, S)
+    causal = np.tril(np.ones((T, S), dtype=bool))[SKIP:]  # (T', S)
+    rows = np.where(causal, rows + 1e-3, 0.0)  # smooth within the visible prefix only
+    rows /= rows.sum(-1, keepdims=True)
+    logs = np.log2(np.where(rows > 0, rows, 1.0))
+    K = L * H
+    dist = np.zeros((K, K))
+    for a in range(K):
+        m = 0.5 * (rows[:, a:a + 1] + rows)  # (N, K, T', S)
+        log_m = np.log2(np.where(m > 0, m, 1.0))
+        js = 0.5 * (rows[:, a:a + 1] * (logs[:, a:a + 1] - log_m)).sum(-1) + 0.5 * (rows * (logs - log_m)).sum(-1)
+        dist[a] = np.sqrt(np.clip(js, 0, 1)).mean((0, 2))
+    return (dist + dist.T) / 2
+
+
+def cluster_heads(dist: np.ndarray, n_heads: int, threshold: float = 0.5) -> list[list[str]]:
+    """Average-linkage clusters of heads whose JS distance is below `threshold`; labels 'L0H1'."""
+    names = [f"L{k // n_heads}H{k % n_heads}" for k in range(len(dist))]
+    if len(dist) < 2:
+        return [names]
+    np.fill_diagonal(dist, 0.0)
+    labels = hierarchy.fcluster(hierarchy.linkage(squareform(dist, checks=False), "average"), threshold, "distance")
+    groups: dict[int, list[str]] = {}
+    for name, lab in zip(names, labels):
+        groups.setdefault(int(lab), []).append(name)
+    return sorted(groups.values(), key=lambda g: (-len(g), g))
+
+
+def analyze_model(spec: ModelSpec, cfg: RunConfig, index: int, progress) -> ModelAnalysis:
+    """Load, capture both splits and probes, and compute per-split statistics (q-values come later)."""
+    bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
+                             language=spec.language)
+    language = spec.language or bundle.language
+    split = load_text(spec, language)
+    classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)
+    T = bundle.config.max_context_len
+    sources = {"train": spec.text or f"{split.name} (training books)", "heldout": spec.heldout or spec.text
+               or f"{split.name} (held-out books)"}
+    texts = {"train": split.train, "heldout": split.heldout}
+    limits = {"train": cfg.train_windows, "heldout": cfg.heldout_windows}
+    ids = {s: encode(bundle, texts[s], str(sources[s]), cfg.oov) for s in SPLITS}
+    scores: dict[str, HeadScores] = {}
+    for s in SPLITS:
+        n = len(ids[s]) // T
+        n = min(n, limits[s]) if limits[s] else n
+        task = progress.add_task(f"{spec.label}: capture {s} ({n} windows)", total=n)
+        scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size,
+                            n_samples=8, source=str(sources[s]), on_batch=lambda k, t=task: progress.advance(t, k))
+    rng = np.random.default_rng([cfg.seed, index, 7])
+    task = progress.add_task(f"{spec.label}: repeated-sequence probes", total=2)
+    rand, period = random_probes(classes, cfg.n_probes, T, rng)
+    probes = {"probe_random": probe(bundle, rand, period, "random", scores["train"].mean_attn)}
+    progress.advance(task)
+    nat, period = natural_probes(ids["heldout"], cfg.n_probes, T)
+    probes["probe_natural"] = probe(bundle, nat, period, "natural", scores["train"].mean_attn)
+    progress.advance(task)
+    task = progress.add_task(f"{spec.label}: bootstrap and tests", total=2)
+    stats = {}
+    for k, s in enumerate(SPLITS):
+        stats[s] = split_stats(scores[s], probes if s == "heldout" else {},
+                               np.random.default_rng([cfg.seed, index, k]))
+        progress.advance(task)
+    # Probes are constructed sequences, not a split: score them once and show them under both.
+    for name in probes:
+        stats["train"].values[name] = stats["heldout"].values[name]
+    dist = js_distance(scores["heldout"].samples)
+    return ModelAnalysis(spec, bundle, split, classes, scores, probes, stats, dist,
+                         cluster_heads(dist.copy(), bundle.config.n_heads))
+
+
+def _clean(x):
+    """JSON-safe value: NaN/inf -> None, numpy -> Python, rounded to 6 significant digits."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return None if not math.isfinite(x) else float(f"{x:.6g}")
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _block(split: SplitStats, detector: str, layer: int, head: int) -> dict:
+    """A finding's per-split block of numbers."""
+    f = head_fields(split, detector, layer, head)
+    return {k: f[k] for k in FINDING_FIELDS if k in f}
+
+
+def findings(analysis: ModelAnalysis) -> list[dict]:
+    """Roles discovered on training windows, each with its held-out confirmation numbers."""
+    cfg = analysis.bundle.config
+    out = []
+    for layer in range(cfg.n_layers):
+        for head in range(cfg.n_heads):
+            held = {r.role for r in roles_of(analysis.stats["heldout"], layer, head)}
+            for rule in roles_of(analysis.stats["train"], layer, head):
+                train = _block(analysis.stats["train"], rule.detector, layer, head)
+                heldout = _block(analysis.stats["heldout"], rule.detector, layer, head)
+                baseline = max(v for v in (heldout.get("chance"), heldout.get("positional"), heldout.get("swap"))
+                               if v is not None and math.isfinite(v))
+                out.append({"layer": layer, "head": head, "head_name": f"L{layer}H{head}", "pattern": rule.detector,
+                            "role": rule.role, "family": rule.family, "rule": rule.rule,
+                            "description": DESCRIPTIONS.get(rule.detector, rule.detector),
+                            "train": train, "heldout": heldout, "replicated": rule.role in held,
+                            "effect": heldout["mean"] - baseline})
+    return sorted(out, key=lambda f: (not f["replicated"], -f["effect"]))
+
+
+def model_results(a: ModelAnalysis) -> dict:
+    """The results.json entry for one model."""
+    cfg = a.bundle.config
+    heads = []
+    for layer in range(cfg.n_layers):
+        for head in range(cfg.n_heads):
+            detectors = {name: {s: {k: float(v[layer, head]) for k, v in a.stats[s].values[name].items()}
+                                for s in SPLITS} for name in a.stats["train"].values}
+            heads.append({"layer": layer, "head": head, "detectors": detectors,
+                          "roles": {s: [r.role for r in roles_of(a.stats[s], layer, head)] for s in SPLITS}})
+    probes = {name: {"period": p.period, "n_probes": int(len(p.observed)), "example": p.example,
+                     "loss_first_copy_bits_per_char": float(p.loss_first.mean()),
+                     "loss_later_copies_bits_per_char": float(p.loss_repeat.mean())}
+              for name, p in a.probes.items()}
+    meta = a.bundle.metadata
+    T = cfg.max_context_len
+    return {
+        "label": a.spec.label, "language": a.split.language,
+        "checkpoint": {"path": str(a.bundle.path), "sha256": a.bundle.sha256, "format": meta.get("format"),
+                       "step": meta.get("step"), "heldout_bits_per_char_at_training": meta.get("heldout_bits_per_char"),
+                       "history": meta.get("history")},
+        "hyperparameters": cfg.to_dict(),
+        "corpus": {"name": a.split.name, "description": a.split.description, "sha256": a.split.sha256,
+                   "train_chars": len(a.split.train), "heldout_chars": len(a.split.heldout),
+                   "heldout_books": list(a.split.heldout_books),
+                   "windows": {s: a.scores[s].n_windows for s in SPLITS}, "window_length": T},
+        "classes": {a.classes.label(n): chars for n, chars in a.classes.members().items()},
+        "heads": heads,
+        "findings": findings(a),
+        "probes": probes,
+        "class_matrix": {s: {"classes": list(CLASS_NAMES), "observed": a.scores[s].class_matrix,
+                             "chance": a.scores[s].class_chance, "queries": a.scores[s].class_count} for s in SPLITS},
+        "offset_profile": {s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
+        "head_distance": a.head_distance, "clusters": a.clusters,
+    }
+
+
+def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
+    """Mean attention at offsets 0..max_offset over valid queries: (L, H, K)."""
+    L, H, T, _ = mean_attn.shape
+    K = min(max_offset, T - SKIP - 1) + 1
+    return np.stack([np.diagonal(mean_attn, offset=-k, axis1=-2, axis2=-1)[..., SKIP - k if k <= SKIP else 0:].mean(-1)
+                     for k in range(K)], axis=-1)
+
+
+def analyze(cfg: RunConfig) -> tuple[list[ModelAnalysis], dict]:
+    """Run the analysis for every model and build the results.json document."""
+    torch.manual_seed(cfg.seed)
+    analyses = []
+    with make_progress() as progress:
+        for index, spec in enumerate(cfg.models):
+            analyses.append(analyze_model(spec, cfg, index, progress))
+    for s in SPLITS:
+        add_q_values([a.stats[s] for a in analyses])
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "reportgen_version": __version__,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "settings": _clean(cfg.fingerprint()),
+        "skip_queries": SKIP,
+        "detectors": DESCRIPTIONS,
+        "families": {d: FAMILY_OF.get(d) for d in DESCRIPTIONS},
+        "rules": [{"role": r.role, "detector": r.detector, "family": r.family, "rule": r.rule} for r in ROLE_RULES],
+        "models": [model_results(a) for a in analyses],
+    }
+    return analyses, _clean(results)
+
+
+def write_json(path: Path, document: dict) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+    tmp.replace(path)
