@@ -94,26 +94,48 @@ def cluster_heads(dist: np.ndarray, n_heads: int, threshold: float = 0.5) -> lis
     return sorted(groups.values(), key=lambda g: (-len(g), g))
 
 
-def analyze_model(spec: ModelSpec, cfg: RunConfig, index: int, progress) -> ModelAnalysis:
-    """Load, capture both splits and probes, and compute per-split statistics (q-values come later)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A model whose inputs are loaded and checked, ready for capture."""
+
+    spec: ModelSpec
+    bundle: ModelBundle
+    split: TextSplit
+    classes: CharClasses
+    ids: dict[str, np.ndarray]
+    sources: dict[str, str]
+
+
+def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
+    """Load the checkpoint and text and check every input before any work starts (errors are one line)."""
     bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
                              language=spec.language)
-    language = spec.language or bundle.language
-    split = load_text(spec, language)
+    split = load_text(spec, spec.language or bundle.language)
     classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)
-    T = bundle.config.max_context_len
-    sources = {"train": spec.text or f"{split.name} (training books)", "heldout": spec.heldout or spec.text
-               or f"{split.name} (held-out books)"}
+    sources = {"train": str(spec.text or f"{split.name} (training books)"),
+               "heldout": str(spec.heldout or spec.text or f"{split.name} (held-out books)")}
     texts = {"train": split.train, "heldout": split.heldout}
+    ids = {s: encode(bundle, texts[s], sources[s], cfg.oov) for s in SPLITS}
+    T = bundle.config.max_context_len
+    for s in SPLITS:
+        if len(ids[s]) // T < 2:
+            raise ReportgenError(f"{sources[s]}: {s} text has {len(ids[s])} characters, shorter than two "
+                                 f"windows of {T} (the model's context); windows are the unit of every statistic")
+    return Prepared(spec, bundle, split, classes, ids, sources)
+
+
+def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> ModelAnalysis:
+    """Capture both splits and probes, and compute per-split statistics (q-values come later)."""
+    spec, bundle, split, classes, ids = prep.spec, prep.bundle, prep.split, prep.classes, prep.ids
+    T = bundle.config.max_context_len
     limits = {"train": cfg.train_windows, "heldout": cfg.heldout_windows}
-    ids = {s: encode(bundle, texts[s], str(sources[s]), cfg.oov) for s in SPLITS}
     scores: dict[str, HeadScores] = {}
     for s in SPLITS:
         n = len(ids[s]) // T
         n = min(n, limits[s]) if limits[s] else n
         task = progress.add_task(f"{spec.label}: capture {s} ({n} windows)", total=n)
-        scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size,
-                            n_samples=8, source=str(sources[s]), on_batch=lambda k, t=task: progress.advance(t, k))
+        scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
+                            source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k))
     rng = np.random.default_rng([cfg.seed, index, 7])
     task = progress.add_task(f"{spec.label}: repeated-sequence probes", total=2)
     rand, period = random_probes(classes, cfg.n_probes, T, rng)
@@ -226,10 +248,11 @@ def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
 def analyze(cfg: RunConfig) -> tuple[list[ModelAnalysis], dict]:
     """Run the analysis for every model and build the results.json document."""
     torch.manual_seed(cfg.seed)
+    prepared = [prepare(spec, cfg) for spec in cfg.models]
     analyses = []
     with make_progress() as progress:
-        for index, spec in enumerate(cfg.models):
-            analyses.append(analyze_model(spec, cfg, index, progress))
+        for index, prep in enumerate(prepared):
+            analyses.append(analyze_model(prep, cfg, index, progress))
     for s in SPLITS:
         add_q_values([a.stats[s] for a in analyses])
     results = {

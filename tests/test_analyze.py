@@ -1,0 +1,84 @@
+"""End-to-end analysis on a tiny model and user text: results.json content, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reportgen.checkpoint import save_checkpoint
+from reportgen.cli import cli
+from reportgen.detectors import DESCRIPTIONS
+
+from .conftest import TINY_TEXT
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_model, tokenizer):
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, tiny_model, tokenizer, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                    corpus={"name": "tiny", "language": "en"}, seed=0, history=[])
+    text = tmp_path / "text.txt"
+    text.write_text(TINY_TEXT * 6)
+    return ckpt, text
+
+
+def _analyze(ckpt, text, out, *extra):
+    return cli(["analyze", "--model", str(ckpt), "--label", "Tiny", "--text", str(text), "--out", str(out),
+                "--train-windows", "24", *extra])
+
+
+def test_results_list_every_detector_for_every_head_on_both_splits(tiny_run, tmp_path):
+    ckpt, text = tiny_run
+    assert _analyze(ckpt, text, tmp_path / "site") == 0
+    results = json.loads((tmp_path / "site" / "results.json").read_text())
+    assert results["schema_version"] == 1
+    (model,) = results["models"]
+    assert model["checkpoint"]["sha256"] and model["corpus"]["windows"]["heldout"] >= 2
+    assert len(model["heads"]) == 2 * 4
+    expected = set(DESCRIPTIONS)
+    for head in model["heads"]:
+        assert set(head["detectors"]) == expected
+        for name, splits in head["detectors"].items():
+            assert set(splits) == {"train", "heldout"}
+            for block in splits.values():
+                assert {"mean", "chance", "ci_low", "ci_high"} <= set(block)
+    for f in model["findings"]:
+        assert {"layer", "head", "pattern", "train", "heldout", "replicated"} <= set(f)
+        for s in ("train", "heldout"):
+            assert {"mean", "chance", "ci_low", "ci_high", "p", "q", "consistency"} <= set(f[s])
+
+
+def test_same_inputs_and_seed_give_identical_results(tiny_run, tmp_path):
+    ckpt, text = tiny_run
+    docs = []
+    for name in ("a", "b"):
+        assert _analyze(ckpt, text, tmp_path / name) == 0
+        doc = json.loads((tmp_path / name / "results.json").read_text())
+        doc.pop("generated")
+        docs.append(doc)
+    assert docs[0] == docs[1]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("the cat sat ZQ#", "not in the model's vocabulary"),
+    ("   \n", "text is empty"),
+    ("the cat sat on the mat\n" * 2, "shorter than two windows"),
+])
+def test_bad_text_gives_one_line_error_naming_the_file(tiny_run, tmp_path, capsys, content, message):
+    ckpt, _ = tiny_run
+    bad = tmp_path / "bad.txt"
+    bad.write_text(content * (1 if "ZQ" not in content else 20))
+    code = _analyze(ckpt, bad, tmp_path / "site")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "bad.txt" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "site" / "results.json").exists()
+
+
+def test_out_of_vocabulary_characters_can_be_dropped(tiny_run, tmp_path):
+    ckpt, text = tiny_run
+    noisy = tmp_path / "noisy.txt"
+    noisy.write_text(text.read_text().replace("cat", "cZt"))
+    assert _analyze(ckpt, noisy, tmp_path / "site", "--oov", "drop") == 0
