@@ -51,6 +51,26 @@ class ModelAnalysis:
     stats: dict[str, SplitStats]
     head_distance: np.ndarray  # (L*H, L*H) Jensen–Shannon distance between heads
     clusters: list[list[str]]
+    examples: tuple[tuple[str, str, np.ndarray], ...]  # (caption, text, attention (L, H, T, T))
+
+
+EXAMPLE_INPUTS = {"en": ("HELLO", "HELLO WORLD"), "he": ("שלום", "שלום עולם")}
+
+
+@torch.no_grad()
+def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple[tuple[str, str, np.ndarray], ...]:
+    """Attention on short illustrative inputs and a held-out passage, skipping inputs outside the vocabulary."""
+    passage = heldout[:heldout.find("\n", 40) if 0 < heldout.find("\n", 40) < 56 else 48]
+    inputs = [(f"“{t}”", t) for t in EXAMPLE_INPUTS.get(language, ())]
+    inputs.append(("held-out passage", passage))
+    out = []
+    for caption, text in inputs:
+        if not text or bundle.tokenizer.unknown_chars(text) or len(text) > bundle.config.max_context_len:
+            continue
+        idx = torch.tensor([bundle.tokenizer.tokenize(text)])
+        _, attn = bundle.model(idx, return_attention_weights=True)  # (L, 1, H, T, T)
+        out.append((caption, text, attn[:, 0].numpy()))
+    return tuple(out)
 
 
 def load_text(spec: ModelSpec, language: str | None) -> TextSplit:
@@ -155,7 +175,8 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
         stats["train"].values[name] = stats["heldout"].values[name]
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(spec, bundle, split, classes, scores, probes, stats, dist,
-                         cluster_heads(dist.copy(), bundle.config.n_heads))
+                         cluster_heads(dist.copy(), bundle.config.n_heads),
+                         example_attention(bundle, split.language, split.heldout))
 
 
 def _clean(x):
@@ -245,10 +266,10 @@ def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
                      for k in range(K)], axis=-1)
 
 
-def analyze(cfg: RunConfig) -> tuple[list[ModelAnalysis], dict]:
+def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> tuple[list[ModelAnalysis], dict]:
     """Run the analysis for every model and build the results.json document."""
     torch.manual_seed(cfg.seed)
-    prepared = [prepare(spec, cfg) for spec in cfg.models]
+    prepared = prepared if prepared is not None else [prepare(spec, cfg) for spec in cfg.models]
     analyses = []
     with make_progress() as progress:
         for index, prep in enumerate(prepared):

@@ -72,14 +72,18 @@ def _run_config(args: argparse.Namespace):
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    """Analyse the models and write results.json."""
-    from .analyze import analyze, write_json
+    """Analyse the models and write results.json (no pages, no PDF)."""
+    from .pipeline import build
 
-    cfg = _run_config(args)
-    _, results = analyze(cfg)
-    path = cfg.out / "results.json"
-    write_json(path, results)
-    stderr.print(f"wrote {path}")
+    build(_run_config(args), analyze_only=True, force=args.force)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """The whole report: analysis, site and PDF."""
+    from .pipeline import build
+
+    build(_run_config(args), force=args.force)
     return 0
 
 
@@ -97,6 +101,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="characters outside the vocabulary: stop with an error (default), drop or replace them")
     p.add_argument("--train-windows", type=int, help="training windows to sample for discovery (default 256)")
     p.add_argument("--heldout-windows", type=int, help="cap on held-out windows (default: all)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
     _add_checkpoint_options(p)
 
 
@@ -139,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="analyse attention heads and write results.json")
     _add_run_options(a)
     a.set_defaults(func=_cmd_analyze)
+
+    r = sub.add_parser("run", help="the whole report: analysis, static site and PDF")
+    _add_run_options(r)
+    r.add_argument("--no-pdf", action="store_true", help="skip the PDF")
+    r.set_defaults(func=_cmd_run)
     return parser
 
 

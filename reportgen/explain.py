@@ -1,0 +1,158 @@
+"""Plain-language explanations computed from results.json numbers (never typed in).
+
+Every number in a sentence is formatted by `num`/`pct`/`times` from a value of the finding or
+model entry it explains, so a test can trace each one back to results.json.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .stats import FAMILIES
+
+LINGUISTICS = {
+    "previous character": {
+        "": "Looking one character back is the cheapest useful context for a character-level model: it turns "
+            "single-letter statistics into bigram statistics (after 'q' comes 'u'), and deeper layers can build "
+            "longer n-grams by composing it.",
+    },
+    "fixed offset": {
+        "": "A head that reads a fixed distance back supplies a specific slot of n-gram context; together with a "
+            "previous-character head it lets the model see trigrams and beyond.",
+    },
+    "positional": {
+        "": "A positional head's choice of key depends on distance, not on which characters are there; it is "
+            "a building block (a shift register) rather than a linguistic feature detector.",
+    },
+    "word boundary": {
+        "en": "Spaces delimit English words, so knowing where the current word started tells the model how far "
+              "into a word it is and which word-initial patterns (th-, wh-) or endings (-eth, -ed) are possible.",
+        "he": "Spaces delimit Hebrew words; since prefixes (ו, ה, ב, ל, מ, ש, כ) attach to the word, the distance "
+              "to the word start tells the model whether a prefix letter or the stem is expected. Final forms "
+              "(ך ם ן ף ץ) mark word ends in writing as well.",
+    },
+    "vowel / consonant": {
+        "en": "English alternates vowels and consonants; a head that collects vowels (or consonants) gives the "
+              "model the syllable context it needs to predict which class comes next.",
+        "he": "Consonantal Hebrew writes few vowels: the 'vowel letters' א ה ו י are matres lectionis and also "
+              "prefixes and root letters, so a head that prefers them may be tracking morphology (prefixes, "
+              "suffixes such as ־ו, ־ה, ־י) as much as vowels. Final forms ך ם ן ף ץ appear only at word ends.",
+    },
+    "punctuation": {
+        "en": "Punctuation marks clause and verse structure (commas, colons, full stops before a new verse); "
+              "attending to it tells the model where it is in a sentence.",
+        "he": "Maqaf ־ joins words into one stress unit and sof pasuq ׃ ends each verse; attending to them tells "
+              "the model where it is in a phrase or verse.",
+    },
+    "repetition": {
+        "": "Repetition heads copy: attending to an earlier copy of the current character, or to what followed "
+            "it (induction), lets the model continue names and phrases it has already seen in the window.",
+    },
+    "sink": {
+        "": "A sink head parks attention on the first position when it has nothing useful to read; it is a "
+            "'no-op' rather than a linguistic pattern.",
+    },
+    "other class": {"": "Attention to rare symbols usually reflects their rarity rather than a linguistic role."},
+}
+
+CAVEATS = {
+    "previous character": "High attention to the previous character is also what a purely positional head does; "
+                          "the label names the offset, not a linguistic category.",
+    "vowel / consonant": "Class preferences can arise from where classes sit in words (e.g. vowels mid-word); the "
+                         "positional and label-swap nulls remove the part explained by position alone.",
+    "word boundary": "Spaces are frequent and regularly spaced; the positional null removes the share a recency "
+                     "profile alone would place on them.",
+    "repetition": "Mass on earlier copies can be incidental when characters are common; the label-swap null "
+                  "controls for this.",
+}
+
+
+def num(x: float | None) -> str:
+    """A statistic: 3 decimals (or 2 significant digits below 0.001)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.3f}" if abs(x) >= 0.001 or x == 0 else f"{x:.2g}"
+
+
+def pct(x: float | None) -> str:
+    """A share as a whole percentage."""
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def times(x: float | None) -> str:
+    """A ratio to chance."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
+
+
+def qval(q: float | None) -> str:
+    """A q-value, floored for display."""
+    if q is None:
+        return "n/a"
+    return "< 1e-6" if q < 1e-6 else f"{q:.2g}"
+
+
+def linguistic_note(family: str, language: str) -> str:
+    """The linguistic significance of a pattern family for this language."""
+    notes = LINGUISTICS.get(family, {})
+    return notes.get(language) or notes.get("", "")
+
+
+def _what(pattern: str, description: str, mean: float) -> str:
+    """What the head does, in one clause built from its detector's description."""
+    if pattern.startswith("argmax_"):
+        return f"for {pct(mean)} of queries its strongest key is {pattern.split('_')[1]} character(s) back."
+    if ":" in description:  # probes: "<probe kind>: mass on <target>"
+        kind, target = description.split(":", 1)
+        return f"on {kind} it puts {num(mean)} of its attention on {target.strip().removeprefix('mass on ')}."
+    return f"it puts {num(mean)} of its attention on {description.removeprefix('attention mass on ')}."
+
+
+def explain_finding(f: dict, model: dict) -> dict[str, str]:
+    """Sentences for one finding: what, strength, consistency, linguistics, caveats."""
+    h, t = f["heldout"], f["train"]
+    windows = model["corpus"]["windows"]
+    what = f"{f['head_name']} is a {f['role']}: {_what(f['pattern'], f['description'], h['mean'])}"
+    strength = (f"On held-out text the mean is {num(h['mean'])} (95% CI {num(h['ci_low'])}–{num(h['ci_high'])}), "
+                f"{times(h.get('times_chance'))} the uniform-chance level of {num(h['chance'])}.")
+    if h.get("positional") is not None:
+        strength += (f" Its own positional pattern alone would give {num(h['positional'])} and other windows' "
+                     f"characters {num(h.get('swap'))}, so content adds {num(h.get('gain'))} "
+                     f"(lower CI bound {num(h.get('gain_ci_low'))}).")
+    consistency = (f"It beats the strictest null in {pct(h.get('consistency'))} of {windows['heldout']} held-out "
+                   f"windows (q {qval(h.get('q'))}). Discovered on {windows['train']} training windows "
+                   f"(mean {num(t['mean'])}), it {'replicated' if f['replicated'] else 'did not replicate'} "
+                   f"on held-out text.")
+    return {"what": what, "strength": strength, "consistency": consistency,
+            "linguistics": linguistic_note(f["family"], model["language"]),
+            "caveats": CAVEATS.get(f["family"], "Attention shows where a head reads, not that the model relies on "
+                                                "it; causal ablation is the test of reliance.")}
+
+
+def absent_families(model: dict, rules: list[dict]) -> list[dict]:
+    """For each pattern family with no finding: the rule and the strongest candidate's numbers."""
+    found = {f["family"] for f in model["findings"]}
+    out = []
+    for family, detectors in FAMILIES.items():
+        if family in found or family == "other class":
+            continue
+        best = None
+        for head in model["heads"]:
+            for d in detectors:
+                block = head["detectors"].get(d, {}).get("heldout")
+                if not block or block.get("mean") is None:
+                    continue
+                score = block["mean"] - max(v for v in (block.get("chance"), block.get("positional"), block.get("swap"))
+                                            if v is not None)
+                if best is None or score > best[0]:
+                    best = (score, head, d, block)
+        rule = next((r["rule"] for r in rules if r["detector"] in detectors), "")
+        if best is None:
+            continue
+        _, head, d, block = best
+        out.append({"family": family, "rule": rule, "text": (
+            f"No head passed the {family} rule. The closest candidate is L{head['layer']}H{head['head']} "
+            f"({d}): held-out mean {num(block['mean'])} (95% CI {num(block['ci_low'])}–{num(block['ci_high'])}) "
+            f"against chance {num(block['chance'])}.")})
+    return out

@@ -1,0 +1,230 @@
+"""Figures: matplotlib `Figure` objects (never pyplot), deterministic PNG bytes, content-hashed names.
+
+Every attention heatmap uses one colour scale (0..1 with a square-root norm so weak attention
+stays visible) and a colourbar. Axis labels are characters, with visible symbols for space (␣)
+and newline (↵). Matplotlib 3.11 lays out right-to-left text itself, so Hebrew strings are passed
+in logical order, never reversed by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+CMAP = "magma_r"
+NORM = dict(vmin=0.0, vmax=1.0, gamma=0.5)
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥"}
+FONT = {"font.family": "DejaVu Sans", "font.size": 8, "svg.hashsalt": "reportgen", "path.simplify": True}
+
+
+def visible(text: str) -> list[str]:
+    """Characters as axis labels, with symbols for whitespace."""
+    return [VISIBLE.get(c, c) for c in text]
+
+
+def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+    """Render a figure to PNG bytes with no timestamp or software metadata (deterministic)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.05)
+    return buf.getvalue()
+
+
+def _heatmap(ax, attn: np.ndarray, text: str, title: str, label_every: int = 1):
+    """Draw one attention matrix (T, S) on ax with characters on both axes; return the image."""
+    img = ax.imshow(attn, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest", aspect="equal")
+    labels = visible(text)
+    ticks = np.arange(0, len(labels), label_every)
+    ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=7 if len(labels) <= 24 else 5)
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=7 if len(labels) <= 24 else 5)
+    ax.tick_params(length=0, pad=1)
+    ax.set_xlabel("key (attended-to character)", fontsize=7)
+    ax.set_ylabel("query", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    return img
+
+
+@dataclass(frozen=True)
+class HeadFigureData:
+    """What the per-head figure shows: example inputs with attention, mean pattern, profiles."""
+
+    title: str
+    examples: tuple[tuple[str, str, np.ndarray], ...]  # (caption, text, attn (T, T))
+    mean_attn: np.ndarray  # (T, S) mean over held-out windows (first 48 positions shown)
+    offset_profile: np.ndarray  # (K,)
+    class_names: tuple[str, ...]
+    class_ratio: np.ndarray  # (C', C') observed / chance for classes present
+
+
+def head_figure(d: HeadFigureData) -> bytes:
+    """One head: example heatmaps, mean pattern, offset profile, class-to-class ratio."""
+    with matplotlib.rc_context(FONT):
+        n = len(d.examples)
+        fig = Figure(figsize=(3.1 * (n + 1), 6.4))
+        grid = fig.add_gridspec(2, n + 1, height_ratios=[1, 0.8], hspace=0.45, wspace=0.35)
+        img = None
+        for k, (caption, text, attn) in enumerate(d.examples):
+            ax = fig.add_subplot(grid[0, k])
+            img = _heatmap(ax, attn, text, caption, label_every=1 if len(text) <= 24 else 4)
+        ax = fig.add_subplot(grid[0, n])
+        m = d.mean_attn[:48, :48]
+        img = ax.imshow(m, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")
+        ax.set_title("mean over held-out windows\n(first 48 positions)", fontsize=8)
+        ax.set_xlabel("key position", fontsize=7)
+        ax.set_ylabel("query position", fontsize=7)
+        fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+        ax = fig.add_subplot(grid[1, : max(1, n // 2 + 1)])
+        k = np.arange(len(d.offset_profile))
+        ax.bar(k, d.offset_profile, color="#5b3f8c", width=0.8)
+        ax.set_xlabel("offset i − j (0 = itself, 1 = previous character)")
+        ax.set_ylabel("mean attention")
+        ax.set_ylim(0, max(0.05, float(d.offset_profile.max()) * 1.1))
+        ax.set_title("offset profile (held-out)")
+        ax.grid(axis="y", alpha=0.3)
+        ax = fig.add_subplot(grid[1, max(1, n // 2 + 1):])
+        ratio = np.log2(np.clip(d.class_ratio, 1 / 16, 16))
+        im2 = ax.imshow(ratio, cmap="RdBu_r", vmin=-3, vmax=3)
+        ax.set_xticks(range(len(d.class_names)), d.class_names, rotation=40, ha="right")
+        ax.set_yticks(range(len(d.class_names)), d.class_names)
+        ax.set_xlabel("key class")
+        ax.set_ylabel("query class")
+        ax.set_title("attention by class vs chance (log2 ratio)")
+        for (i, j), v in np.ndenumerate(d.class_ratio):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(ratio[i, j]) > 1.8 else "black")
+        fig.colorbar(im2, ax=ax, fraction=0.046, pad=0.04, label="log2(observed / chance)")
+        fig.suptitle(d.title, fontsize=10)
+        return png_bytes(fig)
+
+
+def grid_figure(title: str, text: str, attn: np.ndarray, roles: list[list[str]]) -> bytes:
+    """Every layer x head on one input: small heatmaps (L, H, T, T) with each head's role below."""
+    L, H = attn.shape[:2]
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(2.0 * H + 0.8, 2.15 * L + 0.6))
+        axes = fig.subplots(L, H, squeeze=False)
+        img = None
+        for l in range(L):
+            for h in range(H):
+                ax = axes[l, h]
+                img = ax.imshow(attn[l, h], cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(f"L{l}H{h}", fontsize=8, pad=2)
+                role = roles[l][h]
+                ax.set_xlabel(role if len(role) <= 28 else role[:27] + "…", fontsize=6)
+        fig.colorbar(img, ax=axes, fraction=0.02, pad=0.02, label="attention weight")
+        fig.suptitle(f"{title}\ninput: {text[:60]!s}", fontsize=9)
+        return png_bytes(fig, dpi=90)
+
+
+def score_matrix_figure(title: str, detectors: list[str], heads: list[str], ratio: np.ndarray,
+                        marked: np.ndarray) -> bytes:
+    """Detector x head matrix of observed / chance (log2), with role cells outlined."""
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(0.42 * len(heads) + 2.6, 0.25 * len(detectors) + 1.4))
+        ax = fig.add_subplot()
+        logr = np.log2(np.clip(np.nan_to_num(ratio, nan=1.0), 1 / 32, 32))
+        img = ax.imshow(logr, cmap="RdBu_r", vmin=-5, vmax=5, aspect="auto", interpolation="nearest")
+        ax.set_xticks(range(len(heads)), heads, rotation=90)
+        ax.set_yticks(range(len(detectors)), detectors)
+        for (i, j), flag in np.ndenumerate(marked):
+            if flag:
+                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
+        fig.colorbar(img, ax=ax, fraction=0.03, pad=0.02,
+                     label="log2(held-out mean / uniform chance); 0 = chance")
+        ax.set_title(title)
+        return png_bytes(fig, dpi=90)
+
+
+def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads: dict[str, int]) -> bytes:
+    """Share of heads with a replicated role in each pattern family, per model."""
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(7.5, 3.2))
+        ax = fig.add_subplot()
+        width = 0.8 / max(1, len(counts))
+        x = np.arange(len(families))
+        for k, (label, c) in enumerate(counts.items()):
+            ax.bar(x + k * width, np.asarray(c) / n_heads[label], width, label=label)
+        ax.set_xticks(x + width * (len(counts) - 1) / 2, families, rotation=20, ha="right")
+        ax.set_ylabel("share of heads with a replicated role")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.grid(axis="y", alpha=0.3)
+        return png_bytes(fig)
+
+
+def _render(job: tuple) -> bytes:
+    """Worker entry: (function name, args) -> PNG bytes."""
+    name, args = job
+    return globals()[name](*args)
+
+
+class FigureWriter:
+    """Renders figure jobs (in parallel), writes content-hashed PNGs, reuses files already present."""
+
+    def __init__(self, folder: Path, workers: int = 2):
+        self.folder = folder
+        self.workers = workers
+        self.jobs: list[tuple[str, tuple]] = []
+
+    def add(self, function: str, *args) -> int:
+        """Queue a figure; returns its index for `paths` after `run`."""
+        self.jobs.append((function, args))
+        return len(self.jobs) - 1
+
+    def run(self, cache: dict[str, str] | None = None) -> list[str]:
+        """Render every job not in `cache` (input hash -> file name); return file names in job order.
+
+        `cache` is updated in place, so a caller that keeps it skips unchanged figures next time.
+        """
+        cache = {} if cache is None else cache
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = [_job_key(j) for j in self.jobs]
+        todo = [k for k, key in enumerate(keys) if not (key in cache and (self.folder / cache[key]).exists())]
+        jobs = [self.jobs[k] for k in todo]
+        if self.workers > 1 and len(jobs) > 4:
+            with ProcessPoolExecutor(self.workers) as pool:
+                blobs = list(pool.map(_render, jobs, chunksize=2))
+        else:
+            blobs = [_render(j) for j in jobs]
+        for k, blob in zip(todo, blobs):
+            name = f"{hashlib.sha256(blob).hexdigest()[:16]}.png"
+            path = self.folder / name
+            if not path.exists():
+                path.write_bytes(blob)
+            cache[keys[k]] = name
+        return [cache[key] for key in keys]
+
+
+def _job_key(job: tuple) -> str:
+    """Hash of a figure job's function and inputs (arrays by their bytes)."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, np.ndarray):
+            h.update(str((x.dtype, x.shape)).encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(x, dict):
+            feed(sorted(x.items()))
+        elif hasattr(x, "__dataclass_fields__"):
+            feed([getattr(x, f) for f in x.__dataclass_fields__])
+        else:
+            h.update(repr(x).encode())
+
+    feed(job)
+    return h.hexdigest()

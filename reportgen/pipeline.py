@@ -1,0 +1,101 @@
+"""The whole run in one function, reading like the design table: config -> checkpoints and text ->
+capture, detectors, statistics -> explanations, figures -> site, results.json, PDF.
+
+Output is built in a staging folder beside `out` and swapped in only when complete. A status
+file in `out` records a hash of every input (checkpoints, texts, settings, code, templates);
+a re-run with nothing changed returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from . import __version__
+from .analyze import analyze, prepare, write_json
+from .config import RunConfig
+from .progress import stderr
+from .report import build_site, swap_into_place, template_dir, write_pdf, write_site
+
+STATUS = ".reportgen-status.json"
+
+
+def input_key(cfg: RunConfig, prepared) -> str:
+    """Hash of everything the output depends on (except the generation time)."""
+    h = hashlib.sha256(__version__.encode())
+    h.update(json.dumps(cfg.fingerprint(), sort_keys=True, default=str).encode())
+    h.update(str(cfg.pdf).encode())
+    for p in prepared:
+        h.update(f"{p.spec.label}|{p.bundle.sha256}|{p.split.sha256}|{p.split.language}".encode())
+    code = Path(__file__).resolve().parent
+    for path in sorted(code.glob("*.py")) + sorted(template_dir().iterdir()):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _status(out: Path) -> dict:
+    """The previous run's status file, or {}."""
+    try:
+        return json.loads((out / STATUS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Path:
+    """Run every stage for `cfg`; return the output folder (unchanged if already up to date)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prepared = [prepare(spec, cfg) for spec in cfg.models]
+    key = input_key(cfg, prepared)
+    previous = _status(cfg.out)
+    wanted = ["results.json"] + ([] if analyze_only else ["index.html"] + (["report.pdf"] if cfg.pdf else []))
+    if not force and previous.get("key") == key and all((cfg.out / f).exists() for f in wanted):
+        stderr.print(f"{cfg.out}: up to date (inputs unchanged); nothing to do")
+        return cfg.out
+    timings["load"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    analyses, results = analyze(cfg, prepared)
+    timings["analyze"] = time.perf_counter() - t
+
+    staging = cfg.out.with_name(f".{cfg.out.name}.staging-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        write_json(staging / "results.json", results)
+        if not analyze_only:
+            if (cfg.out / "figures").is_dir():  # reuse unchanged figures
+                shutil.copytree(cfg.out / "figures", staging / "figures")
+            figure_cache = previous.get("figures", {})
+            t = time.perf_counter()
+            with stderr.status("rendering figures and pages"):
+                site = build_site(analyses, results, staging, figure_cache)
+                write_site(site, staging)
+            used = set(figure_cache.values())
+            for stale in (staging / "figures").glob("*.png"):
+                if stale.name not in used:
+                    stale.unlink()
+            timings["figures_and_pages"] = time.perf_counter() - t
+            if cfg.pdf:
+                t = time.perf_counter()
+                with stderr.status("writing the PDF"):
+                    write_pdf(site, staging)
+                timings["pdf"] = time.perf_counter() - t
+        else:
+            figure_cache = {}
+        timings["total"] = time.perf_counter() - t0
+        write_json(staging / "timings.json", {k: round(v, 2) for k, v in timings.items()})
+        write_json(staging / STATUS, {"key": key, "figures": figure_cache})
+        swap_into_place(staging, cfg.out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    stderr.print(f"wrote {cfg.out} in {timings['total']:.1f} s "
+                 f"({', '.join(f'{k} {v:.1f} s' for k, v in timings.items() if k != 'total')})")
+    return cfg.out

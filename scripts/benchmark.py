@@ -1,0 +1,106 @@
+"""Benchmark: capture + all detectors vs a plain fused forward pass, memory vs text size, stage times.
+
+Prints figures; asserts nothing (timings on shared machines are noisy: compare ratios within one run).
+Usage: python scripts/benchmark.py [--full]   (--full also times a whole default `reportgen run`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reportgen.capture import capture, encode  # noqa: E402
+from reportgen.checkpoint import load_checkpoint  # noqa: E402
+from reportgen.classes import CharClasses  # noqa: E402
+from reportgen.config import DEFAULT_MODELS, latest_checkpoint  # noqa: E402
+from reportgen.corpora import bible_split  # noqa: E402
+
+
+def throughput(windows: int = 512) -> None:
+    """Windows per second of a fused forward pass vs capture with every detector, same windows."""
+    bundle = load_checkpoint(latest_checkpoint(DEFAULT_MODELS / "en"))
+    split = bible_split("en")
+    ids = encode(bundle, split.heldout, "heldout")
+    T = bundle.config.max_context_len
+    classes = CharClasses.for_vocab(bundle.tokenizer.vocab, "en")
+    batch = torch.as_tensor(np.stack([ids[i * T:(i + 1) * T] for i in range(windows)]))
+    with torch.no_grad():
+        bundle.model(batch[:32])  # warm-up
+        t = time.perf_counter()
+        for lo in range(0, windows, 32):
+            bundle.model(batch[lo:lo + 32])
+        fused = time.perf_counter() - t
+    t = time.perf_counter()
+    capture(bundle, ids[: windows * T], classes)
+    cap = time.perf_counter() - t
+    print(f"fused forward: {windows / fused:8.1f} windows/s  ({fused:.2f} s for {windows} windows of {T})")
+    print(f"capture + all detectors: {windows / cap:8.1f} windows/s  ({cap:.2f} s)")
+    print(f"throughput ratio (capture / fused): {fused / cap:.2f}   (target >= 0.5)")
+
+
+def _peak_child(n_windows: int) -> float:
+    """Peak RSS (MiB) of a fresh process that captures n_windows of held-out text."""
+    code = f"""
+import resource, sys
+sys.path.insert(0, {str(ROOT)!r})
+from reportgen.capture import capture, encode
+from reportgen.checkpoint import load_checkpoint
+from reportgen.classes import CharClasses
+from reportgen.config import DEFAULT_MODELS, latest_checkpoint
+from reportgen.corpora import bible_split
+b = load_checkpoint(latest_checkpoint(DEFAULT_MODELS / 'en'))
+s = bible_split('en')
+text = (s.heldout * 8)[: {n_windows} * b.config.max_context_len]
+ids = encode(b, text, 'heldout')
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+capture(b, ids, CharClasses.for_vocab(b.tokenizer.vocab, 'en'))
+print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def memory() -> None:
+    """Peak memory as the text grows (should stay flat apart from the per-window score arrays)."""
+    for n in (256, 1024, 4096):
+        before, peak = _peak_child(n)
+        print(f"capture of {n:5d} windows: peak RSS {peak:7.1f} MiB (after loading: {before:7.1f} MiB)")
+
+
+def full_run() -> None:
+    """Time a whole default run (fresh output folder) and a re-run with nothing changed."""
+    out = ROOT / "site"
+    for label in ("first run", "re-run (cached)"):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "reportgen", "run", "--out", str(out)], check=True, cwd=ROOT)
+        print(f"{label}: {time.perf_counter() - t:.1f} s")
+    timings = out / "timings.json"
+    if timings.exists():
+        print(json.dumps(json.loads(timings.read_text()), indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="also time a whole default run")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    throughput()
+    memory()
+    print(f"this process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.full:
+        full_run()
+
+
+if __name__ == "__main__":
+    main()
