@@ -60,8 +60,8 @@ EXAMPLE_INPUTS = {"en": ("HELLO", "HELLO WORLD"), "he": ("שלום", "שלום �
 @torch.no_grad()
 def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple[tuple[str, str, np.ndarray], ...]:
     """Attention on short illustrative inputs and a held-out passage, skipping inputs outside the vocabulary."""
-    passage = heldout[:heldout.find("\n", 40) if 0 < heldout.find("\n", 40) < 56 else 48]
-    inputs = [(f"“{t}”", t) for t in EXAMPLE_INPUTS.get(language, ())]
+    passage = heldout[:32]
+    inputs = [(f"input: {t}", t) for t in EXAMPLE_INPUTS.get(language, ())]
     inputs.append(("held-out passage", passage))
     out = []
     for caption, text in inputs:

@@ -27,16 +27,16 @@ LINGUISTICS = {
     "word boundary": {
         "en": "Spaces delimit English words, so knowing where the current word started tells the model how far "
               "into a word it is and which word-initial patterns (th-, wh-) or endings (-eth, -ed) are possible.",
-        "he": "Spaces delimit Hebrew words; since prefixes (ו, ה, ב, ל, מ, ש, כ) attach to the word, the distance "
-              "to the word start tells the model whether a prefix letter or the stem is expected. Final forms "
-              "(ך ם ן ף ץ) mark word ends in writing as well.",
+        "he": "Spaces delimit Hebrew words. One-letter prefixes such as ו ה ב ל מ ש כ attach to the word, so the "
+              "distance to the word start tells the model whether a prefix letter or the stem is expected; the "
+              "final forms ך ם ן ף ץ mark word ends in writing as well.",
     },
     "vowel / consonant": {
         "en": "English alternates vowels and consonants; a head that collects vowels (or consonants) gives the "
               "model the syllable context it needs to predict which class comes next.",
-        "he": "Consonantal Hebrew writes few vowels: the 'vowel letters' א ה ו י are matres lectionis and also "
-              "prefixes and root letters, so a head that prefers them may be tracking morphology (prefixes, "
-              "suffixes such as ־ו, ־ה, ־י) as much as vowels. Final forms ך ם ן ף ץ appear only at word ends.",
+        "he": "Consonantal Hebrew writes few vowels. The vowel letters א ה ו י are matres lectionis but also "
+              "prefixes, suffixes and root letters, so a head that prefers them may be tracking morphology as much "
+              "as vowels. The final forms ך ם ן ף ץ appear only at word ends.",
     },
     "punctuation": {
         "en": "Punctuation marks clause and verse structure (commas, colons, full stops before a new verse); "

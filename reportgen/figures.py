@@ -32,7 +32,7 @@ def visible(text: str) -> list[str]:
     return [VISIBLE.get(c, c) for c in text]
 
 
-def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
     """Render a figure to PNG bytes with no timestamp or software metadata (deterministic)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.05)
@@ -44,8 +44,9 @@ def _heatmap(ax, attn: np.ndarray, text: str, title: str, label_every: int = 1):
     img = ax.imshow(attn, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest", aspect="equal")
     labels = visible(text)
     ticks = np.arange(0, len(labels), label_every)
-    ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=7 if len(labels) <= 24 else 5)
-    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=7 if len(labels) <= 24 else 5)
+    size = 7 if len(labels) <= 16 else 5
+    ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=size)
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=size)
     ax.tick_params(length=0, pad=1)
     ax.set_xlabel("key (attended-to character)", fontsize=7)
     ax.set_ylabel("query", fontsize=7)
@@ -74,7 +75,7 @@ def head_figure(d: HeadFigureData) -> bytes:
         img = None
         for k, (caption, text, attn) in enumerate(d.examples):
             ax = fig.add_subplot(grid[0, k])
-            img = _heatmap(ax, attn, text, caption, label_every=1 if len(text) <= 24 else 4)
+            img = _heatmap(ax, attn, text, caption)
         ax = fig.add_subplot(grid[0, n])
         m = d.mean_attn[:48, :48]
         img = ax.imshow(m, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")

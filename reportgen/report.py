@@ -240,8 +240,14 @@ def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: d
             if f["replicated"] and f["family"] not in seen:
                 seen.add(f["family"])
                 gallery.append({"model": m, "finding": f, "figure": figs[(m["label"], f["layer"], f["head"])]})
-    overview = {"questions": _key_questions(results), "criteria": _criteria(results),
-                "headline": [(m, f) for mp, m in zip(model_pages, models) for f in mp["findings"][:4] if f["replicated"]]}
+    headline = []
+    for mp, m in zip(model_pages, models):
+        heads = set()
+        for f in mp["findings"]:
+            if f["replicated"] and f["head_name"] not in heads and len(heads) < 4:
+                heads.add(f["head_name"])  # one card per head: its strongest replicated role
+                headline.append((m, f))
+    overview = {"questions": _key_questions(results), "criteria": _criteria(results), "headline": headline}
     compare = _compare(results, figs)
     pages = {"index.html": env.get_template("index.html.jinja2").render(page="index.html", **common, **overview,
                                                                           model_pages=model_pages)}

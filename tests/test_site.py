@@ -1,0 +1,186 @@
+"""The rendered site and PDF: every page loads in headless Chromium with no broken link, missing image
+or console error; the PDF has pages, extractable text and Hebrew; user text is escaped; explanation
+numbers trace back to results.json; failed runs leave no half-written site; re-runs are cached."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import torch
+
+from reportgen.checkpoint import save_checkpoint
+from reportgen.cli import cli
+from reportgen.explain import explain_finding
+from reportgen.model import TransformerLM
+from reportgen.tokenizer import CharTokenizer
+
+from .conftest import TINY_TEXT
+
+XSS = "<script>alert(1)</script>"
+HEBREW = "שלום עולם. בבוקר אחד הלך איש אל השדה\n"
+
+
+def _tiny_checkpoint(folder: Path, text: str, language: str, name: str) -> Path:
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(1)
+    model = TransformerLM(2, 2, 32, 32, tok.vocab_size(), 64, True).eval()
+    path = folder / f"{name}.pt"
+    save_checkpoint(path, model, tok, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                    corpus={"name": name, "language": language}, seed=0, history=[])
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A full run (site + PDF) on two tiny models: English text holding a script tag, and Hebrew."""
+    root = tmp_path_factory.mktemp("run")
+    en_text = (TINY_TEXT + XSS + "\n") * 8
+    he_text = HEBREW * 30
+    (root / "en.txt").write_text(en_text)
+    (root / "he.txt").write_text(he_text)
+    en = _tiny_checkpoint(root, en_text, "en", "en")
+    he = _tiny_checkpoint(root, he_text, "he", "he")
+    out = root / "site"
+    args = ["run", "--out", str(out), "--train-windows", "16", "--model", str(en), "--label", XSS,
+            "--language", "en", "--text", str(root / "en.txt")]
+    assert cli(args) == 0
+    # Second model with its own text: run once more into a separate folder with both models via TOML.
+    toml = root / "both.toml"
+    toml.write_text(f'out = "{out}"\ntrain_windows = 16\n'
+                    f'[[model]]\npath = "{en}"\nlabel = "{XSS}"\nlanguage = "en"\ntext = "{root / "en.txt"}"\n'
+                    f'[[model]]\npath = "{he}"\nlabel = "Hebrew"\nlanguage = "he"\ntext = "{root / "he.txt"}"\n')
+    assert cli(["run", "--config", str(toml)]) == 0
+    return out, toml
+
+
+def test_run_writes_site_results_and_pdf(site):
+    out, _ = site
+    for name in ("index.html", "methods.html", "gallery.html", "compare.html", "results.json", "report.pdf"):
+        assert (out / name).is_file(), name
+    assert list((out / "figures").glob("*.png"))
+    assert not list(out.parent.glob(".site.staging-*"))
+
+
+def test_user_text_is_escaped_never_executed(site):
+    out, _ = site
+    pages = list(out.glob("*.html"))
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in p.read_text() for p in pages)
+    for page in pages:
+        assert XSS not in page.read_text(), page.name
+
+
+def _local_targets(page: Path, html: str) -> list[Path]:
+    targets = []
+    for ref in re.findall(r'(?:href|src)="([^"]+)"', html):
+        url = urlparse(ref)
+        if url.scheme or ref.startswith("#"):
+            continue
+        targets.append((page.parent / unquote(url.path)).resolve())
+    return targets
+
+
+def test_every_relative_link_and_image_resolves(site):
+    out, _ = site
+    for page in out.glob("*.html"):
+        for target in _local_targets(page, page.read_text()):
+            assert target.exists(), f"{page.name} -> {target}"
+
+
+@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
+                    reason="Debian chromium and chromium-driver are not installed")
+def test_every_page_loads_in_headless_chromium_without_errors(site):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    out, _ = site
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    try:
+        for page in sorted(out.glob("*.html")):
+            driver.get(page.as_uri())
+            broken = driver.execute_script(
+                "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+            assert broken == [], f"{page.name}: missing images {broken}"
+            links = driver.execute_script("return Array.from(document.links).map(a => a.href)")
+            for href in links:
+                url = urlparse(href)
+                if url.scheme == "file":
+                    assert Path(unquote(url.path)).exists(), f"{page.name}: broken link {href}"
+            errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+            assert errors == [], f"{page.name}: console errors {errors}"
+            assert driver.execute_script("return document.scripts.length") == 0
+    finally:
+        driver.quit()
+
+
+def test_pdf_has_pages_extractable_text_and_hebrew(site):
+    from pypdf import PdfReader
+
+    out, _ = site
+    reader = PdfReader(out / "report.pdf")
+    assert len(reader.pages) >= 5
+    text = "\n".join(p.extract_text() or "" for p in reader.pages)
+    assert "Summary and key questions" in text and "Methods" in text
+    assert re.search("[\u05d0-\u05ea]", text), "no Hebrew letters extracted from the PDF"
+
+
+def test_rerun_with_nothing_changed_is_skipped(site, capsys):
+    out, toml = site
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert cli(["run", "--config", str(toml)]) == 0
+    assert "up to date" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_failed_run_leaves_previous_site_untouched(site, tmp_path):
+    out, toml = site
+    before = sorted(p.name for p in out.iterdir())
+    bad = tmp_path / "bad.toml"
+    bad.write_text(toml.read_text().replace('label = "Hebrew"', 'label = "Hebrew"\nwith_residuals = true')
+                   .replace(str(out.parent / "he.txt"), str(tmp_path / "missing.txt")))
+    assert cli(["run", "--config", str(bad), "--force"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not list(out.parent.glob(".site.staging-*"))
+
+
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?", text)
+
+
+def test_every_number_in_an_explanation_comes_from_the_finding():
+    finding = {"head_name": "L1H2", "role": "space head", "pattern": "class_space", "family": "word boundary",
+               "description": "attention mass on space keys", "replicated": True,
+               "train": {"mean": 0.4312}, "heldout": {"mean": 0.4471, "chance": 0.1843, "ci_low": 0.4389,
+                                                      "ci_high": 0.4552, "times_chance": 2.426, "positional": 0.1851,
+                                                      "swap": 0.1866, "gain": 0.2605, "gain_ci_low": 0.2521,
+                                                      "consistency": 0.9926, "q": 0.0004}}
+    model = {"language": "en", "corpus": {"windows": {"train": 256, "heldout": 1363}}}
+    allowed = set()
+    for block in (finding["train"], finding["heldout"]):
+        for k, v in block.items():
+            allowed |= {f"{v:.3f}", f"{v:.1f}", f"{100 * v:.0f}", f"{v:.2g}", f"{v:.0f}"}
+    allowed |= {"256", "1363", "1", "2", "95"}  # window counts, head name digits, '95% CI'
+    for sentence in explain_finding(finding, model).values():
+        for n in _numbers(sentence):
+            assert n in allowed, f"{n!r} in {sentence!r} is not a value of the finding"
+
+
+def test_explanations_in_results_trace_back(site):
+    out, _ = site
+    results = json.loads((out / "results.json").read_text())
+    for m in results["models"]:
+        for f in m["findings"]:
+            values = {f"{v:.3f}" for b in (f["train"], f["heldout"]) for v in b.values() if isinstance(v, float)}
+            text = explain_finding(f, m)["strength"]
+            for n in re.findall(r"\d+\.\d{3}", text):
+                assert n in values, (n, text)
