@@ -13,7 +13,7 @@ import json
 import math
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from . import __version__
+from .ablation import HeadAblation, ablate_heads, generate_pair, head_means, per_char_delta
 from .capture import HeadScores, ProbeScores, capture, encode, natural_probes, probe, random_probes
 from .checkpoint import ModelBundle, load_checkpoint
 from .classes import CLASS_NAMES, CharClasses
@@ -32,7 +33,7 @@ from .errors import ReportgenError
 from .progress import make_progress
 from .stats import FAMILY_OF, ROLE_RULES, SplitStats, add_q_values, head_fields, roles_of, split_stats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPLITS = ("train", "heldout")
 FINDING_FIELDS = ("mean", "chance", "ci_low", "ci_high", "p", "q", "consistency", "times_chance",
                   "positional", "swap", "gain", "gain_ci_low", "gain_ci_high")
@@ -52,6 +53,7 @@ class ModelAnalysis:
     head_distance: np.ndarray  # (L*H, L*H) Jensen–Shannon distance between heads
     clusters: list[list[str]]
     examples: tuple[tuple[str, str, np.ndarray], ...]  # (caption, text, attention (L, H, T, T))
+    causal: dict  # ablation, controls and generation (results.json's "ablation", "controls", "generation")
 
 
 EXAMPLE_INPUTS = {"en": ("HELLO", "HELLO WORLD"), "he": ("שלום", "שלום עולם")}
@@ -176,7 +178,81 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(spec, bundle, split, classes, scores, probes, stats, dist,
                          cluster_heads(dist.copy(), bundle.config.n_heads),
-                         example_attention(bundle, split.language, split.heldout))
+                         example_attention(bundle, split.language, split.heldout), {})
+
+
+PROMPTS = {"en": "And it came to pass", "he": "בבוקר אחד"}
+
+
+def _ablation_dict(a: HeadAblation) -> dict:
+    """results.json form of one head's ablation."""
+    return {"layer": a.layer, "head": a.head, "head_name": f"L{a.layer}H{a.head}",
+            "delta_bits_per_char": a.delta, "ci_low": a.ci_low, "ci_high": a.ci_high,
+            "by_target_class": a.by_class, "targeted": a.targeted}
+
+
+def _control_roles(stats: SplitStats, n_layers: int, n_heads: int) -> dict:
+    """Roles found on a control (q within the control's own BH family), split positional vs content."""
+    add_q_values([stats])
+    roles = [(l, h, r) for l in range(n_layers) for h in range(n_heads) for r in roles_of(stats, l, h)]
+    positional = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family in ("previous character", "fixed offset",
+                                                                          "positional", "sink")]
+    content = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family not in ("previous character", "fixed offset",
+                                                                           "positional", "sink")]
+    tested = sum(int(np.isfinite(f["p"]).sum()) for f in stats.values.values() if "p" in f)
+    return {"positional_roles": positional, "content_roles": content, "tests": tested,
+            "discoveries_q05": int(sum(int((np.nan_to_num(f["q"], nan=1) < 0.05).sum())
+                                       for f in stats.values.values() if "q" in f))}
+
+
+def causal_evidence(prep: Prepared, cfg: RunConfig, index: int, stats: dict, progress) -> dict:
+    """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
+    bundle, classes = prep.bundle, prep.classes
+    model = bundle.model
+    T = bundle.config.max_context_len
+    ids = prep.ids["heldout"]
+    n = (len(ids) - 1) // (T + 1)
+    starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
+    windows = torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))  # (W, T+1)
+    nat, period = natural_probes(ids, max(8, cfg.n_probes // 2), T)
+    rng = np.random.default_rng([cfg.seed, index, 11])
+    L, H = bundle.config.n_layers, bundle.config.n_heads
+    task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)
+    baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
+                                   on_head=lambda: progress.advance(task))
+    # Controls: a randomly initialised model of the same shape, and character-shuffled held-out text.
+    task = progress.add_task(f"{prep.spec.label}: controls", total=2)
+    torch.manual_seed(cfg.seed + 1000 + index)
+    random_model = type(model).from_config(bundle.config).eval()
+    random_bundle = type(bundle)(random_model, bundle.tokenizer, bundle.path, bundle.sha256, bundle.language, {})
+    ctrl_ids = ids[: min(len(ids), cfg.control_windows * T)]
+    control_random = split_stats(capture(random_bundle, ctrl_ids, classes, n_samples=0),
+                                 {}, np.random.default_rng([cfg.seed, index, 12]))
+    progress.advance(task)
+    n_ctrl = len(ctrl_ids) // T
+    shuffled = ctrl_ids[: n_ctrl * T].reshape(n_ctrl, T).copy()  # (W, T)
+    for row in shuffled:  # characters shuffled within each window: positions kept, content broken
+        rng.shuffle(row)
+    control_shuffled = split_stats(capture(bundle, shuffled.ravel(), classes, n_samples=0),
+                                   {}, np.random.default_rng([cfg.seed, index, 13]))
+    progress.advance(task)
+    controls = {"random_init": _control_roles(control_random, L, H),
+                "shuffled_text": _control_roles(control_shuffled, L, H),
+                "windows": n_ctrl}
+    # Generation with the strongest role heads removed.
+    means = head_means(model, windows)
+    role_heads = []
+    for h in sorted(heads, key=lambda a: -a.delta):
+        if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
+            role_heads.append((h.layer, h.head))
+    prompt = PROMPTS.get(prep.split.language, "")
+    generation = None
+    if role_heads and prompt and not bundle.tokenizer.unknown_chars(prompt):
+        generation = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
+        passage = prep.split.heldout[:120]
+        generation["passage_delta"] = per_char_delta(bundle, passage, role_heads, means)
+    return {"mode": "mean", "windows": len(windows), "baseline_bits_per_char": baseline,
+            "ablation": [_ablation_dict(h) for h in heads], "controls": controls, "generation": generation}
 
 
 def _clean(x):
@@ -255,7 +331,40 @@ def model_results(a: ModelAnalysis) -> dict:
                              "chance": a.scores[s].class_chance, "queries": a.scores[s].class_count} for s in SPLITS},
         "offset_profile": {s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
         "head_distance": a.head_distance, "clusters": a.clusters,
+        **_causal_results(a),
     }
+
+
+def _causal_results(a: ModelAnalysis) -> dict:
+    """results.json blocks from the causal stage: ablation, agreement with detectors, controls, generation."""
+    if not a.causal:
+        return {"ablation": [], "controls": None, "generation": None, "causal_agreement": None}
+    from scipy.stats import spearmanr
+
+    strength = {}
+    for f in findings(a):
+        if f["replicated"]:
+            key = (f["layer"], f["head"])
+            strength[key] = max(strength.get(key, 0.0), f["effect"])
+    abl = a.causal["ablation"]
+    x = np.array([strength.get((h["layer"], h["head"]), 0.0) for h in abl])
+    y = np.array([h["delta_bits_per_char"] for h in abl])
+    agreement = None
+    if len(abl) >= 4 and x.std() > 0 and y.std() > 0:
+        rho = float(spearmanr(x, y).statistic)
+        rng = np.random.default_rng(5)
+        boots = []
+        for _ in range(2000):
+            k = rng.integers(0, len(x), len(x))
+            if x[k].std() > 0 and y[k].std() > 0:
+                boots.append(spearmanr(x[k], y[k]).statistic)
+        agreement = {"spearman_rho": rho, "ci_low": float(np.percentile(boots, 2.5)),
+                     "ci_high": float(np.percentile(boots, 97.5)), "heads": len(abl),
+                     "x": "largest held-out effect among the head's replicated roles (0 if none)",
+                     "y": "Δ bits/char when the head is mean-ablated"}
+    return {"ablation_mode": a.causal["mode"], "ablation_windows": a.causal["windows"],
+            "baseline_bits_per_char": a.causal["baseline_bits_per_char"], "ablation": abl,
+            "controls": a.causal["controls"], "generation": a.causal["generation"], "causal_agreement": agreement}
 
 
 def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
@@ -274,8 +383,11 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> tuple[lis
     with make_progress() as progress:
         for index, prep in enumerate(prepared):
             analyses.append(analyze_model(prep, cfg, index, progress))
-    for s in SPLITS:
-        add_q_values([a.stats[s] for a in analyses])
+        for s in SPLITS:
+            add_q_values([a.stats[s] for a in analyses])
+        if cfg.ablation_windows:  # causal stage needs the roles, so it runs after the FDR step
+            analyses = [replace(a, causal=causal_evidence(prep, cfg, index, a.stats, progress))
+                        for index, (a, prep) in enumerate(zip(analyses, prepared))]
     results = {
         "schema_version": SCHEMA_VERSION,
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -36,6 +36,8 @@ class RunConfig:
     train_windows: int = 256
     heldout_windows: int | None = None  # None = every held-out window
     n_probes: int = 64
+    ablation_windows: int = 128  # held-out windows for head ablation (0 = skip the causal stage)
+    control_windows: int = 128  # windows for the random-init and shuffled-text controls
     batch_size: int = 32
     oov: str = "error"
     pdf: bool = True
@@ -44,7 +46,8 @@ class RunConfig:
     def fingerprint(self) -> dict:
         """The settings that change the numbers (for results.json and the cache)."""
         return {"seed": self.seed, "train_windows": self.train_windows, "heldout_windows": self.heldout_windows,
-                "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides}
+                "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
+                "ablation_windows": self.ablation_windows, "control_windows": self.control_windows}
 
 
 def latest_checkpoint(folder: Path) -> Path:

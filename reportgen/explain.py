@@ -156,3 +156,37 @@ def absent_families(model: dict, rules: list[dict]) -> list[dict]:
             f"({d}): held-out mean {num(block['mean'])} (95% CI {num(block['ci_low'])}–{num(block['ci_high'])}) "
             f"against chance {num(block['chance'])}.")})
     return out
+
+
+FAMILY_TARGET = {"word boundary": "word_start", "punctuation": "after_punct", "repetition": "second_copy"}
+TARGET_TEXT = {"word_start": "when predicting the first character of a word",
+               "after_punct": "right after punctuation",
+               "second_copy": "on the second copy of a repeated passage"}
+
+
+def signed(x: float | None) -> str:
+    """A change in bits/char with its sign."""
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
+def explain_ablation(f: dict, model: dict) -> str:
+    """'What breaks without it': the head's ablation numbers, overall and where its role should matter."""
+    abl = next((a for a in model.get("ablation", []) if a["layer"] == f["layer"] and a["head"] == f["head"]), None)
+    if abl is None:
+        return "This head was not ablated in this run."
+    lo, hi = abl["ci_low"], abl["ci_high"]
+    verdict = ("the model gets measurably worse" if lo > 0 else
+               "the model gets measurably better" if hi < 0 else "there is no measurable change overall")
+    text = (f"Without {f['head_name']} (mean-ablated) held-out loss changes by {signed(abl['delta_bits_per_char'])} "
+            f"bits/char (95% CI {signed(lo)} to {signed(hi)}): {verdict}.")
+    target = FAMILY_TARGET.get(f["family"])
+    t = abl["targeted"].get(target) if target else None
+    if t:
+        where = ("more" if t["ci_low"] > 0 else "less" if t["ci_high"] < 0 else "no more and no less")
+        text += (f" {TARGET_TEXT[target].capitalize()} the change is {signed(t['delta_target'])} vs "
+                 f"{signed(t['delta_rest'])} elsewhere (difference {signed(t['difference'])}, 95% CI "
+                 f"{signed(t['ci_low'])} to {signed(t['ci_high'])}): it matters {where} where its role predicts.")
+    elif abl.get("by_target_class"):
+        worst = max(abl["by_target_class"].items(), key=lambda kv: kv[1])
+        text += f" The largest change is when predicting {worst[0]} characters ({signed(worst[1])} bits/char)."
+    return text

@@ -22,7 +22,7 @@ import numpy as np
 from .analyze import ModelAnalysis
 from .classes import CLASS_NAMES
 from .detectors import DESCRIPTIONS
-from .explain import absent_families, explain_finding, linguistic_note, num, pct, qval, times
+from .explain import absent_families, explain_ablation, explain_finding, linguistic_note, num, pct, qval, signed, times
 from .figures import FigureWriter, HeadFigureData
 from .stats import FAMILIES
 
@@ -42,7 +42,7 @@ def make_env() -> jinja2.Environment:
     """A fresh Jinja2 environment: autoescape on, StrictUndefined, the report's filters."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, pct=pct, times=times, qval=qval)
+    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed)
     return env
 
 
@@ -118,8 +118,12 @@ def _ratio(m: dict, layer: int, head: int, detector: str) -> float:
 def _model_page(m: dict, results: dict, figs: dict) -> dict:
     """Display data for a model page."""
     n_heads = m["hyperparameters"]["n_heads"]
-    findings = [dict(f, explanation=explain_finding(f, m), page=f"head-{slug(m['label'])}-{f['head_name']}.html")
-                for f in m["findings"]]
+    findings = [dict(f, explanation=dict(explain_finding(f, m), ablation=explain_ablation(f, m)),
+                     page=f"head-{slug(m['label'])}-{f['head_name']}.html") for f in m["findings"]]
+    roles = {(f["layer"], f["head"]): f["role"] for f in reversed(findings) if f["replicated"]}
+    ablation = sorted((dict(a, role=roles.get((a["layer"], a["head"]), "—"),
+                            page=f"head-{slug(m['label'])}-{a['head_name']}.html") for a in m.get("ablation", [])),
+                      key=lambda a: -a["delta_bits_per_char"])
     heads = [{"name": f"L{h['layer']}H{h['head']}", "page": f"head-{slug(m['label'])}-L{h['layer']}H{h['head']}.html",
               "roles": _head_role(m, h["layer"], h["head"]),
               "entropy": h["detectors"]["entropy"]["heldout"]["mean"],
@@ -127,7 +131,8 @@ def _model_page(m: dict, results: dict, figs: dict) -> dict:
     layers = [heads[l * n_heads:(l + 1) * n_heads] for l in range(m["hyperparameters"]["n_layers"])]
     return {"model": m, "slug": slug(m["label"]), "findings": findings, "layers": layers,
             "absent": absent_families(m, results["rules"]), "grid": figs[(m["label"], "grid")],
-            "scores": figs[(m["label"], "scores")], "replicated": sum(f["replicated"] for f in findings)}
+            "scores": figs[(m["label"], "scores")], "replicated": sum(f["replicated"] for f in findings),
+            "ablation": ablation}
 
 
 def _head_page(m: dict, head: dict, figs: dict) -> dict:
@@ -138,9 +143,11 @@ def _head_page(m: dict, head: dict, figs: dict) -> dict:
         ho, tr = splits["heldout"], splits["train"]
         rows.append({"name": d, "description": DESCRIPTIONS[d], "heldout": ho, "train": tr,
                      "role": any(f["pattern"] == d and f["layer"] == l and f["head"] == h for f in m["findings"])})
-    findings = [dict(f, explanation=explain_finding(f, m)) for f in m["findings"] if f["layer"] == l and f["head"] == h]
+    findings = [dict(f, explanation=dict(explain_finding(f, m), ablation=explain_ablation(f, m)))
+                for f in m["findings"] if f["layer"] == l and f["head"] == h]
+    ablation = next((a for a in m.get("ablation", []) if a["layer"] == l and a["head"] == h), None)
     return {"model": m, "name": f"L{l}H{h}", "figure": figs[(m["label"], l, h)], "rows": rows,
-            "findings": findings, "slug": slug(m["label"]), "roles": _head_role(m, l, h)}
+            "findings": findings, "slug": slug(m["label"]), "roles": _head_role(m, l, h), "ablation": ablation}
 
 
 def _key_questions(results: dict) -> list[dict]:
@@ -189,7 +196,9 @@ def _criteria(results: dict) -> list[dict]:
          "link": "methods.html"},
         {"ok": rep > 0, "text": "Roles confirmed on held-out books never used for discovery", "link": "index.html#findings"},
         {"ok": len(langs) > 1, "text": "English and Hebrew compared on the same books", "link": "compare.html"},
-        {"ok": False, "text": "Causal evidence (head ablation): not yet measured in this version", "link": "methods.html"},
+        {"ok": all(m.get("ablation") for m in models),
+         "text": "Causal evidence: every head ablated, with targeted effects and controls",
+         "link": f"model-{slug(models[0]['label'])}.html#causal"},
     ]
 
 
