@@ -87,6 +87,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    """Compare two runs or checkpoints; exit 1 with --fail-on-change if any role changed significantly."""
+    from .diff import compare, print_summary, render, run_data
+
+    a, b = run_data(Path(args.a)), run_data(Path(args.b))
+    doc = compare(a, b, force=args.force)
+    render(doc, Path(args.out), pdf=not args.no_pdf)
+    print_summary(doc)
+    stderr.print(f"wrote {Path(args.out) / 'diff.html'}")
+    roles_changed = any(c["status"] in ("appeared", "vanished") for m in doc["models"] for c in m["changes"])
+    return 1 if args.fail_on_change and (roles_changed or doc["significant"]) else 0
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by analyze and run."""
     p.add_argument("--model", action="append", help="checkpoint file or folder (repeatable; default: shipped models)")
@@ -149,6 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(r)
     r.add_argument("--no-pdf", action="store_true", help="skip the PDF")
     r.set_defaults(func=_cmd_run)
+
+    d = sub.add_parser("diff", help="what changed in each head between two runs or checkpoints")
+    d.add_argument("a", help="results folder, results.json or checkpoint (before)")
+    d.add_argument("b", help="results folder, results.json or checkpoint (after)")
+    d.add_argument("--out", default="site/diff", help="output folder (default site/diff)")
+    d.add_argument("--force", action="store_true", help="compare even if the runs used different texts")
+    d.add_argument("--no-pdf", action="store_true", help="skip diff.pdf")
+    d.add_argument("--fail-on-change", action="store_true", help="exit 1 if anything changed significantly")
+    d.set_defaults(func=_cmd_diff)
     return parser
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from .analyze import analyze, prepare, write_json
 from .config import RunConfig
+from .diff import WINDOWS_FILE, save_windows
 from .progress import stderr
 from .report import build_site, swap_into_place, template_dir, write_pdf, write_site
 
@@ -69,6 +70,7 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     staging.mkdir(parents=True)
     try:
         write_json(staging / "results.json", results)
+        save_windows(staging / WINDOWS_FILE, analyses)
         if not analyze_only:
             if (cfg.out / "figures").is_dir():  # reuse unchanged figures
                 shutil.copytree(cfg.out / "figures", staging / "figures")

@@ -1,0 +1,94 @@
+"""Diffs: a model against itself changes nothing; a copy with one last-layer head altered flags only
+that head; bad pairings are one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reportgen.checkpoint import save_checkpoint
+from reportgen.cli import cli
+
+from .conftest import TINY_TEXT
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from reportgen.model import TransformerLM
+    from reportgen.tokenizer import CharTokenizer
+
+    root = tmp_path_factory.mktemp("diff")
+    text = root / "text.txt"
+    text.write_text(TINY_TEXT * 10)
+    heldout = root / "heldout.txt"
+    heldout.write_text(TINY_TEXT * 25)
+    tok = CharTokenizer.from_text([TINY_TEXT])
+    torch.manual_seed(0)
+    model = TransformerLM(2, 2, 32, 32, tok.vocab_size(), 64, True).eval()
+    paths = {}
+    for name in ("a", "b"):
+        if name == "b":  # sharpen the last layer's head 0: only its attention pattern can change
+            with torch.no_grad():
+                w = model.layers[1].causal_attention.kqv_matrices[0].weight
+                hs = model.config.head_size
+                w[hs:2 * hs] *= 40.0  # query rows (chunks are k, q, v)
+        ckpt = root / f"{name}.pt"
+        save_checkpoint(ckpt, model, tok, step=1 if name == "a" else 2, train_loss=3.0, heldout_bits_per_char=3.0,
+                        corpus={"name": "tiny", "language": "en"}, seed=0, history=[], dtype=torch.float32)
+        out = root / f"site-{name}"
+        assert cli(["analyze", "--model", str(ckpt), "--label", "Tiny", "--text", str(text), "--heldout", str(heldout),
+                    "--out", str(out), "--train-windows", "24"]) == 0
+        paths[name] = out
+    return root, paths
+
+
+def _diff(root, a, b, *extra):
+    out = root / "diffout"
+    code = cli(["diff", str(a), str(b), "--out", str(out), "--no-pdf", *extra])
+    doc = json.loads((out / "diff.json").read_text()) if (out / "diff.json").exists() else None
+    return code, doc
+
+
+def test_model_against_itself_has_no_significant_change(runs):
+    root, paths = runs
+    code, doc = _diff(root, paths["a"], paths["a"], "--fail-on-change")
+    assert code == 0
+    assert doc["significant"] == 0
+    assert all(c["change"] == 0 for m in doc["models"] for c in m["changes"])
+    assert doc["models"][0]["paired"] is True
+
+
+def test_altered_head_and_only_it_is_flagged(runs):
+    root, paths = runs
+    code, doc = _diff(root, paths["a"], paths["b"], "--fail-on-change")
+    flagged = [c for m in doc["models"] for c in m["changes"] if c["status"] != "unchanged"]
+    assert flagged, "the sharpened head should change"
+    assert {c["head_name"] for c in flagged} == {"L1H0"}
+    assert code == 1
+    # Consistent with the change: a sharper head is more confident (argmax shares rise somewhere).
+    assert any(c["change"] > 0 for c in flagged)
+
+
+def test_bad_pairings_give_one_line_errors(runs, tmp_path, capsys):
+    root, paths = runs
+    code = cli(["diff", str(paths["a"]), str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing" in err and len(err.strip().splitlines()) == 1
+    old = tmp_path / "old"
+    old.mkdir()
+    doc = json.loads((paths["a"] / "results.json").read_text())
+    doc["schema_version"] = 1
+    (old / "results.json").write_text(json.dumps(doc))
+    code = cli(["diff", str(old), str(paths["a"]), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "schema version 1 is incompatible" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    doc["schema_version"] = 2
+    doc["models"][0]["corpus"]["sha256"] = "0" * 64
+    (other / "results.json").write_text(json.dumps(doc))
+    code = cli(["diff", str(other), str(paths["a"]), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "different texts" in err and len(err.strip().splitlines()) == 1
