@@ -54,6 +54,7 @@ class ModelAnalysis:
     clusters: list[list[str]]
     examples: tuple[tuple[str, str, np.ndarray], ...]  # (caption, text, attention (L, H, T, T))
     causal: dict  # ablation, controls and generation (results.json's "ablation", "controls", "generation")
+    timeline: dict | None = None  # role strength across the model's sibling checkpoints
 
 
 EXAMPLE_INPUTS = {"en": ("HELLO", "HELLO WORLD"), "he": ("שלום", "שלום עולם")}
@@ -182,6 +183,47 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
 
 
 PROMPTS = {"en": "And it came to pass", "he": "בבוקר אחד"}
+
+
+def emergence(a: ModelAnalysis, prep: Prepared, cfg: RunConfig, index: int, progress) -> dict | None:
+    """Strength of the final model's strongest roles at every sibling checkpoint (step*.pt), with CIs.
+
+    Runs only when the model's folder holds three or more reportgen checkpoints of the same shape.
+    Each checkpoint is scored on the same evenly spread held-out windows.
+    """
+    path = a.bundle.path
+    siblings = sorted(path.parent.glob("step*.pt"))
+    if len(siblings) < 3 or path not in siblings:
+        return None
+    chosen: dict[str, dict] = {}
+    for f in findings(a):  # strongest replicated finding per family, plus the natural-text induction score
+        if f["replicated"] and f["family"] not in chosen and not f["pattern"].startswith("probe_"):
+            chosen[f["family"]] = f
+    series = [(f["pattern"], f["layer"], f["head"], f"L{f['layer']}H{f['head']} {f['role']}") for f in chosen.values()]
+    if not any(p == "induction" for p, *_ in series):
+        ind = a.stats["heldout"].values["induction"]["mean"]
+        l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
+        series.append(("induction", int(l), int(h), f"L{l}H{h} induction (strongest at the final step)"))
+    task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
+    steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
+    for ckpt in siblings:
+        bundle = load_checkpoint(ckpt)
+        if bundle.config != a.bundle.config or bundle.tokenizer.vocab != a.bundle.tokenizer.vocab:
+            progress.advance(task)
+            continue
+        scores = capture(bundle, prep.ids["heldout"], prep.classes, limit=cfg.timeline_windows, n_samples=0)
+        st = split_stats(scores, {}, np.random.default_rng([cfg.seed, index, 21]))
+        steps.append(bundle.metadata.get("step"))
+        bpc.append(bundle.metadata.get("heldout_bits_per_char"))
+        for det, l, h, label in series:
+            for k in ("mean", "ci_low", "ci_high"):
+                values[label][k].append(float(st.values[det][k][l, h]))
+        progress.advance(task)
+    if len(steps) < 3:
+        return None
+    return {"steps": steps, "heldout_bits_per_char": bpc, "windows": min(cfg.timeline_windows, scores.n_windows),
+            "series": [{"label": label, "detector": det, "layer": l, "head": h, "chance": None, **values[label]}
+                       for det, l, h, label in series]}
 
 
 def _ablation_dict(a: HeadAblation) -> dict:
@@ -332,6 +374,7 @@ def model_results(a: ModelAnalysis) -> dict:
         "offset_profile": {s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
         "head_distance": a.head_distance, "clusters": a.clusters,
         **_causal_results(a),
+        "timeline": a.timeline,
     }
 
 
@@ -387,6 +430,9 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> tuple[lis
             add_q_values([a.stats[s] for a in analyses])
         if cfg.ablation_windows:  # causal stage needs the roles, so it runs after the FDR step
             analyses = [replace(a, causal=causal_evidence(prep, cfg, index, a.stats, progress))
+                        for index, (a, prep) in enumerate(zip(analyses, prepared))]
+        if cfg.timeline_windows:
+            analyses = [replace(a, timeline=emergence(a, prep, cfg, index, progress))
                         for index, (a, prep) in enumerate(zip(analyses, prepared))]
     results = {
         "schema_version": SCHEMA_VERSION,

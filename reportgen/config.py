@@ -38,6 +38,7 @@ class RunConfig:
     n_probes: int = 64
     ablation_windows: int = 128  # held-out windows for head ablation (0 = skip the causal stage)
     control_windows: int = 128  # windows for the random-init and shuffled-text controls
+    timeline_windows: int = 96  # held-out windows per sibling checkpoint for the emergence timeline (0 = skip)
     batch_size: int = 32
     oov: str = "error"
     pdf: bool = True
@@ -47,7 +48,8 @@ class RunConfig:
         """The settings that change the numbers (for results.json and the cache)."""
         return {"seed": self.seed, "train_windows": self.train_windows, "heldout_windows": self.heldout_windows,
                 "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
-                "ablation_windows": self.ablation_windows, "control_windows": self.control_windows}
+                "ablation_windows": self.ablation_windows, "control_windows": self.control_windows,
+                "timeline_windows": self.timeline_windows}
 
 
 def latest_checkpoint(folder: Path) -> Path:

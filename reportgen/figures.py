@@ -164,6 +164,29 @@ def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads
         return png_bytes(fig)
 
 
+def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[float | None]) -> bytes:
+    """Role strength (mean with 95% CI) against training step, with held-out loss on a second axis."""
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(7.5, 3.6))
+        ax = fig.add_subplot()
+        for s in series:
+            mean = np.asarray(s["mean"])
+            err = np.vstack([mean - np.asarray(s["ci_low"]), np.asarray(s["ci_high"]) - mean])
+            ax.errorbar(steps, mean, yerr=err, marker="o", ms=3, capsize=2, label=s["label"])
+        ax.set_xscale("log")
+        ax.set_xlabel("training step (log scale)")
+        ax.set_ylabel("held-out statistic (mean, 95% CI)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        if all(b is not None for b in bpc):
+            ax2 = ax.twinx()
+            ax2.plot(steps, bpc, color="black", ls="--", lw=1, label="held-out bits/char")
+            ax2.set_ylabel("held-out bits/char (dashed)")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.12, 1.0))
+        ax.set_title(title)
+        return png_bytes(fig)
+
+
 def _render(job: tuple) -> bytes:
     """Worker entry: (function name, args) -> PNG bytes."""
     name, args = job

@@ -76,6 +76,10 @@ def _figures(analyses: list[ModelAnalysis], results: dict, folder: Path, cache: 
         idx[(m["label"], "scores")] = fw.add("score_matrix_figure", f"{m['label']}: detector scores vs chance",
                                              SCORE_DETECTORS, [f"L{l}H{h}" for l in range(L) for h in range(H)],
                                              ratio, marked)
+        if m.get("timeline"):
+            t = m["timeline"]
+            idx[(m["label"], "timeline")] = fw.add("timeline_figure", f"{m['label']}: how roles emerge during training",
+                                                   t["steps"], t["series"], t["heldout_bits_per_char"])
         present = [c for c in CLASS_NAMES if a.scores["heldout"].class_count[CLASS_NAMES.index(c)] > 0]
         ci = [CLASS_NAMES.index(c) for c in present]
         offsets = np.asarray(m["offset_profile"]["heldout"])
@@ -132,7 +136,7 @@ def _model_page(m: dict, results: dict, figs: dict) -> dict:
     return {"model": m, "slug": slug(m["label"]), "findings": findings, "layers": layers,
             "absent": absent_families(m, results["rules"]), "grid": figs[(m["label"], "grid")],
             "scores": figs[(m["label"], "scores")], "replicated": sum(f["replicated"] for f in findings),
-            "ablation": ablation}
+            "ablation": ablation, "timeline": figs.get((m["label"], "timeline"))}
 
 
 def _head_page(m: dict, head: dict, figs: dict) -> dict:

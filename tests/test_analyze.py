@@ -82,3 +82,26 @@ def test_out_of_vocabulary_characters_can_be_dropped(tiny_run, tmp_path):
     noisy = tmp_path / "noisy.txt"
     noisy.write_text(text.read_text().replace("cat", "cZt"))
     assert _analyze(ckpt, noisy, tmp_path / "site", "--oov", "drop") == 0
+
+
+def test_emergence_timeline_covers_every_sibling_checkpoint(tmp_path, tiny_model, tokenizer):
+    import torch
+
+    folder = tmp_path / "ckpts"
+    for step in (10, 100, 1000):
+        with torch.no_grad():
+            for p in tiny_model.parameters():
+                p.mul_(1.05)  # a different model at each step, same shape and vocabulary
+        save_checkpoint(folder / f"step{step:05d}.pt", tiny_model, tokenizer, step=step, train_loss=3.0,
+                        heldout_bits_per_char=3.0 - step / 1000, corpus={"name": "tiny", "language": "en"},
+                        seed=0, history=[], dtype=torch.float32)
+    text = tmp_path / "text.txt"
+    text.write_text(TINY_TEXT * 6)
+    assert _analyze(folder / "step01000.pt", text, tmp_path / "site") == 0
+    (model,) = json.loads((tmp_path / "site" / "results.json").read_text())["models"]
+    timeline = model["timeline"]
+    assert timeline["steps"] == [10, 100, 1000]
+    assert timeline["heldout_bits_per_char"] == [2.99, 2.9, 2.0]
+    assert timeline["series"] and all(len(s["mean"]) == 3 for s in timeline["series"])
+    for s in timeline["series"]:
+        assert all(lo <= m <= hi for lo, m, hi in zip(s["ci_low"], s["mean"], s["ci_high"]))
