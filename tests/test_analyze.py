@@ -105,3 +105,24 @@ def test_emergence_timeline_covers_every_sibling_checkpoint(tmp_path, tiny_model
     assert timeline["series"] and all(len(s["mean"]) == 3 for s in timeline["series"])
     for s in timeline["series"]:
         assert all(lo <= m <= hi for lo, m, hi in zip(s["ci_low"], s["mean"], s["ci_high"]))
+
+
+def test_character_classes_can_be_overridden_from_the_config(tiny_run, tmp_path):
+    ckpt, text = tiny_run
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'train_windows = 24\nablation_windows = 0\ntimeline_windows = 0\n'
+                    f'[[model]]\npath = "{ckpt}"\nlabel = "Tiny"\nlanguage = "en"\ntext = "{text}"\n'
+                    f'[class_overrides]\n"t" = "vowel"\n"!" = "other"\n')
+    assert cli(["analyze", "--config", str(toml), "--out", str(tmp_path / "site")]) == 0
+    (model,) = json.loads((tmp_path / "site" / "results.json").read_text())["models"]
+    assert "t" in model["classes"]["vowel"] and "t" not in model["classes"]["consonant"]
+    assert "!" in model["classes"]["other"]
+    assert model["ablation"] == [] and model["timeline"] is None
+
+
+def test_unknown_setting_in_config_is_a_one_line_error(tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("sede = 3\n")
+    assert cli(["analyze", "--config", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "sede" in err and len(err.strip().splitlines()) == 1
