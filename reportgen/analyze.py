@@ -256,7 +256,7 @@ def causal_evidence(prep: Prepared, cfg: RunConfig, index: int, stats: dict, pro
     n = (len(ids) - 1) // (T + 1)
     starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
     windows = torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))  # (W, T+1)
-    nat, period = natural_probes(ids, max(8, cfg.n_probes // 2), T)
+    nat, period = natural_probes(ids, max(8, cfg.n_probes // 4), T)
     rng = np.random.default_rng([cfg.seed, index, 11])
     L, H = bundle.config.n_layers, bundle.config.n_heads
     task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)

@@ -36,9 +36,9 @@ class RunConfig:
     train_windows: int = 256
     heldout_windows: int | None = None  # None = every held-out window
     n_probes: int = 64
-    ablation_windows: int = 128  # held-out windows for head ablation (0 = skip the causal stage)
-    control_windows: int = 128  # windows for the random-init and shuffled-text controls
-    timeline_windows: int = 96  # held-out windows per sibling checkpoint for the emergence timeline (0 = skip)
+    ablation_windows: int = 64  # held-out windows for head ablation (0 = skip the causal stage)
+    control_windows: int = 64  # windows for the random-init and shuffled-text controls
+    timeline_windows: int = 64  # held-out windows per sibling checkpoint for the emergence timeline (0 = skip)
     batch_size: int = 32
     oov: str = "error"
     pdf: bool = True

@@ -35,7 +35,7 @@ def visible(text: str) -> list[str]:
 def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
     """Render a figure to PNG bytes with no timestamp or software metadata (deterministic)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.05)
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, pil_kwargs={"compress_level": 3})
     return buf.getvalue()
 
 
@@ -71,7 +71,8 @@ def head_figure(d: HeadFigureData) -> bytes:
     with matplotlib.rc_context(FONT):
         n = len(d.examples)
         fig = Figure(figsize=(3.1 * (n + 1), 6.4))
-        grid = fig.add_gridspec(2, n + 1, height_ratios=[1, 0.8], hspace=0.45, wspace=0.35)
+        grid = fig.add_gridspec(2, n + 1, height_ratios=[1, 0.8], hspace=0.5, wspace=0.4,
+                                left=0.05, right=0.95, top=0.88, bottom=0.12)
         img = None
         for k, (caption, text, attn) in enumerate(d.examples):
             ax = fig.add_subplot(grid[0, k])
@@ -111,7 +112,7 @@ def grid_figure(title: str, text: str, attn: np.ndarray, roles: list[list[str]])
     """Every layer x head on one input: small heatmaps (L, H, T, T) with each head's role below."""
     L, H = attn.shape[:2]
     with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(2.0 * H + 0.8, 2.15 * L + 0.6))
+        fig = Figure(figsize=(2.0 * H + 0.8, 2.15 * L + 0.6), layout="constrained")
         axes = fig.subplots(L, H, squeeze=False)
         img = None
         for l in range(L):
@@ -132,7 +133,7 @@ def score_matrix_figure(title: str, detectors: list[str], heads: list[str], rati
                         marked: np.ndarray) -> bytes:
     """Detector x head matrix of observed / chance (log2), with role cells outlined."""
     with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(0.42 * len(heads) + 2.6, 0.25 * len(detectors) + 1.4))
+        fig = Figure(figsize=(0.42 * len(heads) + 2.6, 0.25 * len(detectors) + 1.4), layout="constrained")
         ax = fig.add_subplot()
         logr = np.log2(np.clip(np.nan_to_num(ratio, nan=1.0), 1 / 32, 32))
         img = ax.imshow(logr, cmap="RdBu_r", vmin=-5, vmax=5, aspect="auto", interpolation="nearest")
@@ -150,7 +151,7 @@ def score_matrix_figure(title: str, detectors: list[str], heads: list[str], rati
 def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads: dict[str, int]) -> bytes:
     """Share of heads with a replicated role in each pattern family, per model."""
     with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(7.5, 3.2))
+        fig = Figure(figsize=(7.5, 3.2), layout="constrained")
         ax = fig.add_subplot()
         width = 0.8 / max(1, len(counts))
         x = np.arange(len(families))
@@ -167,7 +168,7 @@ def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads
 def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[float | None]) -> bytes:
     """Role strength (mean with 95% CI) against training step, with held-out loss on a second axis."""
     with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(7.5, 3.6))
+        fig = Figure(figsize=(7.5, 3.6), layout="constrained")
         ax = fig.add_subplot()
         for s in series:
             mean = np.asarray(s["mean"])
