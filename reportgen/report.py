@@ -133,7 +133,10 @@ def _model_page(m: dict, results: dict, figs: dict) -> dict:
               "entropy": h["detectors"]["entropy"]["heldout"]["mean"],
               "distance": h["detectors"]["distance"]["heldout"]["mean"]} for h in m["heads"]]
     layers = [heads[l * n_heads:(l + 1) * n_heads] for l in range(m["hyperparameters"]["n_layers"])]
-    return {"model": m, "slug": slug(m["label"]), "findings": findings, "layers": layers,
+    gen = m.get("generation") or {}
+    top = max((abs(d) for _, d in gen.get("passage_delta", [])), default=0.0) or 1.0
+    shading = [(c, d, round(max(d, 0.0) / top, 3)) for c, d in gen.get("passage_delta", [])]
+    return {"model": m, "slug": slug(m["label"]), "findings": findings, "layers": layers, "shading": shading,
             "absent": absent_families(m, results["rules"]), "grid": figs[(m["label"], "grid")],
             "scores": figs[(m["label"], "scores")], "replicated": sum(f["replicated"] for f in findings),
             "ablation": ablation, "timeline": figs.get((m["label"], "timeline"))}
