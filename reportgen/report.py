@@ -277,7 +277,7 @@ def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: d
     pages["compare.html"] = env.get_template("compare.html.jinja2").render(page="compare.html", **common, c=compare)
     pages["methods.html"] = env.get_template("methods.html.jinja2").render(page="methods.html", **common)
     pdf_html = env.get_template("report.html.jinja2").render(
-        **common, **overview, model_pages=model_pages, gallery=gallery, c=compare, head_pages=head_pages,
+        **common, **overview, model_pages=model_pages, c=compare, head_pages=head_pages,
         grids={m["label"]: figs[(m["label"], "grid")] for m in models})
     return Site(pages, pdf_html)
 
