@@ -22,7 +22,8 @@ import numpy as np
 from .analyze import ModelAnalysis
 from .classes import CLASS_NAMES
 from .detectors import DESCRIPTIONS
-from .explain import absent_families, explain_ablation, explain_finding, linguistic_note, num, pct, qval, signed, times
+from .explain import (FAMILY_TARGET, TARGET_TEXT, absent_families, explain_ablation, explain_finding,
+                      linguistic_note, num, pct, qval, signed, times)
 from .figures import FigureWriter, HeadFigureData
 from .stats import FAMILIES
 
@@ -174,7 +175,17 @@ def _key_questions(results: dict) -> list[dict]:
     if cons:
         q3.append(f"Replicated roles beat their strictest null in a median {pct(float(np.median(cons)))} of held-out "
                   f"windows (lowest {pct(min(cons))}).")
-    q4 = [f"{fam}: {linguistic_note(fam, models[0]['language'])}" for fam in list(fam_counts)[:3]]
+    q4 = []
+    for m, f in rep:  # causal support: does ablation hurt most where the role predicts?
+        target = FAMILY_TARGET.get(f["family"])
+        abl = next((a for a in m.get("ablation") or [] if a["layer"] == f["layer"] and a["head"] == f["head"]), None)
+        t = abl["targeted"].get(target) if abl and target else None
+        if t and not any(f["family"] in line and m["label"] in line for line in q4):
+            verdict = ("yes" if t["ci_low"] > 0 else "no, the opposite" if t["ci_high"] < 0 else "not measurably")
+            q4.append(f"{m['label']} {f['head_name']} ({f['family']}): does removing it hurt most {TARGET_TEXT[target]}? "
+                      f"{verdict} (difference {signed(t['difference'])} bits/char, 95% CI {signed(t['ci_low'])} to "
+                      f"{signed(t['ci_high'])}).")
+    q4 += [f"{fam}: {linguistic_note(fam, models[0]['language'])}" for fam in list(fam_counts)[:2]]
     q5 = []
     if len(models) > 1:
         for fam in FAMILIES:
