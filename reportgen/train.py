@@ -115,6 +115,9 @@ def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
             if step % cfg.eval_every == 0 or step in save_at:
                 heldout_bpc = bits_per_char(model, eval_windows)
                 history.append([step, running / LN2, heldout_bpc])
+                if not progress.console.is_terminal:  # no live bar in a log file: say where we are
+                    progress.console.log(f"step {step}/{cfg.steps}: train {running / LN2:.3f} bits/char, "
+                                         f"held-out {heldout_bpc:.3f} ({time.perf_counter() - start:.0f} s)")
             if step in save_at:
                 path = cfg.out / f"step{step:05d}.pt"
                 save_checkpoint(path, model, tokenizer, step=step, train_loss=running,
