@@ -233,21 +233,35 @@ def _compare(results: dict, figs: dict) -> dict:
             cells.append({"heads": heads, "strongest": strongest})
         if any(c["heads"] for c in cells):
             langs = {m["language"] for m in models}
-            rows.append({"family": fam, "cells": cells,
-                         "note": " ".join(linguistic_note(fam, lang) for lang in sorted(langs)
-                                          if linguistic_note(fam, lang)) if len(langs) > 1 else ""})
+            notes = dict.fromkeys(linguistic_note(fam, lang) for lang in sorted(langs))  # ordered, no repeats
+            rows.append({"family": fam, "cells": cells, "note": " ".join(n for n in notes if n)})
     by_layer = []
     for m in models:
         L = m["hyperparameters"]["n_layers"]
         by_layer.append({"label": m["label"], "layers": [
             sorted({f["role"] for f in m["findings"] if f["layer"] == l and f["replicated"]}) for l in range(L)]})
+    strength = []  # the same detectors per layer: strongest head's held-out mean (and x chance) per model
+    for det in ("offset_1", "class_space", "word_start", "class_vowel", "class_consonant", "class_final",
+                "class_punctuation", "duplicate", "induction", "probe_natural"):
+        row = {"detector": det, "description": DESCRIPTIONS[det], "layers": []}
+        L = max(m["hyperparameters"]["n_layers"] for m in models)
+        for l in range(L):
+            cells = []
+            for m in models:
+                heads = [h for h in m["heads"] if h["layer"] == l and det in h["detectors"]]
+                best = max(heads, key=lambda h: h["detectors"][det]["heldout"]["mean"] or 0, default=None)
+                cells.append(None if best is None else {"head": f"L{l}H{best['head']}", **best["detectors"][det]["heldout"]})
+            row["layers"].append(cells)
+        if any(c for cells in row["layers"] for c in cells):
+            strength.append(row)
     only = []
     if len(models) == 2:
         fams = [{f["family"] for f in m["findings"] if f["replicated"]} for m in models]
         for i in (0, 1):
             for fam in sorted(fams[i] - fams[1 - i]):
                 only.append(f"{fam}: only in {models[i]['label']}")
-    return {"rows": rows, "by_layer": by_layer, "only": only, "figure": figs.get("compare"), "models": models}
+    return {"rows": rows, "by_layer": by_layer, "only": only, "figure": figs.get("compare"), "models": models,
+            "strength": strength}
 
 
 def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: dict) -> Site:
