@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .checkpoint import ModelBundle
 from .classes import CharClasses
-from .detectors import SKIP, batch_stats, class_onehot, positional_null
+from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, positional_null
 from .errors import ReportgenError
 
 LN2 = float(np.log(2.0))
@@ -99,7 +99,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
         if len(batch) == 1 and previous is not None:  # a lone window cannot be label-swapped: pair it
             attn, batch, keep = torch.cat([previous[0], attn]), torch.cat([previous[1], batch]), slice(1, 2)
         stats = batch_stats(attn, batch, lookup[batch], vocab_size)
-        parts.append((stats, keep))
+        parts.append(({"observed": stats.observed, "chance": stats.chance, "swap": stats.swap}, keep))
         previous = (attn[-1:], batch[-1:])
         for b in range(len(batch)):
             if len(samples) < n_samples and (keep.start is None or b == keep.start):
@@ -111,22 +111,25 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
             class_matrix = stats.class_matrix if class_matrix is None else class_matrix + stats.class_matrix
             class_count = stats.class_count if class_count is None else class_count + stats.class_count
 
-    def gather(field_name):
-        names = getattr(parts[0][0], field_name).keys()
-        return {n: torch.cat([getattr(s, field_name)[n][k] for s, k in parts]).numpy() for n in names}
+    def gather(field_name):  # only per-window (B, L, H) values are kept per batch: memory grows by KBs/window
+        names = parts[0][0][field_name].keys()
+        return {n: torch.cat([s[field_name][n][k] for s, k in parts]).numpy() for n in names}
 
     W, T = windows.shape
     mean_attn = attn_sum / W  # (L, H, T, S)
     positional: dict[str, list[np.ndarray]] = {}
-    for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediate small
+    pos = torch.arange(T, dtype=torch.float32)[SKIP:]
+    chance_sum = torch.zeros(CLASS_C, CLASS_C)
+    query_count = torch.zeros(CLASS_C)
+    for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediates small
         chunk = windows[lo:lo + 256]
         for name, value in positional_null(mean_attn, chunk, lookup[chunk]).items():
             positional.setdefault(name, []).append(value.numpy())
-    codes = class_onehot(lookup[windows])  # (W, T, C)
-    pos = torch.arange(T, dtype=torch.float32)[SKIP:]
-    onehot = codes[:, SKIP:]  # (W, T', C) valid queries
-    prefix = codes.cumsum(1)[:, SKIP:] / (pos.view(1, -1, 1) + 1)  # (W, T', C) uniform causal share
-    class_chance = torch.einsum("wiq,wic->qc", onehot, prefix) / onehot.sum((0, 1)).clamp_min(1).view(-1, 1)
+        codes = class_onehot(lookup[chunk])  # (w, T, C)
+        prefix = codes.cumsum(1)[:, SKIP:] / (pos.view(1, -1, 1) + 1)  # (w, T', C) uniform causal share
+        chance_sum += torch.einsum("wiq,wic->qc", codes[:, SKIP:], prefix)
+        query_count += codes[:, SKIP:].sum((0, 1))
+    class_chance = chance_sum / query_count.clamp_min(1).view(-1, 1)
     counts = class_count.clamp_min(1).view(1, 1, -1, 1)
     return HeadScores(
         observed=gather("observed"), chance=gather("chance"), swap=gather("swap"),

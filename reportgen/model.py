@@ -88,9 +88,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self._qkv(x)  # each (B, H, N, hs)
         uniform = [h for h, (mode, _) in self._ablation.items() if mode == "uniform"]
         if need_weights or uniform:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # (B, H, N, N)
+            scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.transpose(-2, -1)  # (B, H, N, N)
             causal = self.mask[:, :N, :N] == 0  # (1, N, N)
-            scores = scores.masked_fill(causal.unsqueeze(0), float("-inf"))
+            scores.masked_fill_(causal.unsqueeze(0), float("-inf"))  # in place: scores is a fresh tensor
             att = torch.softmax(scores, dim=-1)  # (B, H, N, N)
             if uniform:
                 flat = (~causal).to(att.dtype) / (~causal).sum(-1, keepdim=True)  # (1, N, N)
