@@ -162,7 +162,11 @@ def _key_questions(results: dict) -> list[dict]:
     """The five key questions, each answered with numbers from results."""
     models = results["models"]
     rep = [(m, f) for m in models for f in m["findings"] if f["replicated"]]
-    best = sorted(rep, key=lambda mf: -mf[1]["effect"])[:5]
+    best, seen = [], set()
+    for m, f in sorted(rep, key=lambda mf: -mf[1]["effect"]):  # one line per head: its strongest role
+        if (m["label"], f["head_name"]) not in seen and len(best) < 6:
+            seen.add((m["label"], f["head_name"]))
+            best.append((m, f))
     q1 = [f"{m['label']} {f['head_name']} ({f['role']}: held-out {num(f['heldout']['mean'])} vs chance "
           f"{num(f['heldout']['chance'])})" for m, f in best]
     fam_counts = {}
@@ -189,9 +193,13 @@ def _key_questions(results: dict) -> list[dict]:
     q5 = []
     if len(models) > 1:
         for fam in FAMILIES:
-            row = [f"{m['label']} {len({(f['head_name']) for f in m['findings'] if f['family'] == fam and f['replicated']})}"
-                   for m in models]
-            q5.append(f"{fam}: " + ", ".join(row))
+            n = [len({f["head_name"] for f in m["findings"] if f["family"] == fam and f["replicated"]}) for m in models]
+            if any(n):
+                q5.append(f"{fam}: " + ", ".join(f"{m['label']} {k} head(s)" for m, k in zip(models, n)))
+        absent = [fam for fam in FAMILIES if not any(f["family"] == fam and f["replicated"] for m in models
+                                                     for f in m["findings"])]
+        if absent:
+            q5.append(f"in neither model: {', '.join(absent)}")
     return [
         {"q": "Which layer/head combinations are most interpretable?", "a": q1 or ["No head has a replicated role."]},
         {"q": "Which pattern types are most common?", "a": q2 or ["No pattern replicated."]},
