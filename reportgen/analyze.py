@@ -66,6 +66,7 @@ def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple
     passage = heldout[:32]
     inputs = [(f"input: {t}", t) for t in EXAMPLE_INPUTS.get(language, ())]
     inputs.append(("held-out passage", passage))
+    inputs.append(("the same 16 characters twice", heldout[32:48] * 2))  # shows copying / induction
     out = []
     for caption, text in inputs:
         if not text or bundle.tokenizer.unknown_chars(text) or len(text) > bundle.config.max_context_len:

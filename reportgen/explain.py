@@ -113,7 +113,8 @@ def explain_finding(f: dict, model: dict) -> dict[str, str]:
     """Sentences for one finding: what, strength, consistency, linguistics, caveats."""
     h, t = f["heldout"], f["train"]
     windows = model["corpus"]["windows"]
-    what = f"{f['head_name']} is a {f['role']}: {_what(f['pattern'], f['description'], h['mean'])}"
+    article = "an" if f["role"][0] in "aeiou" else "a"
+    what = f"{f['head_name']} is {article} {f['role']}: {_what(f['pattern'], f['description'], h['mean'])}"
     strength = (f"On held-out text the mean is {num(h['mean'])} (95% CI {num(h['ci_low'])}–{num(h['ci_high'])}), "
                 f"{times(h.get('times_chance'))} the uniform-chance level of {num(h['chance'])}.")
     if h.get("positional") is not None:

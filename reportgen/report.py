@@ -69,7 +69,7 @@ def _figures(analyses: list[ModelAnalysis], results: dict, folder: Path, cache: 
         cfg = a.bundle.config
         L, H = cfg.n_layers, cfg.n_heads
         roles = [[_head_role(m, l, h) for h in range(H)] for l in range(L)]
-        caption, text, attn = a.examples[-1]
+        caption, text, attn = next((e for e in a.examples if e[0] == "held-out passage"), a.examples[-1])
         idx[(m["label"], "grid")] = fw.add("grid_figure", f"{m['label']}: every layer × head", text, attn, roles)
         ratio = np.array([[_ratio(m, l, h, d) for l in range(L) for h in range(H)] for d in SCORE_DETECTORS])
         marked = np.array([[any(f["pattern"] == d and f["layer"] == l and f["head"] == h for f in m["findings"])
