@@ -103,6 +103,15 @@ def english_books() -> dict[str, str]:
     return {name: "".join(by_book[KJV_NAMES.get(name, name)]) for name in _book_names()}
 
 
+def corpus_files(language: str | None) -> list[Path]:
+    """The package data files a default corpus is built from (for cache keys); [] if unknown."""
+    if language == "en":
+        return [_package_file("bible", "data", "kjv.jsonl"), _package_file("scriptures", "csv", "books.csv")]
+    if language == "he":
+        return [_package_file("scriptures", "json", "bible.json"), _package_file("scriptures", "csv", "books.csv")]
+    return []
+
+
 def bible_split(language: str) -> TextSplit:
     """The default corpus for 'en' or 'he', split by whole books."""
     if language not in LANGUAGES:

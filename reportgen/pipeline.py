@@ -25,13 +25,34 @@ from .report import build_site, swap_into_place, template_dir, write_pdf, write_
 STATUS = ".reportgen-status.json"
 
 
-def input_key(cfg: RunConfig, prepared) -> str:
-    """Hash of everything the output depends on (except the generation time)."""
+def _file_digest(h, path: Path) -> None:
+    """Feed a file's (or a folder's .txt files') name and bytes into a hash."""
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f).encode())
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+
+
+def input_key(cfg: RunConfig) -> str:
+    """Hash of every file and setting the output depends on, computed without parsing anything."""
+    from .checkpoint import _resolve
+    from .corpora import corpus_files
+
     h = hashlib.sha256(__version__.encode())
     h.update(json.dumps(cfg.fingerprint(), sort_keys=True, default=str).encode())
     h.update(str(cfg.pdf).encode())
-    for p in prepared:
-        h.update(f"{p.spec.label}|{p.bundle.sha256}|{p.split.sha256}|{p.split.language}".encode())
+    for spec in cfg.models:
+        h.update(f"{spec.label}|{spec.language}|{spec.with_residuals}".encode())
+        ckpt = _resolve(spec.path) if spec.path.exists() else spec.path
+        for f in (ckpt, ckpt.parent / "tokenizer.json", *sorted(ckpt.parent.glob("*_props.json"))):
+            if f == ckpt or f.exists():
+                _file_digest(h, f)
+        for f in (spec.text, spec.heldout, spec.train_text):
+            if f is not None:
+                _file_digest(h, f)
+        if spec.text is None:
+            for f in corpus_files(spec.language) if spec.language else corpus_files("en") + corpus_files("he"):
+                _file_digest(h, f)
     code = Path(__file__).resolve().parent
     for path in sorted(code.glob("*.py")) + sorted(template_dir().iterdir()):
         h.update(path.name.encode())
@@ -51,13 +72,13 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     """Run every stage for `cfg`; return the output folder (unchanged if already up to date)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    prepared = [prepare(spec, cfg) for spec in cfg.models]
-    key = input_key(cfg, prepared)
+    key = input_key(cfg)
     previous = _status(cfg.out)
     wanted = ["results.json"] + ([] if analyze_only else ["index.html"] + (["report.pdf"] if cfg.pdf else []))
     if not force and previous.get("key") == key and all((cfg.out / f).exists() for f in wanted):
         stderr.print(f"{cfg.out}: up to date (inputs unchanged); nothing to do")
         return cfg.out
+    prepared = [prepare(spec, cfg) for spec in cfg.models]
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
