@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -11,6 +12,15 @@ from .errors import ReportgenError
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT / "inputs" / "models"
 DEFAULT_TOML = ROOT / "inputs" / "reportgen.toml"
+TEMPLATE_DIRS = (ROOT / "templates", Path(sys.prefix) / "share" / "reportgen" / "templates")
+
+
+def template_dir() -> Path:
+    """The folder holding the *.html.jinja2 templates and CSS (source tree, else the installed copy)."""
+    for d in TEMPLATE_DIRS:
+        if (d / "base.html.jinja2").exists():
+            return d
+    raise ReportgenError("reportgen templates not found (reinstall the package)")
 
 
 @dataclass(frozen=True)

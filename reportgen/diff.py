@@ -238,7 +238,8 @@ def render(doc: dict, out: Path, pdf: bool = True) -> None:
     import shutil
 
     from .analyze import write_json
-    from .report import make_env, template_dir
+    from .config import template_dir
+    from .report import make_env
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "diff.json", doc)

@@ -16,11 +16,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .analyze import analyze, prepare, write_json
-from .config import RunConfig
-from .diff import WINDOWS_FILE, save_windows
+from .config import RunConfig, template_dir
 from .progress import stderr
-from .report import build_site, swap_into_place, template_dir, write_pdf, write_site
 
 STATUS = ".reportgen-status.json"
 
@@ -35,7 +32,6 @@ def _file_digest(h, path: Path) -> None:
 
 def input_key(cfg: RunConfig) -> str:
     """Hash of every file and setting the output depends on, computed without parsing anything."""
-    from .checkpoint import _resolve
     from .corpora import corpus_files
 
     h = hashlib.sha256(__version__.encode())
@@ -43,9 +39,10 @@ def input_key(cfg: RunConfig) -> str:
     h.update(str(cfg.pdf).encode())
     for spec in cfg.models:
         h.update(f"{spec.label}|{spec.language}|{spec.with_residuals}".encode())
-        ckpt = _resolve(spec.path) if spec.path.exists() else spec.path
-        for f in (ckpt, ckpt.parent / "tokenizer.json", *sorted(ckpt.parent.glob("*_props.json"))):
-            if f == ckpt or f.exists():
+        folder = spec.path if spec.path.is_dir() else spec.path.parent
+        files = sorted(folder.glob("*.pt")) + [folder / "tokenizer.json"] + sorted(folder.glob("*_props.json"))
+        for f in [spec.path] + files:  # the checkpoint and its siblings (timeline), vocabulary, hyperparameters
+            if f.is_file() or f == spec.path:
                 _file_digest(h, f)
         for f in (spec.text, spec.heldout, spec.train_text):
             if f is not None:
@@ -78,6 +75,10 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     if not force and previous.get("key") == key and all((cfg.out / f).exists() for f in wanted):
         stderr.print(f"{cfg.out}: up to date (inputs unchanged); nothing to do")
         return cfg.out
+    from .analyze import analyze, prepare, write_json  # heavy imports only when there is work to do
+    from .diff import WINDOWS_FILE, save_windows
+    from .report import build_site, swap_into_place, write_pdf, write_site
+
     prepared = [prepare(spec, cfg) for spec in cfg.models]
     timings["load"] = time.perf_counter() - t0
 

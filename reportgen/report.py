@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,22 +20,14 @@ import numpy as np
 
 from .analyze import ModelAnalysis
 from .classes import CLASS_NAMES
+from .config import template_dir
 from .detectors import DESCRIPTIONS
 from .explain import (FAMILY_TARGET, TARGET_TEXT, absent_families, explain_ablation, explain_finding,
                       linguistic_note, num, pct, qval, signed, times)
 from .figures import FigureWriter, HeadFigureData
 from .stats import FAMILIES
 
-TEMPLATE_DIRS = (Path(__file__).resolve().parent.parent / "templates", Path(sys.prefix) / "share" / "reportgen" / "templates")
 SCORE_DETECTORS = [d for d in DESCRIPTIONS if d not in ("entropy", "distance", "confidence")]
-
-
-def template_dir() -> Path:
-    """The folder holding the *.html.jinja2 templates and CSS."""
-    for d in TEMPLATE_DIRS:
-        if (d / "base.html.jinja2").exists():
-            return d
-    raise FileNotFoundError("reportgen templates not found")
 
 
 def make_env() -> jinja2.Environment:
