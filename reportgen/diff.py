@@ -243,9 +243,15 @@ def render(doc: dict, out: Path, pdf: bool = True) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "diff.json", doc)
-    html = make_env().get_template("diff.html.jinja2").render(d=doc, nav=[("diff.html", "Diff")], page="diff.html",
-                                                              results={"generated": "", "reportgen_version": "",
-                                                                       "settings": {"seed": 0}})
+    import datetime as dt
+
+    from . import __version__
+
+    nav = [("../index.html", "Overview")] if (out.parent / "index.html").exists() else []
+    meta = {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "reportgen_version": __version__, "settings": {"seed": 0}}
+    html = make_env().get_template("diff.html.jinja2").render(d=doc, nav=nav + [("diff.html", "Diff")],
+                                                              page="diff.html", results=meta)
     tmp = out / ".diff.html.tmp"
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out / "diff.html")

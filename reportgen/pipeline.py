@@ -99,7 +99,8 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
             figure_cache = previous.get("figures", {})
             t = time.perf_counter()
             with stderr.status("rendering figures and pages"):
-                site = build_site(analyses, results, staging, figure_cache)
+                site = build_site(analyses, results, staging, figure_cache,
+                                  diff_link=(cfg.out / "diff" / "diff.html").exists())
                 write_site(site, staging)
             used = set(figure_cache.values())
             for stale in (staging / "figures").glob("*.png"):

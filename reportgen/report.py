@@ -263,13 +263,14 @@ def _compare(results: dict, figs: dict) -> dict:
             "strength": strength}
 
 
-def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: dict) -> Site:
+def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: dict, diff_link: bool = False) -> Site:
     """Render every page and the PDF document into memory (figures are written to out/figures)."""
     figs = _figures(analyses, results, out / "figures", cache)
     env = make_env()
     models = results["models"]
     nav = [("index.html", "Overview")] + [(f"model-{slug(m['label'])}.html", m["label"]) for m in models] + [
-        ("gallery.html", "Gallery"), ("compare.html", "English vs Hebrew"), ("methods.html", "Methods")]
+        ("gallery.html", "Gallery"), ("compare.html", "English vs Hebrew"), ("methods.html", "Methods")] + (
+        [("diff/diff.html", "Checkpoint diff")] if diff_link else [])
     common = {"results": results, "nav": nav, "models": models}
     model_pages = [_model_page(m, results, figs) for m in models]
     head_pages = [_head_page(m, head, figs) for m in models for head in m["heads"]]
@@ -334,9 +335,11 @@ def swap_into_place(staging: Path, out: Path) -> None:
     if old.exists():
         shutil.rmtree(old)
     if out.exists():
-        keep = [p for p in out.iterdir() if p.name in ("README.md",)]
-        for p in keep:
-            shutil.copy(p, staging / p.name)
+        for p in out.iterdir():  # keep what other commands put there: the README and `reportgen diff` output
+            if p.name == "README.md":
+                shutil.copy(p, staging / p.name)
+            elif p.name == "diff" and p.is_dir() and not (staging / "diff").exists():
+                shutil.copytree(p, staging / "diff")
         out.rename(old)
     staging.rename(out)
     if old.exists():

@@ -92,3 +92,13 @@ def test_bad_pairings_give_one_line_errors(runs, tmp_path, capsys):
     code = cli(["diff", str(other), str(paths["a"]), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "different texts" in err and len(err.strip().splitlines()) == 1
+
+
+def test_diff_page_has_no_broken_local_links(runs):
+    import re
+
+    root, paths = runs
+    _diff(root, paths["a"], paths["b"])
+    page = root / "diffout" / "diff.html"
+    for ref in re.findall(r'(?:href|src)="([^"#]+)"', page.read_text()):
+        assert (page.parent / ref).exists(), ref
