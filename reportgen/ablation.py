@@ -18,14 +18,6 @@ from .classes import CLASS_NAMES, CharClasses
 from .stats import bootstrap_ci
 
 LN2 = float(np.log(2.0))
-# Position sets whose Δ is compared with the rest, and the role families they test.
-TARGETS = {
-    "word_start": ("word boundary", "predicting the first character of a word (after a space or line break)"),
-    "after_punct": ("punctuation", "predicting the character right after punctuation"),
-    "second_copy": ("repetition", "the second copy of a repeated held-out passage (vs the first copy)"),
-}
-
-
 @dataclass(frozen=True)
 class HeadAblation:
     """One head's causal effect: Δ bits/char with CI, and targeted contrasts."""

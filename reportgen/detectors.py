@@ -62,7 +62,6 @@ class BatchStats:
     observed: dict[str, torch.Tensor]
     chance: dict[str, torch.Tensor]
     swap: dict[str, torch.Tensor]
-    attn_sum: torch.Tensor  # (L, H, T, S) summed over the batch, for the positional null
     class_matrix: torch.Tensor  # (L, H, C, C) summed mass query-class x key-class over valid queries
     class_count: torch.Tensor  # (C,) valid queries per query class
 
@@ -228,7 +227,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
 
     valid = feats[:, SKIP:, :CLASS_C]  # (B, T', C) query classes of valid queries
     class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :CLASS_C], valid)  # (L, H, Cq, Ck)
-    return BatchStats(obs, chance, swap, attn.sum(0), class_matrix, valid.sum((0, 1)))
+    return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)))
 
 
 def positional_null(mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
