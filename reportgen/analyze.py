@@ -160,23 +160,23 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
         task = progress.add_task(f"{spec.label}: capture {s} ({n} windows)", total=n)
         scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
                             source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k))
-    rng = np.random.default_rng([cfg.seed, index, 7])
-    task = progress.add_task(f"{spec.label}: repeated-sequence probes", total=2)
-    rand, period = random_probes(classes, cfg.n_probes, T, rng)
-    probes = {"probe_random": probe(bundle, rand, period, "random", scores["train"].mean_attn)}
-    progress.advance(task)
-    nat, period = natural_probes(ids["heldout"], cfg.n_probes, T)
-    probes["probe_natural"] = probe(bundle, nat, period, "natural", scores["train"].mean_attn)
-    progress.advance(task)
+    # Probes per split: fresh random sequences, and repeated passages from that split's own text, so a
+    # probe-based role found on training text is confirmed on sequences it never saw.
+    task = progress.add_task(f"{spec.label}: repeated-sequence probes", total=2 * len(SPLITS))
+    split_probes: dict[str, dict[str, ProbeScores]] = {}
+    for k, s in enumerate(SPLITS):
+        rand, period = random_probes(classes, cfg.n_probes, T, np.random.default_rng([cfg.seed, index, 7, k]))
+        split_probes[s] = {"probe_random": probe(bundle, rand, period, "random", scores["train"].mean_attn)}
+        progress.advance(task)
+        nat, period = natural_probes(ids[s], cfg.n_probes, T)
+        split_probes[s]["probe_natural"] = probe(bundle, nat, period, "natural", scores["train"].mean_attn)
+        progress.advance(task)
+    probes = split_probes["heldout"]
     task = progress.add_task(f"{spec.label}: bootstrap and tests", total=2)
     stats = {}
     for k, s in enumerate(SPLITS):
-        stats[s] = split_stats(scores[s], probes if s == "heldout" else {},
-                               np.random.default_rng([cfg.seed, index, k]))
+        stats[s] = split_stats(scores[s], split_probes[s], np.random.default_rng([cfg.seed, index, k]))
         progress.advance(task)
-    # Probes are constructed sequences, not a split: score them once and show them under both.
-    for name in probes:
-        stats["train"].values[name] = stats["heldout"].values[name]
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(spec, bundle, split, classes, scores, probes, stats, dist,
                          cluster_heads(dist.copy(), bundle.config.n_heads),
