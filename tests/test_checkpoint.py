@@ -121,6 +121,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickle_that_would_run_code_is_refused_and_never_executed(tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
