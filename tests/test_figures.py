@@ -1,0 +1,58 @@
+"""Figures: deterministic bytes, content-hashed names, and Hebrew laid out right-to-left in the PNG."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib.image as mpimg
+import numpy as np
+from matplotlib.figure import Figure
+
+from reportgen.figures import FONT, FigureWriter, png_bytes
+
+
+def _ink_columns(text: str) -> np.ndarray:
+    """Column profile of the ink of `text` rendered alone (dark = ink)."""
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(2, 0.6))
+        fig.text(0.1, 0.3, text, fontsize=20)
+        img = mpimg.imread(io.BytesIO(png_bytes(fig, dpi=100)))[..., :3].mean(-1)
+    return (img < 0.5).sum(0)
+
+
+def test_hebrew_text_is_rendered_right_to_left():
+    """'אב' must show א to the right of ב: compare with each letter rendered alone."""
+    alef, bet = _ink_columns("א"), _ink_columns("בבבב")  # distinct widths make the match unambiguous
+    both = _ink_columns("אבבבב")
+    width_a = np.nonzero(alef)[0]
+    ink = np.nonzero(both)[0]
+    # The rightmost ink block of the word must have alef's width, not bet's.
+    right_block = both[ink[-1] - (width_a[-1] - width_a[0]): ink[-1] + 1]
+    left_block = both[ink[0]: ink[0] + (width_a[-1] - width_a[0]) + 1]
+    profile = alef[width_a[0]: width_a[-1] + 1]
+    err_right = np.abs(right_block - profile).sum()
+    err_left = np.abs(left_block - profile).sum()
+    assert err_right < err_left, (err_right, err_left)
+    assert bet.sum() > 0
+
+
+def test_figures_are_deterministic_and_named_by_content(tmp_path):
+    rng = np.random.default_rng(0)
+    attn = np.tril(rng.random((2, 2, 6, 6)))
+    attn /= attn.sum(-1, keepdims=True)
+    names = []
+    for run in ("a", "b"):
+        fw = FigureWriter(tmp_path / run, workers=1)
+        fw.add("grid_figure", "title", "HELLO!", attn, [["x", "y"], ["z", "w"]])
+        names.append(fw.run())
+    assert names[0] == names[1]
+    assert (tmp_path / "a" / names[0][0]).read_bytes() == (tmp_path / "b" / names[1][0]).read_bytes()
+    cache: dict = {}
+    fw = FigureWriter(tmp_path / "c", workers=1)
+    fw.add("grid_figure", "title", "HELLO!", attn, [["x", "y"], ["z", "w"]])
+    first = fw.run(cache)
+    (tmp_path / "c" / first[0]).touch()
+    mtime = (tmp_path / "c" / first[0]).stat().st_mtime_ns
+    assert fw.run(cache) == first and (tmp_path / "c" / first[0]).stat().st_mtime_ns == mtime
