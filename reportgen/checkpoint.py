@@ -5,6 +5,7 @@ Nothing is ever unpickled beyond tensors and plain containers (`torch.load(weigh
 * reportgen format: one file holding {"format": "reportgen-checkpoint", "version", "config",
   "vocab", "model_state_dict", "step", "train_loss", "heldout_bits_per_char", "corpus",
   "seed", "history"}.
+* nanoGPT: `ckpt.pt` with `model`, `model_args`, `config` and `meta.pkl` beside it (see nanogpt.py).
 * course layout: `checkpoint_step{S}_loss{L}.pt` with `model_state_dict` (optionally
   `optimizer_state_dict`, `step`, `loss`), `tokenizer.json` beside it, and optionally
   `checkpoint_step{S}_props.json` with hyperparameters. Missing hyperparameters are inferred
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import nanogpt
 from .errors import ReportgenError
 from .model import ModelConfig, TransformerLM
 from .tokenizer import CharTokenizer
@@ -162,7 +164,7 @@ def _resolve(path: Path) -> Path:
         found = sorted(path.glob("checkpoint_step*_loss*.pt"),
                        key=lambda p: int(COURSE_NAME.search(p.name)["step"]) if COURSE_NAME.search(p.name) else -1)
         if not found:
-            found = sorted(path.glob("*.pt"))
+            found = sorted(path.glob("*.pt"))  # reportgen step*.pt, or nanoGPT's ckpt.pt
         if not found:
             raise ReportgenError(f"{path}: folder holds no .pt checkpoint")
         return found[-1]
@@ -187,6 +189,12 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
         meta = {k: payload.get(k) for k in ("step", "train_loss", "heldout_bits_per_char", "corpus", "seed", "history")}
         meta["format"] = "reportgen"
         language = language or (payload.get("corpus") or {}).get("language")
+    elif nanogpt.is_nanogpt(payload):
+        known, state = nanogpt.convert(payload, path)
+        config = infer_config(state, path, known=known)
+        tokenizer = CharTokenizer(nanogpt.vocabulary(nanogpt.read_meta(path.parent / "meta.pkl"),
+                                                     config.vocab_size, path))
+        meta = {"format": "nanogpt", "step": payload.get("iter_num"), "train_loss": payload.get("best_val_loss")}
     elif "model_state_dict" in payload or all(isinstance(v, torch.Tensor) for v in payload.values()):
         raw = payload.get("model_state_dict", payload)
         if not isinstance(raw, dict):

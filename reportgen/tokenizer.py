@@ -18,7 +18,7 @@ class CharTokenizer:
     def __init__(self, vocab: list[str] | None = None):
         self.symbols = [PAD]
         self.vocab = list(vocab) if vocab is not None else list(self.symbols)
-        self.tokens = set(self.vocab[len(self.symbols):])
+        self.tokens = {s for s in self.vocab if len(s) == 1}  # characters; "<PAD>" and placeholders are not
         self.stoi = {s: i for i, s in enumerate(self.vocab)}
 
     @classmethod
