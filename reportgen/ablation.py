@@ -8,14 +8,20 @@ T positions, L layers, H heads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .capture import capture, natural_probes
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
-from .stats import bootstrap_ci
+from .stats import SplitStats, add_q_values, bootstrap_ci, roles_of, split_stats
+
+if TYPE_CHECKING:
+    from .analyze import Prepared
+    from .config import RunConfig
 
 LN2 = float(np.log(2.0))
 @dataclass(frozen=True)
@@ -80,14 +86,15 @@ def _contrast(delta: np.ndarray, mask: np.ndarray, rng) -> dict[str, float] | No
 
 def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
                  classes: CharClasses, rng: np.random.Generator, mode: str = "mean",
-                 on_head=None) -> tuple[float, list[HeadAblation]]:
+                 on_head=None, means: dict | None = None) -> tuple[float, list[HeadAblation]]:
     """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
 
     Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head.
     """
     model = bundle.model
     cfg = model.config
-    means = head_means(model, windows) if mode == "mean" else None
+    if mode == "mean" and means is None:
+        means = head_means(model, windows)
     base = nll_bits(model, windows).numpy()  # (W, T)
     base_probe = nll_bits(model, probes).numpy()  # (P, T-1)
     lookup = classes.lookup()
@@ -144,3 +151,77 @@ def per_char_delta(bundle: ModelBundle, text: str, heads: list[tuple[int, int]],
     with bundle.model.ablate({h: mode for h in heads}, means=means):
         abl = nll_bits(bundle.model, ids)[0]
     return [(c, float(d)) for c, d in zip(text[1:], (abl - base).tolist())]
+
+
+PROMPTS = {"en": "And it came to pass", "he": "בבוקר אחד"}
+
+
+def _ablation_dict(a: HeadAblation) -> dict:
+    """results.json form of one head's ablation."""
+    return {"layer": a.layer, "head": a.head, "head_name": f"L{a.layer}H{a.head}",
+            "delta_bits_per_char": a.delta, "ci_low": a.ci_low, "ci_high": a.ci_high,
+            "by_target_class": a.by_class, "targeted": a.targeted}
+
+
+def _control_roles(stats: SplitStats, n_layers: int, n_heads: int) -> dict:
+    """Roles found on a control (q within the control's own BH family), split positional vs content."""
+    add_q_values([stats])
+    roles = [(l, h, r) for l in range(n_layers) for h in range(n_heads) for r in roles_of(stats, l, h)]
+    positional = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family in ("previous character", "fixed offset",
+                                                                          "positional", "sink")]
+    content = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family not in ("previous character", "fixed offset",
+                                                                           "positional", "sink")]
+    tested = sum(int(np.isfinite(f["p"]).sum()) for f in stats.values.values() if "p" in f)
+    return {"positional_roles": positional, "content_roles": content, "tests": tested,
+            "discoveries_q05": int(sum(int((np.nan_to_num(f["q"], nan=1) < 0.05).sum())
+                                       for f in stats.values.values() if "q" in f))}
+
+
+def causal_evidence(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict, progress) -> dict:
+    """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
+    bundle, classes = prep.bundle, prep.classes
+    model = bundle.model
+    T = bundle.config.max_context_len
+    ids = prep.ids["heldout"]
+    n = (len(ids) - 1) // (T + 1)
+    starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
+    windows = torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))  # (W, T+1)
+    nat, period = natural_probes(ids, max(8, cfg.n_probes // 4), T)
+    rng = np.random.default_rng([cfg.seed, index, 11])
+    L, H = bundle.config.n_layers, bundle.config.n_heads
+    task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)
+    means = head_means(model, windows)
+    baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
+                                   on_head=lambda: progress.advance(task), means=means)
+    # Controls: a randomly initialised model of the same shape, and character-shuffled held-out text.
+    task = progress.add_task(f"{prep.spec.label}: controls", total=2)
+    torch.manual_seed(cfg.seed + 1000 + index)
+    random_model = type(model).from_config(bundle.config).eval()
+    random_bundle = type(bundle)(random_model, bundle.tokenizer, bundle.path, bundle.sha256, bundle.language, {})
+    ctrl_ids = ids[: min(len(ids), cfg.control_windows * T)]
+    control_random = split_stats(capture(random_bundle, ctrl_ids, classes, n_samples=0),
+                                 {}, np.random.default_rng([cfg.seed, index, 12]))
+    progress.advance(task)
+    n_ctrl = len(ctrl_ids) // T
+    shuffled = ctrl_ids[: n_ctrl * T].reshape(n_ctrl, T).copy()  # (W, T)
+    for row in shuffled:  # characters shuffled within each window: positions kept, content broken
+        rng.shuffle(row)
+    control_shuffled = split_stats(capture(bundle, shuffled.ravel(), classes, n_samples=0),
+                                   {}, np.random.default_rng([cfg.seed, index, 13]))
+    progress.advance(task)
+    controls = {"random_init": _control_roles(control_random, L, H),
+                "shuffled_text": _control_roles(control_shuffled, L, H),
+                "windows": n_ctrl}
+    # Generation with the strongest role heads removed.
+    role_heads = []
+    for h in sorted(heads, key=lambda a: -a.delta):
+        if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
+            role_heads.append((h.layer, h.head))
+    prompt = PROMPTS.get(prep.split.language, "")
+    generation = None
+    if role_heads and prompt and not bundle.tokenizer.unknown_chars(prompt):
+        generation = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
+        passage = prep.split.heldout[:120]
+        generation["passage_delta"] = per_char_delta(bundle, passage, role_heads, means)
+    return {"mode": "mean", "windows": len(windows), "baseline_bits_per_char": baseline,
+            "ablation": [_ablation_dict(h) for h in heads], "controls": controls, "generation": generation}

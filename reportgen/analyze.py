@@ -22,7 +22,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 
 from . import __version__
-from .ablation import HeadAblation, ablate_heads, generate_pair, head_means, per_char_delta
+from .ablation import causal_evidence
 from .capture import HeadScores, ProbeScores, capture, encode, natural_probes, probe, random_probes
 from .checkpoint import ModelBundle, load_checkpoint
 from .classes import CLASS_NAMES, CharClasses
@@ -32,6 +32,7 @@ from .detectors import DESCRIPTIONS, SKIP
 from .errors import ReportgenError
 from .progress import make_progress
 from .stats import FAMILY_OF, ROLE_RULES, SplitStats, add_q_values, head_fields, roles_of, split_stats
+from .timeline import emergence
 
 SCHEMA_VERSION = 2
 SPLITS = ("train", "heldout")
@@ -181,121 +182,6 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
     return ModelAnalysis(spec, bundle, split, classes, scores, probes, stats, dist,
                          cluster_heads(dist.copy(), bundle.config.n_heads),
                          example_attention(bundle, split.language, split.heldout), {})
-
-
-PROMPTS = {"en": "And it came to pass", "he": "בבוקר אחד"}
-
-
-def emergence(a: ModelAnalysis, prep: Prepared, cfg: RunConfig, index: int, progress) -> dict | None:
-    """Strength of the final model's strongest roles at every sibling checkpoint (step*.pt), with CIs.
-
-    Runs only when the model's folder holds three or more reportgen checkpoints of the same shape.
-    Each checkpoint is scored on the same evenly spread held-out windows.
-    """
-    path = a.bundle.path
-    siblings = sorted(path.parent.glob("step*.pt"))
-    if len(siblings) < 3 or path not in siblings:
-        return None
-    chosen: dict[str, dict] = {}
-    for f in findings(a):  # strongest replicated finding per family, plus the natural-text induction score
-        if f["replicated"] and f["family"] not in chosen and not f["pattern"].startswith("probe_"):
-            chosen[f["family"]] = f
-    series = [(f["pattern"], f["layer"], f["head"], f"L{f['layer']}H{f['head']} {f['role']}") for f in chosen.values()]
-    if not any(p == "induction" for p, *_ in series):
-        ind = a.stats["heldout"].values["induction"]["mean"]
-        l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
-        series.append(("induction", int(l), int(h), f"L{l}H{h} induction (strongest at the final step)"))
-    task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
-    steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
-    for ckpt in siblings:
-        bundle = load_checkpoint(ckpt)
-        if bundle.config != a.bundle.config or bundle.tokenizer.vocab != a.bundle.tokenizer.vocab:
-            progress.advance(task)
-            continue
-        scores = capture(bundle, prep.ids["heldout"], prep.classes, limit=cfg.timeline_windows, n_samples=0)
-        st = split_stats(scores, {}, np.random.default_rng([cfg.seed, index, 21]))
-        steps.append(bundle.metadata.get("step"))
-        bpc.append(bundle.metadata.get("heldout_bits_per_char"))
-        for det, l, h, label in series:
-            for k in ("mean", "ci_low", "ci_high"):
-                values[label][k].append(float(st.values[det][k][l, h]))
-        progress.advance(task)
-    if len(steps) < 3:
-        return None
-    return {"steps": steps, "heldout_bits_per_char": bpc, "windows": min(cfg.timeline_windows, scores.n_windows),
-            "series": [{"label": label, "detector": det, "layer": l, "head": h, "chance": None, **values[label]}
-                       for det, l, h, label in series]}
-
-
-def _ablation_dict(a: HeadAblation) -> dict:
-    """results.json form of one head's ablation."""
-    return {"layer": a.layer, "head": a.head, "head_name": f"L{a.layer}H{a.head}",
-            "delta_bits_per_char": a.delta, "ci_low": a.ci_low, "ci_high": a.ci_high,
-            "by_target_class": a.by_class, "targeted": a.targeted}
-
-
-def _control_roles(stats: SplitStats, n_layers: int, n_heads: int) -> dict:
-    """Roles found on a control (q within the control's own BH family), split positional vs content."""
-    add_q_values([stats])
-    roles = [(l, h, r) for l in range(n_layers) for h in range(n_heads) for r in roles_of(stats, l, h)]
-    positional = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family in ("previous character", "fixed offset",
-                                                                          "positional", "sink")]
-    content = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family not in ("previous character", "fixed offset",
-                                                                           "positional", "sink")]
-    tested = sum(int(np.isfinite(f["p"]).sum()) for f in stats.values.values() if "p" in f)
-    return {"positional_roles": positional, "content_roles": content, "tests": tested,
-            "discoveries_q05": int(sum(int((np.nan_to_num(f["q"], nan=1) < 0.05).sum())
-                                       for f in stats.values.values() if "q" in f))}
-
-
-def causal_evidence(prep: Prepared, cfg: RunConfig, index: int, stats: dict, progress) -> dict:
-    """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
-    bundle, classes = prep.bundle, prep.classes
-    model = bundle.model
-    T = bundle.config.max_context_len
-    ids = prep.ids["heldout"]
-    n = (len(ids) - 1) // (T + 1)
-    starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
-    windows = torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))  # (W, T+1)
-    nat, period = natural_probes(ids, max(8, cfg.n_probes // 4), T)
-    rng = np.random.default_rng([cfg.seed, index, 11])
-    L, H = bundle.config.n_layers, bundle.config.n_heads
-    task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)
-    baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
-                                   on_head=lambda: progress.advance(task))
-    # Controls: a randomly initialised model of the same shape, and character-shuffled held-out text.
-    task = progress.add_task(f"{prep.spec.label}: controls", total=2)
-    torch.manual_seed(cfg.seed + 1000 + index)
-    random_model = type(model).from_config(bundle.config).eval()
-    random_bundle = type(bundle)(random_model, bundle.tokenizer, bundle.path, bundle.sha256, bundle.language, {})
-    ctrl_ids = ids[: min(len(ids), cfg.control_windows * T)]
-    control_random = split_stats(capture(random_bundle, ctrl_ids, classes, n_samples=0),
-                                 {}, np.random.default_rng([cfg.seed, index, 12]))
-    progress.advance(task)
-    n_ctrl = len(ctrl_ids) // T
-    shuffled = ctrl_ids[: n_ctrl * T].reshape(n_ctrl, T).copy()  # (W, T)
-    for row in shuffled:  # characters shuffled within each window: positions kept, content broken
-        rng.shuffle(row)
-    control_shuffled = split_stats(capture(bundle, shuffled.ravel(), classes, n_samples=0),
-                                   {}, np.random.default_rng([cfg.seed, index, 13]))
-    progress.advance(task)
-    controls = {"random_init": _control_roles(control_random, L, H),
-                "shuffled_text": _control_roles(control_shuffled, L, H),
-                "windows": n_ctrl}
-    # Generation with the strongest role heads removed.
-    means = head_means(model, windows)
-    role_heads = []
-    for h in sorted(heads, key=lambda a: -a.delta):
-        if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
-            role_heads.append((h.layer, h.head))
-    prompt = PROMPTS.get(prep.split.language, "")
-    generation = None
-    if role_heads and prompt and not bundle.tokenizer.unknown_chars(prompt):
-        generation = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
-        passage = prep.split.heldout[:120]
-        generation["passage_delta"] = per_char_delta(bundle, passage, role_heads, means)
-    return {"mode": "mean", "windows": len(windows), "baseline_bits_per_char": baseline,
-            "ablation": [_ablation_dict(h) for h in heads], "controls": controls, "generation": generation}
 
 
 def _clean(x):
