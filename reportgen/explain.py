@@ -102,7 +102,9 @@ def linguistic_note(family: str, language: str) -> str:
 def _what(pattern: str, description: str, mean: float) -> str:
     """What the head does, in one clause built from its detector's description."""
     if pattern.startswith("argmax_"):
-        return f"for {pct(mean)} of queries its strongest key is {pattern.split('_')[1]} character(s) back."
+        k = int(pattern.split("_")[1])
+        where = "the query character itself" if k == 0 else "the previous character" if k == 1 else f"{k} characters back"
+        return f"for {pct(mean)} of queries its strongest key is {where}."
     if ":" in description:  # probes: "<probe kind>: mass on <target>"
         kind, target = description.split(":", 1)
         return f"on {kind} it puts {num(mean)} of its attention on {target.strip().removeprefix('mass on ')}."
