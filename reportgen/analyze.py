@@ -252,7 +252,7 @@ def model_results(a: ModelAnalysis) -> dict:
                    "train_chars": len(a.split.train), "heldout_chars": len(a.split.heldout),
                    "heldout_books": list(a.split.heldout_books),
                    "windows": {s: a.scores[s].n_windows for s in SPLITS}, "window_length": T},
-        "classes": {a.classes.label(n): chars for n, chars in a.classes.members().items()},
+        "classes": {a.classes.label(n): chars for n, chars in a.classes.members().items() if chars},
         "heads": heads,
         "findings": findings(a),
         "probes": probes,
