@@ -219,6 +219,11 @@ def _criteria(results: dict) -> list[dict]:
     ]
 
 
+def compare_title(models: list[dict]) -> str:
+    """'English vs Hebrew' for the default pair, else a neutral title."""
+    return "English vs Hebrew" if sorted(m["language"] for m in models) == ["en", "he"] else "Model comparison"
+
+
 def _compare(results: dict, figs: dict) -> dict:
     """English vs Hebrew: replicated-role counts per family and per layer."""
     models = results["models"]
@@ -260,7 +265,7 @@ def _compare(results: dict, figs: dict) -> dict:
             for fam in sorted(fams[i] - fams[1 - i]):
                 only.append(f"{fam}: only in {models[i]['label']}")
     return {"rows": rows, "by_layer": by_layer, "only": only, "figure": figs.get("compare"), "models": models,
-            "strength": strength}
+            "strength": strength, "title": compare_title(models)}
 
 
 def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: dict, diff_link: bool = False) -> Site:
@@ -269,7 +274,7 @@ def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: d
     env = make_env()
     models = results["models"]
     nav = [("index.html", "Overview")] + [(f"model-{slug(m['label'])}.html", m["label"]) for m in models] + [
-        ("gallery.html", "Gallery"), ("compare.html", "English vs Hebrew"), ("methods.html", "Methods")] + (
+        ("gallery.html", "Gallery"), ("compare.html", compare_title(models)), ("methods.html", "Methods")] + (
         [("diff/diff.html", "Checkpoint diff")] if diff_link else [])
     common = {"results": results, "nav": nav, "models": models}
     model_pages = [_model_page(m, results, figs) for m in models]
