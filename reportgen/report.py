@@ -256,7 +256,7 @@ def _compare(results: dict, figs: dict) -> dict:
                 best = max(heads, key=lambda h: h["detectors"][det]["heldout"]["mean"] or 0, default=None)
                 cells.append(None if best is None else {"head": f"L{l}H{best['head']}", **best["detectors"][det]["heldout"]})
             row["layers"].append(cells)
-        if any(c for cells in row["layers"] for c in cells):
+        if any(c and c.get("chance") for cells in row["layers"] for c in cells):  # skip classes no text has
             strength.append(row)
     only = []
     if len(models) == 2:
