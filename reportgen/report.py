@@ -19,6 +19,7 @@ import jinja2
 import numpy as np
 
 from .analyze import ModelAnalysis
+from .classes import CLASS_LABELS
 from .classes import CLASS_NAMES
 from .config import template_dir
 from .detectors import DESCRIPTIONS
@@ -52,13 +53,71 @@ class Site:
     pdf_html: str
 
 
-def _figures(analyses: list[ModelAnalysis], results: dict, folder: Path, cache: dict) -> dict:
+@dataclass(frozen=True)
+class FigureInputs:
+    """The arrays a model's figures need beyond results.json (saved so rendering can run without analysis)."""
+
+    label: str
+    language: str
+    examples: tuple[tuple[str, str, np.ndarray], ...]  # (caption, text, attention (L, H, T, T))
+    mean_attn: np.ndarray  # (L, H, T, S) held-out mean attention
+    class_matrix: np.ndarray  # (L, H, C, C)
+    class_chance: np.ndarray  # (C, C)
+    class_count: np.ndarray  # (C,)
+
+    @classmethod
+    def of(cls, a: ModelAnalysis) -> "FigureInputs":
+        """From a fresh analysis."""
+        h = a.scores["heldout"]
+        return cls(a.spec.label, a.split.language, a.examples, h.mean_attn, h.class_matrix, h.class_chance,
+                   h.class_count)
+
+
+def save_figure_inputs(path: Path, items: list[FigureInputs]) -> None:
+    """Write figure inputs to one .npz (plain arrays and strings; nothing pickled)."""
+    arrays: dict[str, np.ndarray] = {}
+    for k, it in enumerate(items):
+        p = f"m{k}_"
+        arrays[p + "meta"] = np.array([it.label, it.language])
+        arrays[p + "captions"] = np.array([e[0] for e in it.examples])
+        arrays[p + "texts"] = np.array([e[1] for e in it.examples])
+        for j, e in enumerate(it.examples):
+            arrays[f"{p}example{j}"] = e[2]
+        for name in ("mean_attn", "class_matrix", "class_chance", "class_count"):
+            arrays[p + name] = getattr(it, name)
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def load_figure_inputs(path: Path) -> list[FigureInputs] | None:
+    """Inverse of save_figure_inputs; None if missing or unreadable (the caller re-analyses)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            items, k = [], 0
+            while f"m{k}_meta" in data.files:
+                p = f"m{k}_"
+                label, language = (str(x) for x in data[p + "meta"])
+                examples = tuple((str(c), str(t), data[f"{p}example{j}"])
+                                 for j, (c, t) in enumerate(zip(data[p + "captions"], data[p + "texts"])))
+                items.append(FigureInputs(label, language, examples, data[p + "mean_attn"], data[p + "class_matrix"],
+                                          data[p + "class_chance"], data[p + "class_count"]))
+                k += 1
+        return items or None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _class_label(name: str, language: str) -> str:
+    """Display name of a class (short form, for axis labels)."""
+    return CLASS_LABELS.get(language, {}).get(name, name).split(" (")[0]
+
+
+def _figures(inputs: list[FigureInputs], results: dict, folder: Path, cache: dict) -> dict:
     """Queue and render every figure; return a lookup of figure file names."""
     fw = FigureWriter(folder)
     idx: dict = {}
-    for a, m in zip(analyses, results["models"]):
-        cfg = a.bundle.config
-        L, H = cfg.n_layers, cfg.n_heads
+    for a, m in zip(inputs, results["models"]):
+        L, H = m["hyperparameters"]["n_layers"], m["hyperparameters"]["n_heads"]
         roles = [[_head_role(m, l, h) for h in range(H)] for l in range(L)]
         caption, text, attn = next((e for e in a.examples if e[0] == "held-out passage"), a.examples[-1])
         idx[(m["label"], "grid")] = fw.add("grid_figure", f"{m['label']}: every layer × head", text, attn, roles)
@@ -72,18 +131,18 @@ def _figures(analyses: list[ModelAnalysis], results: dict, folder: Path, cache: 
             t = m["timeline"]
             idx[(m["label"], "timeline")] = fw.add("timeline_figure", f"{m['label']}: how roles emerge during training",
                                                    t["steps"], t["series"], t["heldout_bits_per_char"])
-        present = [c for c in CLASS_NAMES if a.scores["heldout"].class_count[CLASS_NAMES.index(c)] > 0]
+        present = [c for c in CLASS_NAMES if a.class_count[CLASS_NAMES.index(c)] > 0]
         ci = [CLASS_NAMES.index(c) for c in present]
         offsets = np.asarray(m["offset_profile"]["heldout"])
         for l in range(L):
             for h in range(H):
-                obs = a.scores["heldout"].class_matrix[l, h][np.ix_(ci, ci)]
-                ch = a.scores["heldout"].class_chance[np.ix_(ci, ci)]
+                obs = a.class_matrix[l, h][np.ix_(ci, ci)]
+                ch = a.class_chance[np.ix_(ci, ci)]
                 data = HeadFigureData(
                     title=f"{m['label']} L{l}H{h}: {roles[l][h]}",
                     examples=tuple((cap, t, att[l, h]) for cap, t, att in a.examples),
-                    mean_attn=a.scores["heldout"].mean_attn[l, h], offset_profile=offsets[l, h],
-                    class_names=tuple(a.classes.label(c).split(" (")[0] for c in present),
+                    mean_attn=a.mean_attn[l, h], offset_profile=offsets[l, h],
+                    class_names=tuple(_class_label(c, a.language) for c in present),
                     class_ratio=np.where(ch > 0, obs / np.maximum(ch, 1e-12), np.nan))
                 idx[(m["label"], l, h)] = fw.add("head_figure", data)
     if len(results["models"]) > 1:
@@ -268,9 +327,9 @@ def _compare(results: dict, figs: dict) -> dict:
             "strength": strength, "title": compare_title(models)}
 
 
-def build_site(analyses: list[ModelAnalysis], results: dict, out: Path, cache: dict, diff_link: bool = False) -> Site:
+def build_site(inputs: list[FigureInputs], results: dict, out: Path, cache: dict, diff_link: bool = False) -> Site:
     """Render every page and the PDF document into memory (figures are written to out/figures)."""
-    figs = _figures(analyses, results, out / "figures", cache)
+    figs = _figures(inputs, results, out / "figures", cache)
     env = make_env()
     models = results["models"]
     nav = [("index.html", "Overview")] + [(f"model-{slug(m['label'])}.html", m["label"]) for m in models] + [

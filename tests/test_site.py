@@ -184,3 +184,18 @@ def test_explanations_in_results_trace_back(site):
             text = explain_finding(f, m)["strength"]
             for n in re.findall(r"\d+\.\d{3}", text):
                 assert n in values, (n, text)
+
+
+def test_render_only_change_reuses_the_analysis(site, tmp_path, capsys):
+    out, toml = site
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "results.json").read_text())
+    capsys.readouterr()
+    assert cli(["run", "--config", str(toml), "--out", str(copy), "--no-pdf"]) == 0
+    err = capsys.readouterr().err
+    assert "analysis unchanged; rendering again" in err
+    assert json.loads((copy / "results.json").read_text()) == before
+    assert (copy / "index.html").exists() and (copy / "windows.npz").exists()
+    timings = json.loads((copy / "timings.json").read_text())
+    assert "analyze" not in timings
