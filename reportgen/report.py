@@ -267,7 +267,8 @@ def _criteria(results: dict) -> list[dict]:
     return [
         {"ok": rep > 0, "text": f"Heads with a clear role identified with CIs ({rep} replicated roles)",
          "link": f"model-{slug(models[0]['label'])}.html"},
-        {"ok": True, "text": "Every layer × head visualised on training-style and held-out inputs", "link": "gallery.html"},
+        {"ok": True, "text": "Every layer × head visualised on illustrative inputs and held-out passages",
+         "link": f"model-{slug(models[0]['label'])}.html"},
         {"ok": True, "text": "Significance against three nulls with Benjamini–Hochberg FDR over all tests",
          "link": "methods.html"},
         {"ok": rep > 0, "text": "Roles confirmed on held-out books never used for discovery", "link": "index.html#findings"},
