@@ -190,4 +190,8 @@ def cli(args: list[str] | None = None) -> int:
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(cli())
+    try:
+        sys.exit(cli())
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        sys.exit(0)
