@@ -244,7 +244,7 @@ def model_results(a: ModelAnalysis) -> dict:
     T = cfg.max_context_len
     return {
         "label": a.spec.label, "language": a.split.language,
-        "checkpoint": {"path": str(a.bundle.path), "sha256": a.bundle.sha256, "format": meta.get("format"),
+        "checkpoint": {"path": _display_path(a.bundle.path), "sha256": a.bundle.sha256, "format": meta.get("format"),
                        "step": meta.get("step"), "heldout_bits_per_char_at_training": meta.get("heldout_bits_per_char"),
                        "history": meta.get("history")},
         "hyperparameters": cfg.to_dict(),
@@ -295,6 +295,14 @@ def _causal_results(a: ModelAnalysis) -> dict:
     return {"ablation_mode": a.causal["mode"], "ablation_windows": a.causal["windows"],
             "baseline_bits_per_char": a.causal["baseline_bits_per_char"], "ablation": abl,
             "controls": a.causal["controls"], "generation": a.causal["generation"], "causal_agreement": agreement}
+
+
+def _display_path(path: Path) -> str:
+    """A checkpoint path relative to the working directory when it lies inside it (machine-independent)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
