@@ -46,7 +46,11 @@ def encode(bundle: ModelBundle, text: str, source: str, oov: str = "error") -> n
     if not text.strip():
         raise ReportgenError(f"{source}: text is empty")
     text, _ = bundle.tokenizer.clean(text, policy=oov, source=source)
-    return np.asarray([bundle.tokenizer.stoi[c] for c in text], dtype=np.int64)
+    chars = sorted((ord(c), i) for c, i in bundle.tokenizer.stoi.items() if len(c) == 1)
+    points = np.array([p for p, _ in chars], dtype=np.uint32)
+    ids = np.array([i for _, i in chars], dtype=np.int64)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # one code point per character
+    return ids[np.searchsorted(points, codes)]  # every character is in the vocabulary after clean()
 
 
 def window_starts(n_chars: int, length: int, limit: int | None, source: str) -> np.ndarray:
