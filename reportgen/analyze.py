@@ -242,6 +242,7 @@ def model_results(a: ModelAnalysis) -> dict:
               for name, p in a.probes.items()}
     meta = a.bundle.metadata
     T = cfg.max_context_len
+    found = findings(a)
     return {
         "label": a.spec.label, "language": a.split.language,
         "checkpoint": {"path": _display_path(a.bundle.path), "sha256": a.bundle.sha256, "format": meta.get("format"),
@@ -254,25 +255,25 @@ def model_results(a: ModelAnalysis) -> dict:
                    "windows": {s: a.scores[s].n_windows for s in SPLITS}, "window_length": T},
         "classes": {a.classes.label(n): chars for n, chars in a.classes.members().items() if chars},
         "heads": heads,
-        "findings": findings(a),
+        "findings": found,
         "probes": probes,
         "class_matrix": {s: {"classes": list(CLASS_NAMES), "observed": a.scores[s].class_matrix,
                              "chance": a.scores[s].class_chance, "queries": a.scores[s].class_count} for s in SPLITS},
         "offset_profile": {s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
         "head_distance": a.head_distance, "clusters": a.clusters,
-        **_causal_results(a),
+        **_causal_results(a, found),
         "timeline": a.timeline,
     }
 
 
-def _causal_results(a: ModelAnalysis) -> dict:
+def _causal_results(a: ModelAnalysis, found: list[dict]) -> dict:
     """results.json blocks from the causal stage: ablation, agreement with detectors, controls, generation."""
     if not a.causal:
         return {"ablation": [], "controls": None, "generation": None, "causal_agreement": None}
     from scipy.stats import rankdata, spearmanr
 
     strength = {}
-    for f in findings(a):
+    for f in found:
         if f["replicated"]:
             key = (f["layer"], f["head"])
             strength[key] = max(strength.get(key, 0.0), f["effect"])
