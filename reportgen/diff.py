@@ -33,15 +33,21 @@ class RunData:
     windows: dict[str, dict[str, np.ndarray]]  # model label -> detector -> (W, L, H)
 
 
-def save_windows(path: Path, analyses) -> None:
-    """Per-window held-out values of every tested detector (float32), for paired diffs later."""
-    arrays = {}
+def window_values(analyses) -> dict[str, dict[str, np.ndarray]]:
+    """Per model label: held-out per-window values of every detector and probe, and the window starts."""
+    out: dict[str, dict[str, np.ndarray]] = {}
     for a in analyses:
-        for name, obs in a.scores["heldout"].observed.items():
-            arrays[f"{a.spec.label}\x1f{name}"] = obs.astype(np.float32)
-        for name, pr in a.probes.items():  # probes are rebuilt identically for the same text and seed
-            arrays[f"{a.spec.label}\x1f{name}"] = pr.observed.astype(np.float32)
-        arrays[f"{a.spec.label}\x1f__starts__"] = a.scores["heldout"].window_starts
+        values = dict(a.scores["heldout"].observed)
+        values.update({name: pr.observed for name, pr in a.probes.items()})  # rebuilt identically per text/seed
+        values["__starts__"] = a.scores["heldout"].window_starts
+        out[a.spec.label] = values
+    return out
+
+
+def save_windows(path: Path, analyses) -> None:
+    """Write `window_values` (float32) for paired diffs later."""
+    arrays = {f"{label}\x1f{name}": (v if name == "__starts__" else v.astype(np.float32))
+              for label, values in window_values(analyses).items() for name, v in values.items()}
     with path.open("wb") as fh:
         np.savez_compressed(fh, **arrays)
 
@@ -225,12 +231,7 @@ def run_data(path: Path, force: bool = False) -> RunData:
     label = bundle.language and {"en": "English", "he": "Hebrew"}.get(bundle.language) or path.stem
     cfg = build_config(None, models=(ModelSpec(path, label, bundle.language),), out=Path("unused"))
     analyses, results = analyze(cfg)
-    windows = {}
-    for a in analyses:
-        windows[a.spec.label] = dict(a.scores["heldout"].observed)
-        windows[a.spec.label].update({name: pr.observed for name, pr in a.probes.items()})
-        windows[a.spec.label]["__starts__"] = a.scores["heldout"].window_starts
-    return RunData(path, results, windows)
+    return RunData(path, results, window_values(analyses))
 
 
 def render(doc: dict, out: Path, pdf: bool = True) -> None:
