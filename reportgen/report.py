@@ -170,10 +170,15 @@ def _ratio(m: dict, layer: int, head: int, detector: str) -> float:
     return block["mean"] / block["chance"]
 
 
+def _explanation(f: dict, m: dict) -> dict[str, str]:
+    """Every sentence about a finding: what, strength, consistency, linguistics, caveats, ablation."""
+    return dict(explain_finding(f, m), ablation=explain_ablation(f, m))
+
+
 def _model_page(m: dict, results: dict, figs: dict) -> dict:
     """Display data for a model page."""
     n_heads = m["hyperparameters"]["n_heads"]
-    findings = [dict(f, explanation=dict(explain_finding(f, m), ablation=explain_ablation(f, m)),
+    findings = [dict(f, explanation=_explanation(f, m),
                      page=f"head-{slug(m['label'])}-{f['head_name']}.html") for f in m["findings"]]
     roles = {(f["layer"], f["head"]): f["role"] for f in reversed(findings) if f["replicated"]}
     ablation = sorted((dict(a, role=roles.get((a["layer"], a["head"]), "—"),
@@ -201,7 +206,7 @@ def _head_page(m: dict, head: dict, figs: dict) -> dict:
         ho, tr = splits["heldout"], splits["train"]
         rows.append({"name": d, "description": DESCRIPTIONS[d], "heldout": ho, "train": tr,
                      "role": any(f["pattern"] == d and f["layer"] == l and f["head"] == h for f in m["findings"])})
-    findings = [dict(f, explanation=dict(explain_finding(f, m), ablation=explain_ablation(f, m)))
+    findings = [dict(f, explanation=_explanation(f, m))
                 for f in m["findings"] if f["layer"] == l and f["head"] == h]
     ablation = next((a for a in m.get("ablation", []) if a["layer"] == l and a["head"] == h), None)
     return {"model": m, "name": f"L{l}H{h}", "figure": figs[(m["label"], l, h)], "rows": rows,
