@@ -226,7 +226,7 @@ def findings(analysis: ModelAnalysis) -> list[dict]:
     return sorted(out, key=lambda f: (not f["replicated"], -f["effect"]))
 
 
-def model_results(a: ModelAnalysis) -> dict:
+def model_results(a: ModelAnalysis, seed: int = 0) -> dict:
     """The results.json entry for one model."""
     cfg = a.bundle.config
     heads = []
@@ -261,12 +261,12 @@ def model_results(a: ModelAnalysis) -> dict:
                              "chance": a.scores[s].class_chance, "queries": a.scores[s].class_count} for s in SPLITS},
         "offset_profile": {s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
         "head_distance": a.head_distance, "clusters": a.clusters,
-        **_causal_results(a, found),
+        **_causal_results(a, found, seed),
         "timeline": a.timeline,
     }
 
 
-def _causal_results(a: ModelAnalysis, found: list[dict]) -> dict:
+def _causal_results(a: ModelAnalysis, found: list[dict], seed: int) -> dict:
     """results.json blocks from the causal stage: ablation, agreement with detectors, controls, generation."""
     if not a.causal:
         return {"ablation": [], "controls": None, "generation": None, "causal_agreement": None}
@@ -283,7 +283,7 @@ def _causal_results(a: ModelAnalysis, found: list[dict]) -> dict:
     agreement = None
     if len(abl) >= 4 and x.std() > 0 and y.std() > 0:
         rho = float(spearmanr(x, y).statistic)
-        k = np.random.default_rng(5).integers(0, len(x), (2000, len(x)))  # resample heads
+        k = np.random.default_rng([seed, 5]).integers(0, len(x), (2000, len(x)))  # resample heads
         rx, ry = rankdata(x[k], axis=1), rankdata(y[k], axis=1)  # (R, heads) ranks with ties averaged
         rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
         denom = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
@@ -340,7 +340,7 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> tuple[lis
         "detectors": DESCRIPTIONS,
         "families": {d: FAMILY_OF.get(d) for d in DESCRIPTIONS},
         "rules": [{"role": r.role, "detector": r.detector, "family": r.family, "rule": r.rule} for r in ROLE_RULES],
-        "models": [model_results(a) for a in analyses],
+        "models": [model_results(a, cfg.seed) for a in analyses],
     }
     return analyses, _clean(results)
 
