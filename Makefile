@@ -20,5 +20,5 @@ test: $(BIN)/reportgen
 bench: $(BIN)/reportgen
 	$(BIN)/python scripts/benchmark.py
 
-clean:
-	rm -rf site/*.html site/figures site/results.json site/report.pdf
+clean: $(BIN)/reportgen
+	$(BIN)/reportgen clean --out site

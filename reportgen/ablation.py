@@ -15,26 +15,32 @@ import torch
 import torch.nn.functional as F
 
 from .capture import capture, natural_probes
+from .catalogue import ALPHA, FAMILY, roles_of
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
-from .stats import SplitStats, add_q_values, bootstrap_ci, roles_of, split_stats
+from .languages import LANGUAGE
+from .results import Ablation, CausalAgreement, Contrast, ControlResult, Controls, Finding, Generation
+from .stats import SplitStats, add_q_values, bootstrap_ci, split_stats
 
 if TYPE_CHECKING:
-    from .analyze import Prepared
     from .config import RunConfig
+    from .stages import ModelAnalysis
 
 LN2 = float(np.log(2.0))
-@dataclass(frozen=True)
-class HeadAblation:
-    """One head's causal effect: Δ bits/char with CI, and targeted contrasts."""
+TEMPERATURE = 0.8  # sampling settings for generation with and without role heads
+TOP_K = 10
 
-    layer: int
-    head: int
-    delta: float
-    ci_low: float
-    ci_high: float
-    by_class: dict[str, float]
-    targeted: dict[str, dict[str, float]]
+
+@dataclass(frozen=True)
+class CausalEvidence:
+    """The causal stage's output for one model."""
+
+    mode: str
+    windows: int
+    baseline: float  # bits/char of the full model on the ablation windows
+    heads: list[Ablation]
+    controls: Controls
+    generation: Generation | None
 
 
 @torch.no_grad()
@@ -70,7 +76,7 @@ def head_means(model, windows: torch.Tensor, batch_size: int = 64) -> dict[tuple
     return {(l, h): sums[l][h] / count for l in sums for h in range(sums[l].shape[0])}
 
 
-def _contrast(delta: np.ndarray, mask: np.ndarray, rng) -> dict[str, float] | None:
+def _contrast(delta: np.ndarray, mask: np.ndarray, rng) -> Contrast | None:
     """Δ on masked positions vs the rest, per window, with a paired bootstrap CI of the difference."""
     has = mask.any(1) & (~mask).any(1)
     if has.sum() < 5:
@@ -79,14 +85,13 @@ def _contrast(delta: np.ndarray, mask: np.ndarray, rng) -> dict[str, float] | No
     target = (d * m).sum(1) / m.sum(1)
     rest = (d * ~m).sum(1) / (~m).sum(1)
     low, high, _ = bootstrap_ci((target - rest)[:, None], rng)
-    return {"delta_target": float(target.mean()), "delta_rest": float(rest.mean()),
-            "difference": float((target - rest).mean()), "ci_low": float(low[0]), "ci_high": float(high[0]),
-            "windows": int(has.sum())}
+    return Contrast(float(target.mean()), float(rest.mean()), float((target - rest).mean()), float(low[0]),
+                    float(high[0]), int(has.sum()))
 
 
 def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
                  classes: CharClasses, rng: np.random.Generator, mode: str = "mean",
-                 on_head=None, means: dict | None = None) -> tuple[float, list[HeadAblation]]:
+                 on_head=None, means: dict | None = None) -> tuple[float, list[Ablation]]:
     """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
 
     Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head.
@@ -120,8 +125,8 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
                         for c in range(len(CLASS_NAMES)) if (target_codes == c).sum() >= 20}
             targeted = {name: _contrast(delta, mask, rng) for name, mask in masks.items()}
             targeted["second_copy"] = _contrast(abl_probe - base_probe, second, rng)
-            results.append(HeadAblation(l, h, float(per_window.mean()), float(low[0]), float(high[0]), by_class,
-                                        {k: v for k, v in targeted.items() if v is not None}))
+            results.append(Ablation(l, h, f"L{l}H{h}", float(per_window.mean()), float(low[0]), float(high[0]),
+                                    by_class, {k: v for k, v in targeted.items() if v is not None}))
             if on_head:
                 on_head()
     return float(base.mean()), results
@@ -129,17 +134,16 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
 
 @torch.no_grad()
 def generate_pair(bundle: ModelBundle, prompt: str, heads: list[tuple[int, int]], seed: int,
-                  means: dict | None, n_new: int = 160, mode: str = "mean") -> dict:
+                  means: dict | None, n_new: int = 160, mode: str = "mean") -> tuple[str, str]:
     """Samples from one prompt with the full model and with `heads` ablated (same seed)."""
     tok = bundle.tokenizer
     prefix = torch.tensor(tok.tokenize(prompt))
-    full = bundle.model.generate(prefix, n_new, temperature=0.8, top_k=10,
+    full = bundle.model.generate(prefix, n_new, temperature=TEMPERATURE, top_k=TOP_K,
                                  generator=torch.Generator().manual_seed(seed))
     with bundle.model.ablate({h: mode for h in heads}, means=means):
-        ablated = bundle.model.generate(prefix, n_new, temperature=0.8, top_k=10,
+        ablated = bundle.model.generate(prefix, n_new, temperature=TEMPERATURE, top_k=TOP_K,
                                         generator=torch.Generator().manual_seed(seed))
-    return {"prompt": prompt, "heads": [f"L{l}H{h}" for l, h in heads], "full": tok.detokenize(full.tolist()),
-            "ablated": tok.detokenize(ablated.tolist())}
+    return tok.detokenize(full.tolist()), tok.detokenize(ablated.tolist())
 
 
 @torch.no_grad()
@@ -153,32 +157,21 @@ def per_char_delta(bundle: ModelBundle, text: str, heads: list[tuple[int, int]],
     return [(c, float(d)) for c, d in zip(text[1:], (abl - base).tolist())]
 
 
-PROMPTS = {"en": "And it came to pass", "he": "בבוקר אחד"}
-
-
-def _ablation_dict(a: HeadAblation) -> dict:
-    """results.json form of one head's ablation."""
-    return {"layer": a.layer, "head": a.head, "head_name": f"L{a.layer}H{a.head}",
-            "delta_bits_per_char": a.delta, "ci_low": a.ci_low, "ci_high": a.ci_high,
-            "by_target_class": a.by_class, "targeted": a.targeted}
-
-
-def _control_roles(stats: SplitStats, n_layers: int, n_heads: int) -> dict:
+def _control_roles(stats: SplitStats, n_layers: int, n_heads: int) -> ControlResult:
     """Roles found on a control (q within the control's own BH family), split positional vs content."""
     add_q_values([stats])
-    roles = [(l, h, r) for l in range(n_layers) for h in range(n_heads) for r in roles_of(stats, l, h)]
-    positional = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family in ("previous character", "fixed offset",
-                                                                          "positional", "sink")]
-    content = [f"L{l}H{h} {r.role}" for l, h, r in roles if r.family not in ("previous character", "fixed offset",
-                                                                           "positional", "sink")]
+    roles = [(l, h, d) for l in range(n_layers) for h in range(n_heads) for d in roles_of(stats, l, h)]
+    positional = [f"L{l}H{h} {d.role}" for l, h, d in roles if FAMILY[d.family].positional]
+    content = [f"L{l}H{h} {d.role}" for l, h, d in roles if not FAMILY[d.family].positional]
     tested = sum(int(np.isfinite(f["p"]).sum()) for f in stats.values.values() if "p" in f)
-    return {"positional_roles": positional, "content_roles": content, "tests": tested,
-            "discoveries_q05": int(sum(int((np.nan_to_num(f["q"], nan=1) < 0.05).sum())
-                                       for f in stats.values.values() if "q" in f))}
+    return ControlResult(positional, content, tested,
+                         int(sum(int((np.nan_to_num(f["q"], nan=1) < ALPHA).sum())
+                                 for f in stats.values.values() if "q" in f)))
 
 
-def causal_evidence(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict, progress) -> dict:
+def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) -> CausalEvidence:
     """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
+    prep, stats = a.prep, a.stats
     bundle, classes = prep.bundle, prep.classes
     model = bundle.model
     T = bundle.config.max_context_len
@@ -209,19 +202,44 @@ def causal_evidence(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict,
     control_shuffled = split_stats(capture(bundle, shuffled.ravel(), classes, n_samples=0),
                                    {}, np.random.default_rng([cfg.seed, index, 13]))
     progress.advance(task)
-    controls = {"random_init": _control_roles(control_random, L, H),
-                "shuffled_text": _control_roles(control_shuffled, L, H),
-                "windows": n_ctrl}
+    controls = Controls(_control_roles(control_random, L, H), _control_roles(control_shuffled, L, H), n_ctrl)
     # Generation with the strongest role heads removed.
     role_heads = []
-    for h in sorted(heads, key=lambda a: -a.delta):
+    for h in sorted(heads, key=lambda x: -x.delta_bits_per_char):
         if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
             role_heads.append((h.layer, h.head))
-    prompt = PROMPTS.get(prep.split.language, "")
+    lang = LANGUAGE.get(prep.split.language)
+    prompt = lang.prompt if lang else ""
     generation = None
     if role_heads and prompt and not bundle.tokenizer.unknown_chars(prompt):
-        generation = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
+        full, ablated = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
         passage = prep.split.heldout[:120]
-        generation["passage_delta"] = per_char_delta(bundle, passage, role_heads, means)
-    return {"mode": "mean", "windows": len(windows), "baseline_bits_per_char": baseline,
-            "ablation": [_ablation_dict(h) for h in heads], "controls": controls, "generation": generation}
+        generation = Generation(prompt, [f"L{l}H{h}" for l, h in role_heads], full, ablated,
+                                per_char_delta(bundle, passage, role_heads, means), TEMPERATURE, TOP_K)
+    return CausalEvidence("mean", len(windows), baseline, heads, controls, generation)
+
+
+def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) -> CausalAgreement | None:
+    """Spearman ρ between each head's strongest replicated effect (0 if none) and its ablation Δ, with a
+    bootstrap CI over heads; None when there are too few heads or no variation."""
+    from scipy.stats import rankdata, spearmanr
+
+    strength: dict[tuple[int, int], float] = {}
+    for f in found:
+        if f.replicated:
+            key = (f.layer, f.head)
+            strength[key] = max(strength.get(key, 0.0), f.effect)
+    x = np.array([strength.get((h.layer, h.head), 0.0) for h in ablation])
+    y = np.array([h.delta_bits_per_char for h in ablation])
+    if len(ablation) < 4 or x.std() == 0 or y.std() == 0:
+        return None
+    rho = float(spearmanr(x, y).statistic)
+    k = np.random.default_rng([seed, 5]).integers(0, len(x), (2000, len(x)))  # resample heads
+    rx, ry = rankdata(x[k], axis=1), rankdata(y[k], axis=1)  # (R, heads) ranks with ties averaged
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    denom = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
+    boots = (rx * ry).sum(1) / np.where(denom > 0, denom, np.nan)
+    boots = boots[np.isfinite(boots)]
+    return CausalAgreement(rho, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), len(ablation),
+                           "largest held-out effect among the head's replicated roles (0 if none)",
+                           "Δ bits/char when the head is mean-ablated")

@@ -14,27 +14,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .languages import LANGUAGE
+
 CLASS_NAMES = ("vowel", "consonant", "final", "space", "newline", "punctuation", "digit", "other")
-HEBREW_VOWEL_LETTERS = "אהוי"
-HEBREW_FINALS = "ךםןףץ"
 HEBREW_PUNCT = "\u05be\u05c3\u05c0\u05c6"  # maqaf, sof pasuq, paseq, nun hafukha
-CLASS_LABELS = {"en": {"vowel": "vowel"}, "he": {"vowel": "vowel letter (א ה ו י)", "final": "final form"}}
 
 
 def default_class(char: str, language: str) -> str:
-    """The class of one character under the language's default rules."""
+    """The class of one character under the language's default rules (its `Language` record)."""
     if char == " ":
         return "space"
     if char == "\n":
         return "newline"
     if char.isdigit():
         return "digit"
-    if language == "he" and "\u05d0" <= char <= "\u05ea":
-        if char in HEBREW_VOWEL_LETTERS:
-            return "vowel"
-        return "final" if char in HEBREW_FINALS else "consonant"
-    if char.isascii() and char.isalpha():
-        return "vowel" if char.lower() in "aeiou" else "consonant"
+    for lang in (LANGUAGE.get(language), LANGUAGE["en"]):  # its own letters, then Latin letters
+        if lang is not None and lang.letters(char):
+            if char in lang.vowels:
+                return "vowel"
+            return "final" if char in lang.finals else "consonant"
     if char in HEBREW_PUNCT or unicodedata.category(char).startswith("P"):
         return "punctuation"
     return "other"
@@ -82,4 +80,5 @@ class CharClasses:
 
     def label(self, name: str) -> str:
         """Display name of a class in this language."""
-        return CLASS_LABELS.get(self.language, {}).get(name, name)
+        lang = LANGUAGE.get(self.language)
+        return lang.class_label(name) if lang else name

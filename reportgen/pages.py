@@ -1,0 +1,402 @@
+"""Page builders: pure functions from a typed `Run` (and figure file names) to page records.
+
+A page record holds every value its template prints, settings included; templates only lay
+them out. Nothing here reads files, renders HTML or computes statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, FAMILY, ROLE_DETECTORS,
+                        linguistic_note, shown_in)
+from .explain import Absent, Explanation, absent_families, explain, num, pct, signed
+from .results import Ablation, Finding, ModelResult, Run, Summary
+from .stats import N_BOOT
+
+CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
+MAX_HEADLINE_HEADS = 4  # headline cards per model
+MAX_Q1_HEADS = 6
+
+
+def slug(text: str) -> str:
+    """A file-name-safe slug."""
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return s or hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def model_file(m: ModelResult) -> str:
+    return f"model-{slug(m.label)}.html"
+
+
+def head_file(m: ModelResult, name: str) -> str:
+    return f"head-{slug(m.label)}-{name}.html"
+
+
+def compare_title(models: list[ModelResult]) -> str:
+    """'English vs Hebrew' for the default pair, else a neutral title."""
+    return "English vs Hebrew" if sorted(m.language for m in models) == ["en", "he"] else "Model comparison"
+
+
+# ---- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Footer:
+    generated: str
+    version: str
+    seed: int
+    source: str = "results.json"
+
+
+@dataclass(frozen=True)
+class Common:
+    """What every page shows: navigation and footer."""
+
+    nav: list[tuple[str, str]]
+    footer: Footer
+
+
+@dataclass(frozen=True)
+class FindingView:
+    """A finding as pages show it: its model, its head page and its sentences."""
+
+    f: Finding
+    model: str
+    page: str
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class HeadCell:
+    name: str
+    page: str
+    roles: str
+    entropy: float
+    distance: float
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    a: Ablation
+    role: str
+    page: str
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    file: str
+    model: ModelResult
+    findings: list[FindingView]
+    layers: list[list[HeadCell]]
+    absent: list[Absent]
+    grid: str
+    scores: str
+    timeline: str | None
+    replicated: int
+    ablation: list[AblationRow]
+    shading: list[tuple[str, float, float]]  # (character, Δ bits, shade 0..1) on the generation passage
+    shading_max: float
+    cluster_threshold: float = CLUSTER_THRESHOLD
+    alpha: float = ALPHA
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    name: str
+    description: str
+    heldout: Summary
+    train: Summary
+    role: bool
+
+
+@dataclass(frozen=True)
+class HeadPage:
+    file: str
+    model: ModelResult
+    model_file: str
+    name: str
+    figure: str
+    rows: list[ScoreRow]
+    findings: list[FindingView]
+    roles: str
+    ablation: Ablation | None
+
+
+@dataclass(frozen=True)
+class Question:
+    q: str
+    a: list[str]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    ok: bool
+    text: str
+    link: str
+
+
+@dataclass(frozen=True)
+class IndexPage:
+    models: list[ModelPage]
+    headline: list[FindingView]
+    questions: list[Question]
+    criteria: list[Criterion]
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    model: str
+    finding: FindingView
+    figure: str
+
+
+@dataclass(frozen=True)
+class CompareCell:
+    heads: list[str]
+    strongest: Finding | None
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    family: str
+    cells: list[CompareCell]
+    note: str
+
+
+@dataclass(frozen=True)
+class StrengthCell:
+    head: str
+    mean: float
+    times_chance: float
+    chance: float
+
+
+@dataclass(frozen=True)
+class StrengthRow:
+    detector: str
+    description: str
+    layers: list[list[StrengthCell | None]]
+
+
+@dataclass(frozen=True)
+class ComparePage:
+    title: str
+    models: list[ModelResult]
+    rows: list[CompareRow]
+    by_layer: list[tuple[str, list[list[str]]]]
+    strength: list[StrengthRow]
+    only: list[str]
+    figure: str | None
+
+
+@dataclass(frozen=True)
+class MethodsPage:
+    models: list[ModelResult]
+    detectors: list[tuple[str, str, str]]  # name, meaning, family
+    rules: list[tuple[str, str, str]]  # role, detector, rule sentence
+    skip_queries: int
+    n_boot: int
+    n_probes: int
+    alpha: float
+    version: str
+    environment: dict
+    settings: dict
+
+
+@dataclass(frozen=True)
+class Pages:
+    """Every page of the site plus the PDF document's parts."""
+
+    common: Common
+    index: IndexPage
+    models: list[ModelPage]
+    heads: list[HeadPage]
+    gallery: list[GalleryItem]
+    compare: ComparePage
+    methods: MethodsPage
+    grids: dict[str, str] = field(default_factory=dict)  # model label -> grid figure (PDF)
+
+
+# ---- builders -----------------------------------------------------------------------------------
+
+
+def finding_view(f: Finding, m: ModelResult) -> FindingView:
+    return FindingView(f, m.label, head_file(m, f.head_name), explain(f, m))
+
+
+def model_page(m: ModelResult, figs: dict) -> ModelPage:
+    """Display data for a model page."""
+    findings = [finding_view(f, m) for f in m.findings]
+    roles = {(f.layer, f.head): f.role for f in reversed(m.findings) if f.replicated}  # strongest role per head
+    ablation = sorted((AblationRow(a, roles.get((a.layer, a.head), "—"), head_file(m, a.head_name))
+                       for a in m.ablation), key=lambda r: -r.a.delta_bits_per_char)
+    layers = [[HeadCell(h.name, head_file(m, h.name), m.role_label(h.layer, h.head),
+                        h.summary("entropy").mean, h.summary("distance").mean)
+               for h in m.heads if h.layer == l] for l in range(m.n_layers)]
+    deltas = m.generation.passage_delta if m.generation else []
+    top = max((abs(d) for _, d in deltas), default=0.0) or 1.0
+    shading = [(c, d, round(max(d, 0.0) / top, 3)) for c, d in deltas]
+    return ModelPage(model_file(m), m, findings, layers, absent_families(m, _rule_text()), figs[(m.label, "grid")],
+                     figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
+                     max((d for _, d in deltas), default=0.0))
+
+
+def head_page(m: ModelResult, layer: int, head: int, figs: dict) -> HeadPage:
+    """Display data for one head's page."""
+    h = m.head(layer, head)
+    found = {f.pattern for f in m.findings_at(layer, head)}
+    rows = [ScoreRow(d, DETECTOR[d].description if d in DETECTOR else d, s["heldout"], s["train"], d in found)
+            for d, s in h.detectors.items()]
+    return HeadPage(head_file(m, h.name), m, model_file(m), h.name, figs[(m.label, layer, head)], rows,
+                    [finding_view(f, m) for f in m.findings_at(layer, head)], m.role_label(layer, head),
+                    m.ablation_of(layer, head))
+
+
+def _rule_text() -> dict[str, str]:
+    return {d.name: d.rule.text() for d in ROLE_DETECTORS}
+
+
+def _strongest_heads(models: list[ModelResult], per_model: int | None, total: int | None) -> list[FindingView]:
+    """One finding per head (its strongest replicated role), strongest first."""
+    out, seen = [], set()
+    pairs = [(m, f) for m in models for f in m.replicated]
+    if per_model is None:
+        pairs.sort(key=lambda mf: -mf[1].effect)
+    for m, f in pairs:
+        key = (m.label, f.head_name)
+        if key in seen or (total is not None and len(out) >= total):
+            continue
+        if per_model is not None and sum(v.model == m.label for v in out) >= per_model:
+            continue
+        seen.add(key)
+        out.append(finding_view(f, m))
+    return out
+
+
+def key_questions(models: list[ModelResult]) -> list[Question]:
+    """The five key questions, each answered with numbers from the results."""
+    rep = [(m, f) for m in models for f in m.replicated]
+    q1 = [f"{v.model} {v.f.head_name} ({v.f.role}: held-out {num(v.f.heldout.mean)} vs chance "
+          f"{num(v.f.heldout.chance)})" for v in _strongest_heads(models, None, MAX_Q1_HEADS)]
+    fam_counts: dict[str, set] = {}
+    for m, f in rep:
+        fam_counts.setdefault(f.family, set()).add((m.label, f.head_name))
+    q2 = [f"{fam}: {len(heads)} head(s)" for fam, heads in sorted(fam_counts.items(), key=lambda kv: -len(kv[1]))]
+    cons = [f.heldout.consistency for _, f in rep if f.heldout.consistency is not None]
+    n_found = sum(len(m.findings) for m in models)
+    q3 = [f"{len(rep)} of {n_found} roles discovered on training windows replicated on held-out books."]
+    if cons:
+        q3.append(f"Replicated roles beat their strictest null in a median {pct(float(np.median(cons)))} of held-out "
+                  f"windows (lowest {pct(min(cons))}).")
+    q4: list[str] = []
+    for m, f in rep:  # causal support: does ablation hurt most where the role predicts?
+        target = FAMILY[f.family].causal_target
+        abl = m.ablation_of(f.layer, f.head)
+        t = abl.targeted.get(target) if abl and target else None
+        if t and not any(f.family in line and m.label in line for line in q4):
+            verdict = "yes" if t.ci_low > 0 else "no, the opposite" if t.ci_high < 0 else "not measurably"
+            q4.append(f"{m.label} {f.head_name} ({f.family}): does removing it hurt most {CAUSAL_TARGETS[target]}? "
+                      f"{verdict} (difference {signed(t.difference)} bits/char, 95% CI {signed(t.ci_low)} to "
+                      f"{signed(t.ci_high)}).")
+    q4 += [f"{fam}: {linguistic_note(fam, models[0].language)}" for fam in list(fam_counts)[:2]]
+    q5 = []
+    if len(models) > 1:
+        for fam in FAMILIES:
+            n = [len({f.head_name for f in m.replicated if f.family == fam.name}) for m in models]
+            if any(n):
+                q5.append(f"{fam.name}: " + ", ".join(f"{m.label} {k} head(s)" for m, k in zip(models, n)))
+        absent = [fam.name for fam in FAMILIES if not any(f.family == fam.name for m in models for f in m.replicated)]
+        if absent:
+            q5.append(f"in neither model: {', '.join(absent)}")
+    return [
+        Question("Which layer/head combinations are most interpretable?", q1 or ["No head has a replicated role."]),
+        Question("Which pattern types are most common?", q2 or ["No pattern replicated."]),
+        Question("How consistent are the patterns across inputs?", q3),
+        Question("Do the patterns make linguistic sense?", q4 or ["No replicated pattern to interpret."]),
+        Question("How do English and Hebrew differ?", q5 or ["Only one model was analysed."]),
+    ]
+
+
+def criteria(models: list[ModelResult]) -> list[Criterion]:
+    """Success criteria of the mission as a checklist with evidence links."""
+    rep = sum(len(m.replicated) for m in models)
+    first = model_file(models[0])
+    return [
+        Criterion(rep > 0, f"Heads with a clear role identified with CIs ({rep} replicated roles)", first),
+        Criterion(True, "Every layer × head visualised on illustrative inputs and held-out passages", first),
+        Criterion(True, "Significance against three nulls with Benjamini–Hochberg FDR over all tests", "methods.html"),
+        Criterion(rep > 0, "Roles confirmed on held-out books never used for discovery", "index.html#findings"),
+        Criterion(len({m.language for m in models}) > 1, "English and Hebrew compared on the same books",
+                  "compare.html"),
+        Criterion(all(m.ablation for m in models), "Causal evidence: every head ablated, with targeted effects and "
+                  "controls", f"{first}#causal"),
+    ]
+
+
+def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
+    """Replicated-role counts per family and per layer, and the same detectors' strength layer by layer."""
+    rows = []
+    for fam in FAMILIES:
+        cells = []
+        for m in models:
+            fs = [f for f in m.replicated if f.family == fam.name]
+            cells.append(CompareCell(sorted({f.head_name for f in fs}),
+                                     max(fs, key=lambda f: f.heldout.mean, default=None)))
+        if any(c.heads for c in cells):
+            notes = dict.fromkeys(linguistic_note(fam.name, lang) for lang in sorted({m.language for m in models}))
+            rows.append(CompareRow(fam.name, cells, " ".join(n for n in notes if n)))
+    by_layer = [(m.label, [sorted({f.role for f in m.replicated if f.layer == l}) for l in range(m.n_layers)])
+                for m in models]
+    strength = []
+    L = max(m.n_layers for m in models)
+    for det in shown_in("compare"):
+        layers = []
+        for l in range(L):
+            cells = []
+            for m in models:
+                heads = [h for h in m.heads if h.layer == l and det in h.detectors]
+                best = max(heads, key=lambda h: _or0(h.summary(det).mean), default=None)
+                s = best.summary(det) if best else None
+                cells.append(s and StrengthCell(best.name, s.mean, s.times_chance, s.chance))
+            layers.append(cells)
+        if any(c and _or0(c.chance) for cells in layers for c in cells):  # skip classes no text has
+            strength.append(StrengthRow(det, DETECTOR[det].description, layers))
+    only = []
+    if len(models) == 2:
+        fams = [{f.family for f in m.replicated} for m in models]
+        only = [f"{fam}: only in {models[i].label}" for i in (0, 1) for fam in sorted(fams[i] - fams[1 - i])]
+    return ComparePage(compare_title(models), models, rows, by_layer, strength, only, figs.get("compare"))
+
+
+def _or0(x: float | None) -> float:
+    return 0.0 if x is None or not np.isfinite(x) else x
+
+
+def methods_page(run: Run) -> MethodsPage:
+    return MethodsPage(run.models, [(d.name, d.description, d.family or "descriptive") for d in DETECTORS],
+                       [(d.role, d.name, d.rule.text()) for d in ROLE_DETECTORS], run.skip_queries, N_BOOT,
+                       run.settings.get("n_probes", 0), ALPHA, run.reportgen_version, run.environment, run.settings)
+
+
+def build_pages(run: Run, figs: dict, diff_link: bool = False) -> Pages:
+    """Every page record of a run, given the figure file names (see site.plan_figures)."""
+    models = run.models
+    nav = ([("index.html", "Overview")] + [(model_file(m), m.label) for m in models] +
+           [("gallery.html", "Gallery"), ("compare.html", compare_title(models)), ("methods.html", "Methods")] +
+           ([("diff/diff.html", "Checkpoint diff")] if diff_link else []))
+    common = Common(nav, Footer(run.generated, run.reportgen_version, run.settings.get("seed", 0)))
+    model_pages = [model_page(m, figs) for m in models]
+    heads = [head_page(m, h.layer, h.head, figs) for m in models for h in m.heads]
+    gallery = []
+    for m in models:
+        for fam, fs in m.by_family().items():  # the strongest replicated finding of each family
+            gallery.append(GalleryItem(m.label, finding_view(fs[0], m), figs[(m.label, fs[0].layer, fs[0].head)]))
+    index = IndexPage(model_pages, _strongest_heads(models, MAX_HEADLINE_HEADS, None), key_questions(models),
+                      criteria(models))
+    return Pages(common, index, model_pages, heads, gallery, compare_page(models, figs), methods_page(run),
+                 {m.label: figs[(m.label, "grid")] for m in models})

@@ -1,0 +1,383 @@
+"""The results schema: typed, frozen records of one run, their JSON form, and lookups.
+
+This module alone spells results.json's keys and its schema version. A `Run` holds one
+`ModelResult` per model; each holds per-head detector summaries (`HeadResult`), the roles
+discovered on training text (`Finding`) and the causal evidence (`Ablation`, `Controls`,
+`Generation`, `CausalAgreement`, `Timeline`). `Run.to_json` / `Run.from_json` are the only way
+in or out; the output folder's files are owned by `outputs.OutputFolder`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalogue import DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS
+from .codec import decode, encode, optional
+from .errors import ReportgenError
+
+SCHEMA_VERSION = 2
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One detector on one split for one head: mean, chance, CI and (for tested detectors) nulls and tests."""
+
+    mean: float
+    chance: float
+    ci_low: float
+    ci_high: float
+    bca: float  # 1 if the BCa interval was used, 0 for percentile
+    times_chance: float  # ratio of sums
+    p_uniform: float | None = optional()
+    positional: float | None = optional()
+    p_positional: float | None = optional()
+    swap: float | None = optional()
+    p_swap: float | None = optional()
+    p: float | None = optional()
+    consistency: float | None = optional()
+    gain: float | None = optional()
+    gain_ci_low: float | None = optional()
+    gain_ci_high: float | None = optional()
+    q: float | None = optional()
+
+    def values(self) -> dict[str, float]:
+        """The fields that apply, as a plain dict (what role rules read)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @property
+    def strictest_null(self) -> float:
+        """The largest of uniform chance and the positional and label-swap nulls that apply."""
+        return max((v for v in (self.chance, self.positional, self.swap) if v is not None and math.isfinite(v)),
+                   default=math.nan)
+
+
+@dataclass(frozen=True)
+class FindingBlock:
+    """A finding's numbers on one split (a subset of the head's `Summary`)."""
+
+    mean: float
+    chance: float
+    ci_low: float
+    ci_high: float
+    p: float | None = optional()
+    q: float | None = optional()
+    consistency: float | None = optional()
+    times_chance: float | None = optional()
+    positional: float | None = optional()
+    swap: float | None = optional()
+    gain: float | None = optional()
+    gain_ci_low: float | None = optional()
+    gain_ci_high: float | None = optional()
+
+    @classmethod
+    def of(cls, s: Summary) -> "FindingBlock":
+        """The finding's view of a summary."""
+        return cls(**{k: getattr(s, k) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """Every detector's summary for one head on both splits, and the roles whose rules hold."""
+
+    layer: int
+    head: int
+    detectors: dict[str, dict[str, Summary]]  # detector -> split -> summary
+    roles: dict[str, list[str]]  # split -> role labels
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    def summary(self, detector: str, split: str = "heldout") -> Summary:
+        return self.detectors[detector][split]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A role discovered on training windows, with its held-out confirmation."""
+
+    layer: int
+    head: int
+    head_name: str
+    pattern: str  # detector name
+    role: str
+    family: str
+    rule: str
+    description: str
+    train: FindingBlock
+    heldout: FindingBlock
+    replicated: bool
+    effect: float  # held-out mean minus the strictest null
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A repeated-sequence probe: period, an example and the loss on first and later copies."""
+
+    period: int
+    n_probes: int
+    example: str
+    loss_first_copy_bits_per_char: float
+    loss_later_copies_bits_per_char: float
+
+
+@dataclass(frozen=True)
+class ClassMatrix:
+    """Mean key-class mass per query class (L, H, C, C), its uniform chance (C, C) and query counts (C,)."""
+
+    classes: list[str]
+    observed: np.ndarray
+    chance: np.ndarray
+    queries: np.ndarray
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A targeted ablation contrast: Δ where the role should matter vs elsewhere, with a paired CI."""
+
+    delta_target: float
+    delta_rest: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    windows: int
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One head mean-ablated: Δ bits/char with CI, per predicted class, and targeted contrasts."""
+
+    layer: int
+    head: int
+    head_name: str
+    delta_bits_per_char: float
+    ci_low: float
+    ci_high: float
+    by_target_class: dict[str, float]
+    targeted: dict[str, Contrast]
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """Roles and discoveries on one control (random-init model or shuffled text)."""
+
+    positional_roles: list[str]
+    content_roles: list[str]
+    tests: int
+    discoveries_q05: int
+
+
+@dataclass(frozen=True)
+class Controls:
+    random_init: ControlResult
+    shuffled_text: ControlResult
+    windows: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Samples with and without the strongest role heads, and the per-character loss change on a passage."""
+
+    prompt: str
+    heads: list[str]
+    full: str
+    ablated: str
+    passage_delta: list[tuple[str, float]] = field(default_factory=list)
+    temperature: float | None = optional()
+    top_k: int | None = optional()
+
+
+@dataclass(frozen=True)
+class CausalAgreement:
+    """Spearman ρ between attention-based strength and ablation Δ over heads, with a bootstrap CI."""
+
+    spearman_rho: float
+    ci_low: float
+    ci_high: float
+    heads: int
+    x: str
+    y: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """One role's held-out strength at every checkpoint of the timeline."""
+
+    label: str
+    detector: str
+    layer: int
+    head: int
+    chance: float | None
+    mean: list[float]
+    ci_low: list[float]
+    ci_high: list[float]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    steps: list[int | None]
+    heldout_bits_per_char: list[float | None]
+    windows: int
+    series: list[Series]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str
+    sha256: str
+    format: str | None
+    step: int | None
+    heldout_bits_per_char_at_training: float | None
+    history: Any
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    name: str
+    description: str
+    sha256: str
+    train_chars: int
+    heldout_chars: int
+    heldout_books: list[str]
+    windows: dict[str, int]
+    window_length: int
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """Everything measured for one model."""
+
+    label: str
+    language: str
+    checkpoint: CheckpointInfo
+    hyperparameters: dict[str, Any]
+    corpus: CorpusInfo
+    classes: dict[str, str]  # class display name -> characters
+    heads: list[HeadResult]
+    findings: list[Finding]
+    probes: dict[str, Probe]
+    class_matrix: dict[str, ClassMatrix]
+    offset_profile: dict[str, np.ndarray]  # split -> (L, H, K)
+    head_distance: np.ndarray  # (L*H, L*H)
+    clusters: list[list[str]]
+    ablation_mode: str | None = optional()
+    ablation_windows: int | None = optional()
+    baseline_bits_per_char: float | None = optional()
+    ablation: list[Ablation] = field(default_factory=list)
+    controls: Controls | None = None
+    generation: Generation | None = None
+    causal_agreement: CausalAgreement | None = None
+    timeline: Timeline | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.hyperparameters["n_layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.hyperparameters["n_heads"])
+
+    def head(self, layer: int, head: int) -> HeadResult:
+        """The head at (layer, head)."""
+        h = self.heads[layer * self.n_heads + head]
+        assert (h.layer, h.head) == (layer, head)
+        return h
+
+    def findings_at(self, layer: int, head: int, replicated_only: bool = False) -> list[Finding]:
+        """The head's findings, strongest first."""
+        return [f for f in self.findings if f.layer == layer and f.head == head and
+                (f.replicated or not replicated_only)]
+
+    @property
+    def replicated(self) -> list[Finding]:
+        """Findings that replicated on held-out text, strongest first."""
+        return [f for f in self.findings if f.replicated]
+
+    def by_family(self) -> dict[str, list[Finding]]:
+        """Replicated findings per family, in catalogue family order (families without one left out)."""
+        out: dict[str, list[Finding]] = {}
+        for fam in FAMILIES:
+            fs = [f for f in self.replicated if f.family == fam.name]
+            if fs:
+                out[fam.name] = fs
+        return out
+
+    def role_label(self, layer: int, head: int) -> str:
+        """The head's replicated roles joined, or 'no replicated role'."""
+        roles = dict.fromkeys(f.role for f in self.findings_at(layer, head, replicated_only=True))
+        return ", ".join(roles) or "no replicated role"
+
+    def ablation_of(self, layer: int, head: int) -> Ablation | None:
+        return next((a for a in self.ablation if (a.layer, a.head) == (layer, head)), None)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One reportgen run: settings, environment and every model's results."""
+
+    generated: str
+    reportgen_version: str
+    environment: dict[str, str]
+    settings: dict[str, Any]
+    skip_queries: int
+    models: list[ModelResult]
+
+    def model(self, label: str) -> ModelResult:
+        return next(m for m in self.models if m.label == label)
+
+    def to_json(self) -> dict:
+        """The results.json document (catalogue tables included for readers of the file)."""
+        return {"schema_version": SCHEMA_VERSION, "generated": self.generated,
+                "reportgen_version": self.reportgen_version, "environment": encode(self.environment),
+                "settings": encode(self.settings), "skip_queries": self.skip_queries,
+                "detectors": {d.name: d.description for d in DETECTORS},
+                "families": {d.name: d.family for d in DETECTORS},
+                "rules": [{"role": d.role, "detector": d.name, "family": d.family, "rule": d.rule.text()}
+                          for d in ROLE_DETECTORS],
+                "models": encode(self.models)}
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str = "results.json") -> "Run":
+        """Decode a results.json document; errors name `source`."""
+        if not isinstance(doc, dict) or "schema_version" not in doc or "models" not in doc:
+            raise ReportgenError(f"{source}: not a reportgen results.json")
+        if doc["schema_version"] != SCHEMA_VERSION:
+            raise ReportgenError(f"{source}: results schema version {doc['schema_version']} is incompatible "
+                                 f"with this reportgen (schema {SCHEMA_VERSION}); re-run `reportgen analyze`")
+        try:
+            return decode(cls, {k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ReportgenError(f"{source}: malformed results ({exc})") from None
+
+    def normalised(self) -> "Run":
+        """The run exactly as results.json will hold it (floats rounded to 6 significant digits)."""
+        return Run.from_json(json.loads(json.dumps(self.to_json())))
+
+
+def dumps(document: dict) -> str:
+    """JSON text of a document (UTF-8, NaN refused)."""
+    return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False)
+
+
+def read_run(path: Path) -> Run:
+    """A results.json file (or a folder holding one); errors name the file."""
+    file = path / "results.json" if path.is_dir() else path
+    if not file.exists():
+        raise ReportgenError(f"{file}: not found")
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportgenError(f"{file}: not valid JSON ({exc})") from None
+    return Run.from_json(doc, str(file))
+
+
+def detector_meaning(name: str) -> str:
+    """A detector's description (its name if unknown)."""
+    return DETECTOR[name].description if name in DETECTOR else name

@@ -1,0 +1,32 @@
+"""Roles: which catalogue rules hold for each head, and the findings discovered on training windows."""
+
+from __future__ import annotations
+
+from .catalogue import roles_of
+from .results import SPLITS, Finding, FindingBlock, Summary
+from .stats import SplitStats
+
+
+def summary(split: SplitStats, detector: str, layer: int, head: int) -> Summary:
+    """One head's summary of one detector on one split, typed."""
+    return Summary(**{k: float(v[layer, head]) for k, v in split.values[detector].items()})
+
+
+def findings(stats: dict[str, SplitStats], n_layers: int, n_heads: int) -> list[Finding]:
+    """Roles discovered on training windows, each with its held-out numbers; replicated and strongest first."""
+    out = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            held = {d.name for d in roles_of(stats["heldout"], layer, head)}
+            for d in roles_of(stats["train"], layer, head):
+                train = summary(stats["train"], d.name, layer, head)
+                heldout = summary(stats["heldout"], d.name, layer, head)
+                out.append(Finding(layer, head, f"L{layer}H{head}", d.name, d.role, d.family, d.rule.text(),
+                                   d.description, FindingBlock.of(train), FindingBlock.of(heldout),
+                                   d.name in held, heldout.mean - heldout.strictest_null))
+    return sorted(out, key=lambda f: (not f.replicated, -f.effect))
+
+
+def role_labels(stats: dict[str, SplitStats], layer: int, head: int) -> dict[str, list[str]]:
+    """The role labels whose rules hold for a head, per split."""
+    return {s: [d.role for d in roles_of(stats[s], layer, head)] for s in SPLITS}

@@ -1,0 +1,156 @@
+"""Rendering and writing: figures, Jinja2 pages, the stylesheet and the PDF (shared by run and diff).
+
+Rendering never builds HTML in Python and autoescapes every value. Everything is written into
+the staging folder that `outputs.OutputFolder.staged` swaps into place.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from .classes import CLASS_NAMES
+from .config import template_dir
+from .explain import num, pct, qval, signed, times
+from .figures import FigureWriter, HeadFigureData
+from .languages import LANGUAGE
+from .outputs import FIGURES, OutputFolder, write_text_atomic
+from .pages import Pages, build_pages
+from .catalogue import FAMILIES, shown_in
+from .results import Run
+from .stages import FigureInputs
+
+
+def make_env() -> jinja2.Environment:
+    """A fresh Jinja2 environment: autoescape on, StrictUndefined, the report's filters."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed)
+    return env
+
+
+def _class_label(name: str, language: str) -> str:
+    """Display name of a class (short form, for axis labels)."""
+    lang = LANGUAGE.get(language)
+    return (lang.class_label(name) if lang else name).split(" (")[0]
+
+
+def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict) -> dict:
+    """Queue and render every figure; return a lookup of figure file names (relative to the site)."""
+    fw = FigureWriter(folder)
+    idx: dict = {}
+    detectors = shown_in("scores")
+    for a, m in zip(inputs, run.models):
+        L, H = m.n_layers, m.n_heads
+        roles = [[m.role_label(l, h) for h in range(H)] for l in range(L)]
+        caption, text, attn = next((e for e in a.examples if e[0] == "held-out passage"), a.examples[-1])
+        idx[(m.label, "grid")] = fw.add("grid_figure", f"{m.label}: every layer × head", text, attn, roles)
+        ratio = np.array([[_ratio(m.head(l, h).summary(d)) for l in range(L) for h in range(H)] for d in detectors])
+        marked = np.array([[any(f.pattern == d for f in m.findings_at(l, h)) for l in range(L) for h in range(H)]
+                           for d in detectors])
+        idx[(m.label, "scores")] = fw.add("score_matrix_figure", f"{m.label}: detector scores vs chance",
+                                          list(detectors), [f"L{l}H{h}" for l in range(L) for h in range(H)],
+                                          ratio, marked)
+        if m.timeline:
+            t = m.timeline
+            series = [{"label": s.label, "detector": s.detector, "layer": s.layer, "head": s.head, "chance": s.chance,
+                       "mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high} for s in t.series]
+            idx[(m.label, "timeline")] = fw.add("timeline_figure", f"{m.label}: how roles emerge during training",
+                                                t.steps, series, t.heldout_bits_per_char)
+        present = [c for c in CLASS_NAMES if a.class_count[CLASS_NAMES.index(c)] > 0]
+        ci = [CLASS_NAMES.index(c) for c in present]
+        offsets = np.asarray(m.offset_profile["heldout"])
+        for l in range(L):
+            for h in range(H):
+                obs = a.class_matrix[l, h][np.ix_(ci, ci)]
+                ch = a.class_chance[np.ix_(ci, ci)]
+                data = HeadFigureData(
+                    title=f"{m.label} L{l}H{h}: {roles[l][h]}",
+                    examples=tuple((cap, t, att[l, h]) for cap, t, att in a.examples),
+                    mean_attn=a.mean_attn[l, h], offset_profile=offsets[l, h],
+                    class_names=tuple(_class_label(c, a.language) for c in present),
+                    class_ratio=np.where(ch > 0, obs / np.maximum(ch, 1e-12), np.nan))
+                idx[(m.label, l, h)] = fw.add("head_figure", data)
+    if len(run.models) > 1:
+        fams = [f.name for f in FAMILIES if f.compared]
+        counts = {m.label: [len({f.head_name for f in m.replicated if f.family == fam}) for fam in fams]
+                  for m in run.models}
+        idx["compare"] = fw.add("comparison_figure", fams, counts, {m.label: m.n_layers * m.n_heads for m in run.models})
+    names = fw.run(cache)
+    return {k: f"{FIGURES}/{names[v]}" for k, v in idx.items()}
+
+
+def _ratio(s) -> float:
+    """Held-out mean / chance for one cell (NaN if undefined)."""
+    if not s.chance or not np.isfinite(s.mean):
+        return float("nan")
+    return s.mean / s.chance
+
+
+def render(pages: Pages) -> tuple[dict[str, str], str]:
+    """Every page's HTML (file name -> HTML) and the PDF document's HTML."""
+    env = make_env()
+    c = pages.common
+
+    def page(template: str, name: str, **values) -> str:
+        return env.get_template(template).render(page=name, common=c, **values)
+
+    html = {"index.html": page("index.html.jinja2", "index.html", p=pages.index)}
+    for mp in pages.models:
+        html[mp.file] = page("model.html.jinja2", mp.file, p=mp)
+    for hp in pages.heads:
+        html[hp.file] = page("head.html.jinja2", hp.file, p=hp)
+    html["gallery.html"] = page("gallery.html.jinja2", "gallery.html", items=pages.gallery)
+    html["compare.html"] = page("compare.html.jinja2", "compare.html", c=pages.compare)
+    html["methods.html"] = page("methods.html.jinja2", "methods.html", mth=pages.methods)
+    pdf = env.get_template("report.html.jinja2").render(common=c, pages=pages, p=pages.index, c=pages.compare,
+                                                        mth=pages.methods)
+    return html, pdf
+
+
+def write_pdf(html: str, base: Path, path: Path) -> None:
+    """Render HTML to a PDF with WeasyPrint and the print stylesheet (relative links resolved in `base`)."""
+    import logging
+
+    from weasyprint import CSS, HTML
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    tmp = path.with_name(f".{path.name}.tmp")
+    HTML(string=html, base_url=str(base)).write_pdf(tmp, stylesheets=[CSS(filename=str(template_dir() / "print.css"))])
+    tmp.replace(path)
+
+
+def write_pages(html: dict[str, str], folder: Path) -> None:
+    """Write pages and the stylesheet."""
+    for name, text in html.items():
+        write_text_atomic(folder / name, text)
+    shutil.copy(template_dir() / "style.css", folder / "style.css")
+
+
+def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_cache: dict, *, pdf: bool,
+               previous: OutputFolder, clock, diff_link: bool = False) -> None:
+    """Figures, pages and (optionally) the PDF into `out`; `figure_cache` is updated with the figures used."""
+    from .progress import stderr
+
+    if (previous.path / FIGURES).is_dir():  # reuse unchanged figures
+        shutil.copytree(previous.path / FIGURES, out.path / FIGURES)
+    with stderr.status("rendering figures and pages"):
+        figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache)
+        html, pdf_html = render(build_pages(run, figs, diff_link))
+        write_pages(html, out.path)
+        (out.path / ".gitignore").write_text("*\n")
+    used = set(figs.values())
+    for stale in (out.path / FIGURES).glob("*.png"):
+        if f"{FIGURES}/{stale.name}" not in used:
+            stale.unlink()
+    for key in [k for k, v in figure_cache.items() if f"{FIGURES}/{v}" not in used]:
+        del figure_cache[key]
+    clock.lap("figures_and_pages")
+    if pdf:
+        with stderr.status("writing the PDF"):
+            write_pdf(pdf_html, out.path, out.path / "report.pdf")
+        clock.lap("pdf")
