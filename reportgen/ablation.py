@@ -213,7 +213,7 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     generation = None
     if role_heads and prompt and not bundle.tokenizer.unknown_chars(prompt):
         full, ablated = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
-        passage = prep.split.heldout[:120]
+        passage = prep.split.heldout[:min(120, T)]  # one forward pass: within the context
         generation = Generation(prompt, [f"L{l}H{h}" for l, h in role_heads], full, ablated,
                                 per_char_delta(bundle, passage, role_heads, means), TEMPERATURE, TOP_K)
     return CausalEvidence("mean", len(windows), baseline, heads, controls, generation)

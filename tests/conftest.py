@@ -22,3 +22,24 @@ def tiny_model(tokenizer) -> TransformerLM:
     model = TransformerLM(n_layers=2, n_heads=4, embed_size=32, max_context_len=32,
                           vocab_size=tokenizer.vocab_size(), mlp_hidden_size=64, with_residuals=True)
     return model.eval()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/* from the planted run instead of comparing against them")
+
+
+@pytest.fixture(scope="session")
+def planted_site(tmp_path_factory):
+    """One full run (site, no PDF) of the hand-set planted model on its own text: known replicated roles."""
+    from reportgen.cli import cli
+
+    from .planted import write_planted
+
+    root = tmp_path_factory.mktemp("planted")
+    ckpt, text = write_planted(root)
+    out = root / "site"
+    args = ["run", "--model", str(ckpt), "--label", "Planted", "--language", "en", "--text", str(text),
+            "--out", str(out), "--train-windows", "48", "--no-pdf"]
+    assert cli(args) == 0
+    return out, args

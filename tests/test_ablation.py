@@ -52,9 +52,9 @@ def test_ablating_the_working_head_costs_more_than_the_idle_head_with_separate_c
     before = bundle.model(windows[:, :-1]).clone()
     baseline, heads = ablate_heads(bundle, windows, probes, 16, classes, np.random.default_rng(0), mode="mean")
     working, idle = heads
-    assert working.delta > 0.3, working
+    assert working.delta_bits_per_char > 0.3, working
     assert working.ci_low > idle.ci_high
-    assert abs(idle.delta) < 1e-4
+    assert abs(idle.delta_bits_per_char) < 1e-4
     for mode in ("zero", "uniform"):
         _, (w, i) = ablate_heads(bundle, windows, probes, 16, classes, np.random.default_rng(0), mode=mode)
         assert w.ci_low > i.ci_high, mode

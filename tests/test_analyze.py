@@ -8,7 +8,7 @@ import pytest
 
 from reportgen.checkpoint import save_checkpoint
 from reportgen.cli import cli
-from reportgen.detectors import DESCRIPTIONS
+from reportgen.catalogue import DETECTOR
 
 from .conftest import TINY_TEXT
 
@@ -36,7 +36,7 @@ def test_results_list_every_detector_for_every_head_on_both_splits(tiny_run, tmp
     (model,) = results["models"]
     assert model["checkpoint"]["sha256"] and model["corpus"]["windows"]["heldout"] >= 2
     assert len(model["heads"]) == 2 * 4
-    expected = set(DESCRIPTIONS)
+    expected = set(DETECTOR)
     for head in model["heads"]:
         assert set(head["detectors"]) == expected
         for name, splits in head["detectors"].items():

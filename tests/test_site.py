@@ -1,6 +1,7 @@
-"""The rendered site and PDF: every page loads in headless Chromium with no broken link, missing image
-or console error; the PDF has pages, extractable text and Hebrew; user text is escaped; explanation
-numbers trace back to results.json; failed runs leave no half-written site; re-runs are cached."""
+"""The rendered site and PDF of two models (English text holding a script tag, and Hebrew): every page
+loads in headless Chromium with no broken link, missing image or console error; the PDF has pages,
+extractable text and Hebrew; user text is escaped; failed runs leave no half-written site; re-runs
+are cached. (Findings, explanations and golden pages are tested on the planted run: test_planted.py.)"""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import torch
 
 from reportgen.checkpoint import save_checkpoint
 from reportgen.cli import cli
-from reportgen.explain import explain_finding
 from reportgen.model import TransformerLM
 from reportgen.tokenizer import CharTokenizer
 
 from .conftest import TINY_TEXT
+
+pytestmark = pytest.mark.slow
 
 XSS = "<script>alert(1)</script>"
 HEBREW = "שלום עולם. בבוקר אחד הלך איש אל השדה\n"
@@ -151,39 +153,6 @@ def test_failed_run_leaves_previous_site_untouched(site, tmp_path):
     assert cli(["run", "--config", str(bad), "--force"]) == 2
     assert sorted(p.name for p in out.iterdir()) == before
     assert not list(out.parent.glob(".site.staging-*"))
-
-
-def _numbers(text: str) -> list[str]:
-    return re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?", text)
-
-
-def test_every_number_in_an_explanation_comes_from_the_finding():
-    finding = {"head_name": "L1H2", "role": "space head", "pattern": "class_space", "family": "word boundary",
-               "description": "attention mass on space keys", "replicated": True,
-               "train": {"mean": 0.4312}, "heldout": {"mean": 0.4471, "chance": 0.1843, "ci_low": 0.4389,
-                                                      "ci_high": 0.4552, "times_chance": 2.426, "positional": 0.1851,
-                                                      "swap": 0.1866, "gain": 0.2605, "gain_ci_low": 0.2521,
-                                                      "consistency": 0.9926, "q": 0.0004}}
-    model = {"language": "en", "corpus": {"windows": {"train": 256, "heldout": 1363}}}
-    allowed = set()
-    for block in (finding["train"], finding["heldout"]):
-        for k, v in block.items():
-            allowed |= {f"{v:.3f}", f"{v:.1f}", f"{100 * v:.0f}", f"{v:.2g}", f"{v:.0f}"}
-    allowed |= {"256", "1363", "1", "2", "95"}  # window counts, head name digits, '95% CI'
-    for sentence in explain_finding(finding, model).values():
-        for n in _numbers(sentence):
-            assert n in allowed, f"{n!r} in {sentence!r} is not a value of the finding"
-
-
-def test_explanations_in_results_trace_back(site):
-    out, _ = site
-    results = json.loads((out / "results.json").read_text())
-    for m in results["models"]:
-        for f in m["findings"]:
-            values = {f"{v:.3f}" for b in (f["train"], f["heldout"]) for v in b.values() if isinstance(v, float)}
-            text = explain_finding(f, m)["strength"]
-            for n in re.findall(r"\d+\.\d{3}", text):
-                assert n in values, (n, text)
 
 
 def test_render_only_change_reuses_the_analysis(site, tmp_path, capsys):

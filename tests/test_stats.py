@@ -8,7 +8,8 @@ import torch
 
 from reportgen.capture import score_windows
 from reportgen.classes import CharClasses
-from reportgen.stats import add_q_values, bootstrap_ci, roles_of, split_stats
+from reportgen.catalogue import roles_of
+from reportgen.stats import add_q_values, bootstrap_ci, split_stats
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -70,7 +71,7 @@ def planted_stats():
 
 def role_names(planted_stats, kind):
     s, h = planted_stats[kind]
-    return {r.detector for r in roles_of(s, 0, h)}
+    return {d.name for d in roles_of(s, 0, h)}
 
 
 def test_exact_previous_character_head_scores_one_with_tight_ci_and_is_labelled(planted_stats):

@@ -1,0 +1,163 @@
+"""Specifications on the planted run: the hand-set heads are found and replicated, their explanations
+match their numbers on the rendered pages, every link (with #fragments) resolves, and the page
+builders turn a typed run into the values the templates print."""
+
+from __future__ import annotations
+
+import dataclasses
+import html as htmllib
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from reportgen.catalogue import DETECTOR, ROLE_DETECTORS
+from reportgen.explain import explain, explain_ablation, num, pct, qval, times
+from reportgen.pages import build_pages, head_file
+from reportgen.results import Contrast, Run, read_run
+from reportgen.site import render
+from reportgen.stats import N_BOOT
+
+from .planted import HEADS, PLANTED
+
+
+@pytest.fixture(scope="module")
+def run(planted_site) -> Run:
+    out, _ = planted_site
+    return read_run(out)
+
+
+def test_every_planted_head_is_found_and_replicated_and_the_idle_head_is_not(run):
+    (m,) = run.models
+    assert m.findings, "the planted run must have findings"
+    for head, (detector, role) in PLANTED.items():
+        f = next((f for f in m.findings_at(0, head) if f.pattern == detector), None)
+        assert f is not None, f"L0H{head}: no {detector} finding"
+        assert f.role == role and f.replicated
+        assert f.heldout.mean > 0.5 and f.effect > 0.3
+    idle = HEADS - 1
+    assert idle not in PLANTED
+    assert m.findings_at(0, idle, replicated_only=True) == []
+    assert m.role_label(0, idle) == "no replicated role"
+
+
+def test_findings_agree_with_head_summaries_and_rules(run):
+    (m,) = run.models
+    assert m.findings
+    for f in m.findings:
+        s = m.head(f.layer, f.head).summary(f.pattern, "heldout")
+        assert (f.heldout.mean, f.heldout.ci_low, f.heldout.q) == (s.mean, s.ci_low, s.q)
+        assert f.effect == pytest.approx(s.mean - s.strictest_null, abs=2e-6)
+        assert DETECTOR[f.pattern].rule.holds(m.head(f.layer, f.head).summary(f.pattern, "train").values())
+        assert f.replicated == DETECTOR[f.pattern].rule.holds(s.values())
+        assert f.rule == DETECTOR[f.pattern].rule.text()
+
+
+def _text(html: str) -> str:
+    """Visible text of an HTML fragment (tags dropped, entities decoded, whitespace collapsed)."""
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def test_explanations_on_head_pages_state_their_findings_numbers(planted_site, run):
+    """Parse each finding's card on its head page and compare every number with results.json."""
+    out, _ = planted_site
+    (m,) = run.models
+    checked = 0
+    for f in m.findings:
+        html = (out / head_file(m, f.head_name)).read_text(encoding="utf-8")
+        card = re.search(rf'<section class="card"><h2>{re.escape(htmllib.escape(f.role))}</h2>(.*?)</section>', html, re.S)
+        assert card, f"{f.head_name}: no card for {f.role}"
+        page = _text(card.group(1))
+        h = f.heldout
+        strength = re.search(r"On held-out text the mean is (\S+) \(95% CI (\S+)–(\S+)\), (\S+) the uniform-chance "
+                             r"level of (\S+)\.", page)
+        assert strength, f"{f.head_name} {f.role}: strength sentence missing"
+        assert strength.groups() == (num(h.mean), num(h.ci_low), num(h.ci_high), times(h.times_chance),
+                                     num(h.chance))
+        consistency = re.search(r"It beats the strictest null in (\S+) of (\d+) held-out windows \(q (.+?)\)\. "
+                                r"Discovered on (\d+) training windows \(mean (\S+)\)", page)
+        assert consistency, f"{f.head_name}: consistency sentence missing"
+        assert consistency.groups() == (pct(h.consistency), str(m.corpus.windows["heldout"]), qval(h.q),
+                                        str(m.corpus.windows["train"]), num(f.train.mean))
+        if h.positional is not None:
+            content = re.search(r"Its own positional pattern alone would give (\S+) and other windows' characters "
+                                r"(\S+), so content adds (\S+) \(lower CI bound (\S+)\)", page)
+            assert content and content.groups() == (num(h.positional), num(h.swap), num(h.gain),
+                                                    num(h.gain_ci_low))
+        abl = m.ablation_of(f.layer, f.head)
+        assert abl is not None
+        assert f"held-out loss changes by {abl.delta_bits_per_char:+.3f} bits/char" in page
+        checked += 1
+    assert checked == len(m.findings) >= len(PLANTED)
+
+
+def test_explanation_choice_follows_the_numbers(run):
+    (m,) = run.models
+    f = next(f for f in m.findings if f.pattern == "class_space")
+    abl = m.ablation_of(f.layer, f.head)
+    def with_contrast(lo, hi):
+        t = Contrast(0.5, 0.1, 0.4, lo, hi, 10)
+        return dataclasses.replace(abl, targeted={"word_start": t}, ci_low=0.1, ci_high=0.2)
+    assert "it matters more where its role predicts" in explain_ablation(f, with_contrast(0.1, 0.7))
+    assert "it matters less where its role predicts" in explain_ablation(f, with_contrast(-0.7, -0.1))
+    assert "no more and no less" in explain_ablation(f, with_contrast(-0.1, 0.7))
+    assert "measurably worse" in explain_ablation(f, with_contrast(0.1, 0.7))
+    assert explain_ablation(f, None) == "This head was not ablated in this run."
+    argmax = next(f for f in m.findings if f.pattern == "argmax_1")
+    assert "its strongest key is the previous character" in explain(argmax, m).what
+    assert "of its attention on space keys" in explain(f, m).what
+    assert "Spaces delimit English words" in explain(f, m).linguistics
+
+
+def test_page_builders_hold_every_printed_value(run):
+    (m,) = run.models
+    figs = {(m.label, "grid"): "figures/grid.png", (m.label, "scores"): "figures/scores.png"}
+    figs.update({(m.label, h.layer, h.head): f"figures/{h.name}.png" for h in m.heads})
+    pages = build_pages(run, figs)
+    assert {v.f.head for v in pages.index.headline} == set(PLANTED)
+    assert len(pages.heads) == HEADS and pages.heads[0].figure == "figures/L0H0.png"
+    assert {r.name for r in pages.heads[0].rows} == set(DETECTOR)
+    assert [r.name for r in pages.heads[1].rows if r.role] == [f.pattern for f in m.findings_at(0, 1)]
+    assert pages.methods.n_boot == N_BOOT and len(pages.methods.rules) == len(ROLE_DETECTORS)
+    assert pages.models[0].layers[0][HEADS - 1].roles == "no replicated role"
+    assert pages.compare.title == "Model comparison" and len(pages.compare.models) == 1
+    gen = m.generation
+    html, pdf = render(pages)
+    assert f"temperature {gen.temperature}, top-{gen.top_k}" in _text(html[pages.models[0].file])
+    assert f"{N_BOOT:,} resamples" in _text(html["methods.html"])
+    # No replicated role anywhere: the index says so instead of showing cards.
+    bare = dataclasses.replace(m, findings=[dataclasses.replace(f, replicated=False) for f in m.findings])
+    empty = build_pages(dataclasses.replace(run, models=[bare]), figs)
+    assert empty.index.headline == [] and empty.gallery == []
+    assert "No head has a role that replicated on held-out text." in _text(render(empty)[0]["index.html"])
+
+
+def _ids(html: str) -> set[str]:
+    return set(re.findall(r'\bid="([^"]+)"', html))
+
+
+def test_every_link_and_fragment_resolves(planted_site):
+    out, _ = planted_site
+    pages = sorted(out.glob("*.html"))
+    assert pages
+    links = 0
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        for ref in re.findall(r'(?:href|src)="([^"]+)"', html):
+            url = urlparse(htmllib.unescape(ref))
+            if url.scheme:
+                continue
+            target = (page.parent / unquote(url.path)).resolve() if url.path else page
+            assert target.exists(), f"{page.name} -> {ref}"
+            if url.fragment:
+                assert url.fragment in _ids(target.read_text(encoding="utf-8")), f"{page.name} -> {ref}: no such id"
+            links += 1
+    assert links > 20
+
+
+def test_results_json_round_trips_through_the_typed_codec(planted_site):
+    out, _ = planted_site
+    doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert Run.from_json(doc).to_json() == doc
