@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: report test bench clean
+.PHONY: report test test-fast golden bench clean
 
 $(BIN)/reportgen: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,12 @@ report: $(BIN)/reportgen
 
 test: $(BIN)/reportgen
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/reportgen
+	$(BIN)/python -m pytest -q -m "not slow"
+
+golden: $(BIN)/reportgen
+	$(BIN)/python -m pytest -q tests/test_golden.py --update-golden
 
 bench: $(BIN)/reportgen
 	$(BIN)/python scripts/benchmark.py

@@ -82,7 +82,8 @@ class Cache:
 
     def stored_analysis(self):
         """(run, per-window values, figure inputs) of an unchanged analysis, or None."""
-        if self.status.get("analysis") != self.analysis or not self.folder.complete([RESULTS, WINDOWS, FIGURE_INPUTS]):
+        files = [self.folder.path / f for f in (RESULTS, WINDOWS, FIGURE_INPUTS)]
+        if self.status.get("analysis") != self.analysis or not all(f.is_file() for f in files):
             return None
         inputs = self.folder.read_figure_inputs()
         return None if inputs is None else (self.folder.read_run(), self.folder.read_windows(), inputs)

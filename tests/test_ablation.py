@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -11,6 +12,8 @@ from reportgen.checkpoint import ModelBundle
 from reportgen.classes import CharClasses
 from reportgen.model import TransformerLM
 from reportgen.tokenizer import CharTokenizer
+
+pytestmark = pytest.mark.slow  # trains a model
 
 
 def paired_text(n, seed=0):

@@ -13,6 +13,8 @@ from reportgen.cli import cli
 
 from .conftest import TINY_TEXT
 
+pytestmark = pytest.mark.slow  # end-to-end: two analyses through the CLI
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

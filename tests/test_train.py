@@ -1,11 +1,14 @@
 """Training: deterministic for a seed, checkpoints at the chosen steps, loadable and self-describing."""
 
+import pytest
 import torch
 
 from reportgen.checkpoint import load_checkpoint
 from reportgen.cli import cli
 
 from .conftest import TINY_TEXT
+
+pytestmark = pytest.mark.slow  # trains models through the CLI
 
 
 def _train(tmp_path, name, seed="0"):
