@@ -14,6 +14,7 @@ import numpy as np
 
 from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, FAMILY, ROLE_DETECTORS,
                         linguistic_note, shown_in)
+from .languages import LANGUAGE
 from .explain import Absent, Explanation, absent_families, explain, num, pct, signed
 from .results import Ablation, Finding, ModelResult, Run, Summary
 from .stats import N_BOOT
@@ -38,8 +39,11 @@ def head_file(m: ModelResult, name: str) -> str:
 
 
 def compare_title(models: list[ModelResult]) -> str:
-    """'English vs Hebrew' for the default pair, else a neutral title."""
-    return "English vs Hebrew" if sorted(m.language for m in models) == ["en", "he"] else "Model comparison"
+    """'English vs Hebrew' for one model in each of two known languages, else a neutral title."""
+    langs = [m.language for m in models]
+    if len(langs) == 2 and len(set(langs)) == 2 and all(l in LANGUAGE for l in langs):
+        return " vs ".join(LANGUAGE[l].name for l in sorted(langs))
+    return "Model comparison"
 
 
 # ---- records ------------------------------------------------------------------------------------

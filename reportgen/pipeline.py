@@ -32,6 +32,7 @@ def _file_digest(h, path: Path) -> None:
 def analysis_key(cfg: RunConfig) -> str:
     """Hash of every file and setting the numbers depend on, computed without parsing anything."""
     from .corpora import corpus_files
+    from .languages import LANGUAGE_CODES
 
     h = hashlib.sha256(__version__.encode())
     h.update(json.dumps(cfg.fingerprint(), sort_keys=True, default=str).encode())
@@ -46,7 +47,7 @@ def analysis_key(cfg: RunConfig) -> str:
             if f is not None:
                 _file_digest(h, f)
         if spec.text is None:
-            for f in corpus_files(spec.language) if spec.language else corpus_files("en") + corpus_files("he"):
+            for f in corpus_files(spec.language) if spec.language else [f for c in LANGUAGE_CODES for f in corpus_files(c)]:
                 _file_digest(h, f)
     for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
         if path.name not in RENDER_CODE:
