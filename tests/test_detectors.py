@@ -28,7 +28,9 @@ def test_fast_content_masses_equal_explicit_mask_sums():
     attn = random_attention(4, 2, 3, 24)
     ids, codes, V = random_text(4, 24)
     stats = batch_stats(attn, ids, codes, V)
-    for name, mask in target_masks(ids, codes).items():
+    masks = target_masks(ids, codes)
+    assert masks
+    for name, mask in masks.items():
         per_query = (attn * mask.float().view(4, 1, 1, 24, 24)).sum(-1)[..., SKIP:].mean(-1)
         torch.testing.assert_close(stats.observed[name], per_query, atol=1e-5, rtol=0, msg=name)
         chance = (mask.float().sum(-1) / torch.arange(1, 25))[..., SKIP:].mean(-1)
@@ -40,5 +42,6 @@ def test_positional_null_of_a_window_own_attention_equals_its_observed_value():
     ids, codes, V = random_text(2, 20, seed=4)
     stats = batch_stats(attn.expand(2, -1, -1, -1, -1), ids, codes, V)
     null = positional_null(attn[0], ids, codes)
+    assert null
     for name, value in null.items():
         torch.testing.assert_close(value, stats.observed[name], atol=1e-5, rtol=0, msg=name)

@@ -102,5 +102,7 @@ def test_diff_page_has_no_broken_local_links(runs):
     root, paths = runs
     _diff(root, paths["a"], paths["b"])
     page = root / "diffout" / "diff.html"
-    for ref in re.findall(r'(?:href|src)="([^"#]+)"', page.read_text()):
+    refs = re.findall(r'(?:href|src)="([^"#]+)"', page.read_text())
+    assert refs
+    for ref in refs:
         assert (page.parent / ref).exists(), ref

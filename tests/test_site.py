@@ -71,6 +71,7 @@ def test_run_writes_site_results_and_pdf(site):
 def test_user_text_is_escaped_never_executed(site):
     out, _ = site
     pages = list(out.glob("*.html"))
+    assert pages
     assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in p.read_text() for p in pages)
     for page in pages:
         assert XSS not in page.read_text(), page.name
@@ -88,9 +89,10 @@ def _local_targets(page: Path, html: str) -> list[Path]:
 
 def test_every_relative_link_and_image_resolves(site):
     out, _ = site
-    for page in out.glob("*.html"):
-        for target in _local_targets(page, page.read_text()):
-            assert target.exists(), f"{page.name} -> {target}"
+    targets = [(page, t) for page in out.glob("*.html") for t in _local_targets(page, page.read_text())]
+    assert len(targets) > 20
+    for page, target in targets:
+        assert target.exists(), f"{page.name} -> {target}"
 
 
 @pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
@@ -108,7 +110,9 @@ def test_every_page_loads_in_headless_chromium_without_errors(site):
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
     try:
-        for page in sorted(out.glob("*.html")):
+        pages = sorted(out.glob("*.html"))
+        assert pages
+        for page in pages:
             driver.get(page.as_uri())
             broken = driver.execute_script(
                 "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
