@@ -33,7 +33,7 @@ from .results import (SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResul
                       Timeline)
 from .roles import findings, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
-from .stats import add_q_values, split_stats
+from .stats import add_q_values, block_length, split_stats
 from .timeline import emergence
 
 
@@ -53,6 +53,11 @@ def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple
         _, attn = bundle.model(idx, return_attention_weights=True)  # (L, 1, H, T, T)
         out.append((caption, text, attn[:, 0].numpy()))
     return tuple(out)
+
+
+def contiguous_block(starts: np.ndarray, length: int) -> int:
+    """Moving-block length for windows cut back to back from one text (1 if they are spread out)."""
+    return block_length(len(starts)) if len(starts) > 1 and np.all(np.diff(starts) == length) else 1
 
 
 def load_text(spec: ModelSpec, language: str | None) -> TextSplit:
@@ -141,7 +146,8 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
     task = progress.add_task(f"{spec.label}: bootstrap and tests", total=2)
     stats = {}
     for k, s in enumerate(SPLITS):
-        stats[s] = split_stats(scores[s], split_probes[s], np.random.default_rng([cfg.seed, index, k]))
+        stats[s] = split_stats(scores[s], split_probes[s], np.random.default_rng([cfg.seed, index, k]),
+                               block=contiguous_block(scores[s].window_starts, T))
         progress.advance(task)
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(prep, scores, probes, stats, dist, cluster_heads(dist.copy(), bundle.config.n_heads),

@@ -28,11 +28,13 @@ class HeadScores:
     chance: dict[str, np.ndarray]
     swap: dict[str, np.ndarray]  # content detectors only
     positional: dict[str, np.ndarray]  # content detectors only
+    structure: dict[str, np.ndarray]  # class detectors only: the word-structure null
     mean_attn: np.ndarray  # (L, H, T, S) mean attention over windows
     class_matrix: np.ndarray  # (L, H, C, C) mean key-class mass per query class
     class_chance: np.ndarray  # (C, C) the same under uniform causal attention
     class_count: np.ndarray  # (C,) valid queries per class
     window_starts: np.ndarray  # (W,) character offsets of the windows in the text
+    swap_partner: np.ndarray  # (W,) index of the window whose characters each window's label-swap null used
     samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (text, attn (L, H, T, T))
 
     @property
@@ -98,12 +100,16 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     parts, samples = [], []
     attn_sum = class_matrix = class_count = None
     previous = None
+    partners, done = [], 0  # global label-swap partner of every window, windows scored so far
     for attn, batch in batches:
-        keep = slice(None)
+        keep, first = slice(None), done
         if len(batch) == 1 and previous is not None:  # a lone window cannot be label-swapped: pair it
-            attn, batch, keep = torch.cat([previous[0], attn]), torch.cat([previous[1], batch]), slice(1, 2)
+            attn, batch, keep, first = torch.cat([previous[0], attn]), torch.cat([previous[1], batch]), slice(1, 2), done - 1
         stats = batch_stats(attn, batch, lookup[batch], vocab_size)
-        parts.append(({"observed": stats.observed, "chance": stats.chance, "swap": stats.swap}, keep))
+        parts.append(({"observed": stats.observed, "chance": stats.chance, "swap": stats.swap,
+                       "structure": stats.structure}, keep))
+        partners.append(stats.swap_partner[keep].numpy() + first)
+        done += len(stats.swap_partner[keep])
         previous = (attn[-1:], batch[-1:])
         for b in range(len(batch)):
             if len(samples) < n_samples and (keep.start is None or b == keep.start):
@@ -136,11 +142,11 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     class_chance = chance_sum / query_count.clamp_min(1).view(-1, 1)
     counts = class_count.clamp_min(1).view(1, 1, -1, 1)
     return HeadScores(
-        observed=gather("observed"), chance=gather("chance"), swap=gather("swap"),
+        observed=gather("observed"), chance=gather("chance"), swap=gather("swap"), structure=gather("structure"),
         positional={n: np.concatenate(v) for n, v in positional.items()},
         mean_attn=mean_attn.numpy(), class_matrix=(class_matrix / counts).numpy(),
         class_chance=class_chance.numpy(), class_count=class_count.numpy(),
-        window_starts=np.asarray(starts), samples=samples,
+        window_starts=np.asarray(starts), swap_partner=np.concatenate(partners), samples=samples,
     )
 
 

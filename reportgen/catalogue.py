@@ -38,20 +38,22 @@ class Rule:
     gain_ci_low_at_least: float | None = None
     q_below: float | None = ALPHA
     cite: str = ""
+    # Rare classes (uniform chance below `rare_below`) can hardly gain 0.10 in absolute mass; for them a
+    # relative rule applies instead: lift over the stricter null and a smaller absolute gain, both by CI.
+    rare_below: float | None = None
+    rare_lift_ci_low_at_least: float = 2.0
+    rare_gain_ci_low_at_least: float = 0.02
 
     def holds(self, f: Mapping[str, float]) -> bool:
         """Whether one head's summary fields on one split pass every threshold (NaN fails)."""
-        checks = [(self.ci_low_above, "ci_low", lambda v, t: v > t),
-                  (self.mean_at_least, "mean", lambda v, t: v >= t),
-                  (self.gain_ci_low_at_least, "gain_ci_low", lambda v, t: v >= t),
-                  (self.q_below, "q", lambda v, t: v < t)]
-        for threshold, key, passes in checks:
-            if threshold is None:
-                continue
-            v = f.get(key)
-            if v is None or not math.isfinite(v) or not passes(v, threshold):
-                return False
-        return True
+        if not _passes(f, [(self.ci_low_above, "ci_low", False), (self.mean_at_least, "mean", True),
+                           (self.q_below, "q", None)]):
+            return False
+        if _passes(f, [(self.gain_ci_low_at_least, "gain_ci_low", True)]):
+            return True
+        return (self.rare_below is not None and _passes(f, [(self.rare_below, "chance", None)]) and
+                _passes(f, [(self.rare_lift_ci_low_at_least, "lift_ci_low", True),
+                            (self.rare_gain_ci_low_at_least, "gain_ci_low", True)]))
 
     def text(self) -> str:
         """The rule as one sentence for results.json and the methods table, from the thresholds above."""
@@ -59,13 +61,32 @@ class Rule:
         if self.kind == "argmax":
             return f"{self.target} for >= {self.mean_at_least:.0%} of queries{cite}"
         if self.kind == "content":
-            return (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
+            text = (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
                     f"bound of the mass above the stricter of the positional and label-swap nulls >= "
-                    f"{self.gain_ci_low_at_least:.2f}{cite}")
+                    f"{self.gain_ci_low_at_least:.2f}")
+            if self.rare_below is not None:
+                text += (f"; for a class under {self.rare_below:.0%} of keys by chance, instead: lower 95% CI bounds "
+                         f"of the ratio to that null >= {self.rare_lift_ci_low_at_least:g} and of the mass above it "
+                         f">= {self.rare_gain_ci_low_at_least:.2f}")
+            return text + cite
         if self.kind == "probe":
             return (f"{self.target}: lower 95% CI bound > {self.ci_low_above:g}, q < {self.q_below:g}, and >= "
                     f"{self.gain_ci_low_at_least:.2f} above the head's positional null{cite}")
         return f"lower 95% CI bound of {self.target} > {self.ci_low_above:g} and q < {self.q_below:g}{cite}"
+
+
+def _passes(f: Mapping[str, float], checks) -> bool:
+    """Every (threshold, field, inclusive) check holds; None threshold = no check; inclusive None = strict '<'."""
+    for threshold, key, inclusive in checks:
+        if threshold is None:
+            continue
+        v = f.get(key)
+        if v is None or not math.isfinite(v):
+            return False
+        ok = v < threshold if inclusive is None else v >= threshold if inclusive else v > threshold
+        if not ok:
+            return False
+    return True
 
 
 # ---- families -----------------------------------------------------------------------------------
@@ -156,6 +177,7 @@ class Detector:
 
 _MASS = dict(ci_low_above=0.5)
 _CONTENT = Rule("content", "", gain_ci_low_at_least=0.10)
+_CLASS = Rule("content", "", gain_ci_low_at_least=0.10, rare_below=0.10)
 _PROBE = Rule("probe", "mass on the token after the earlier copy", ci_low_above=0.3, gain_ci_low_at_least=0.10,
               cite="Olsson et al. 2022")
 _COMPARE = frozenset({"scores", "compare"})
@@ -180,7 +202,7 @@ def _detectors() -> tuple[Detector, ...]:
                "newline": ("word boundary", "line-break head"), "punctuation": ("punctuation", "punctuation head"),
                "digit": ("other class", "digit head"), "other": ("other class", "other-symbol head")}
     compared = {"vowel", "consonant", "final", "space", "punctuation"}
-    ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c], _CONTENT,
+    ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c], _CLASS,
                     _COMPARE if c in compared else frozenset({"scores"})) for c in CLASS_NAMES]
     targets = [
         ("recent_space", "attention mass on the most recent space or line break before the query", "word boundary",

@@ -22,7 +22,6 @@ from .catalogue import MAX_OFFSET, NEAR
 from .classes import CLASS_NAMES
 
 SKIP = 8  # queries 0..SKIP-1 see tiny prefixes that inflate every statistic
-N_SWAPS = 1  # label-swap derangements per batch (rolls by 1..N_SWAPS); one keeps capture fast
 CLASS_C = len(CLASS_NAMES)
 
 # Detector families: how each is tested and what kind of role it can support.
@@ -43,6 +42,19 @@ class BatchStats:
     swap: dict[str, torch.Tensor]
     class_matrix: torch.Tensor  # (L, H, C, C) summed mass query-class x key-class over valid queries
     class_count: torch.Tensor  # (C,) valid queries per query class
+    swap_partner: torch.Tensor  # (B,) the window whose characters each window's label-swap null used
+    structure: dict[str, torch.Tensor]  # class detectors: (B, L, H) the word-structure null
+
+
+def swap_partners(B: int) -> torch.Tensor:
+    """Label-swap partners (B,): window b and b + B//2 swap characters with each other (non-adjacent,
+    mutual pairs, so the swap test can use independent pairs); with odd B the last window borrows
+    window 0's characters one way."""
+    half = B // 2
+    perm = torch.zeros(B, dtype=torch.long)
+    perm[:half] = torch.arange(half, 2 * half)
+    perm[half:2 * half] = torch.arange(half)
+    return perm
 
 
 def target_masks(ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,11 +80,16 @@ def target_masks(ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tens
     induction = (prev_ids.unsqueeze(1) == ids.unsqueeze(2)) & causal  # (B, T, S): x_{j-1} == x_i
     punct = (codes == CLASS_NAMES.index("punctuation")).unsqueeze(1)  # (B, 1, S)
     offset = i - j
+    boundary_query = is_boundary.unsqueeze(2)  # (B, T, 1)
     return {
         "recent_space": recent,
         "word_start": word,
-        "duplicate": same & before,
-        "induction": induction,
+        # At a space, the most recent boundary is an earlier copy too; a head that reads the last boundary
+        # explains that mass, so it does not count as same-character attention.
+        "duplicate": same & before & ~(recent & boundary_query),
+        # At a space, "what followed an earlier space" is a word-initial letter; a head that reads word
+        # starts explains that mass, so boundary queries have no induction targets.
+        "induction": induction & ~boundary_query,
         "punct_near": punct & (offset >= 1) & (offset <= NEAR),
         "punct_far": punct & (offset > NEAR),
     }
@@ -96,10 +113,15 @@ def _features(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> torch.
     return torch.cat([class_onehot(codes), chars, prev], dim=-1)
 
 
+def _is_boundary(codes: torch.Tensor) -> torch.Tensor:
+    """Whether each character (B, T) is a space or a line break."""
+    return (codes == CLASS_NAMES.index("space")) | (codes == CLASS_NAMES.index("newline"))
+
+
 def _boundary_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Key index (B, T) of the most recent boundary before i and of the current word's start; -1 if none."""
     B, T = codes.shape
-    boundary = (codes == CLASS_NAMES.index("space")) | (codes == CLASS_NAMES.index("newline"))
+    boundary = _is_boundary(codes)
     pos = torch.arange(T).expand(B, T)
     last = torch.where(boundary, pos, torch.full_like(pos, -1)).cummax(dim=1).values  # at or before i
     recent = torch.cat([torch.full((B, 1), -1), last[:, :-1]], dim=1)  # strictly before i
@@ -120,12 +142,15 @@ def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, 
     out = {f"class_{name}": prod[..., c] for c, name in enumerate(CLASS_NAMES)}
     q = ids.view(B, 1, 1, T, 1).expand(B, L, H, T, 1)
     self_mass = diags[0]  # (B, L, H, T): A[i, i]
-    out["duplicate"] = prod[..., CLASS_C:CLASS_C + V].gather(-1, q).squeeze(-1) - self_mass
-    out["induction"] = prod[..., CLASS_C + V:].gather(-1, q).squeeze(-1)
     recent, word = _boundary_targets(codes)
     for name, target in (("recent_space", recent), ("word_start", word)):
         idx = target.clamp_min(0).view(B, 1, 1, T, 1).expand(B, L, H, T, 1)
         out[name] = attn.gather(-1, idx).squeeze(-1) * (target >= 0).view(B, 1, 1, T)
+    boundary = _is_boundary(codes)  # (B, T)
+    recent_same = boundary & (recent >= 0) & (ids.gather(1, recent.clamp_min(0)) == ids)  # (B, T)
+    out["duplicate"] = (prod[..., CLASS_C:CLASS_C + V].gather(-1, q).squeeze(-1) - self_mass
+                        - out["recent_space"] * recent_same.view(B, 1, 1, T))  # see target_masks
+    out["induction"] = prod[..., CLASS_C + V:].gather(-1, q).squeeze(-1) * (~boundary).view(B, 1, 1, T)
     punct = (codes == CLASS_NAMES.index("punctuation")).float()  # (B, T)
     near = torch.zeros_like(self_mass)
     for k in range(1, NEAR + 1):
@@ -136,6 +161,25 @@ def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, 
     return out
 
 
+def structure_null(word_mass: torch.Tensor, recent_mass: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-query class masses (B, L, H, T) explained by word structure: the head's own mass on the current
+    word's first character and on the most recent boundary, counted by those keys' classes, plus the rest of
+    its mass spread uniformly over the other keys. A head that reads word starts (mostly consonants in
+    English) or the last space is not a consonant or space head unless it exceeds this."""
+    B, T = codes.shape
+    recent, word = _boundary_targets(codes)
+    onehot = class_onehot(codes)  # (B, T, C)
+    has_word, has_recent = (word >= 0).float(), (recent >= 0).float()  # (B, T)
+    word_cls = onehot.gather(1, word.clamp_min(0).unsqueeze(-1).expand(B, T, CLASS_C)) * has_word.unsqueeze(-1)
+    recent_cls = onehot.gather(1, recent.clamp_min(0).unsqueeze(-1).expand(B, T, CLASS_C)) * has_recent.unsqueeze(-1)
+    others = (torch.arange(1, T + 1) - has_word - has_recent).clamp_min(1).unsqueeze(-1)  # (B, T, 1)
+    share = (onehot.cumsum(1) - word_cls - recent_cls) / others  # (B, T, C) class share of the other keys
+    rest = (1 - word_mass - recent_mass).unsqueeze(-1)  # (B, L, H, T, 1)
+    null = (word_mass.unsqueeze(-1) * word_cls.view(B, 1, 1, T, CLASS_C)
+            + recent_mass.unsqueeze(-1) * recent_cls.view(B, 1, 1, T, CLASS_C) + rest * share.view(B, 1, 1, T, CLASS_C))
+    return {f"class_{name}": null[..., c] for c, name in enumerate(CLASS_NAMES)}
+
+
 def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> dict[str, torch.Tensor]:
     """Per-query chance masses (B, T) under uniform causal attention: |target set| / (i + 1)."""
     B, T = ids.shape
@@ -143,9 +187,11 @@ def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> 
     feats = _features(ids, codes, vocab_size).cumsum(1)  # (B, T, F): counts of each feature in [0, i]
     out = {f"class_{name}": feats[..., c] * uniform for c, name in enumerate(CLASS_NAMES)}
     q = ids.unsqueeze(-1)
-    out["duplicate"] = (feats[..., CLASS_C:CLASS_C + vocab_size].gather(-1, q).squeeze(-1) - 1) * uniform
-    out["induction"] = feats[..., CLASS_C + vocab_size:].gather(-1, q).squeeze(-1) * uniform
     recent, word = _boundary_targets(codes)
+    boundary = _is_boundary(codes)
+    recent_same = (boundary & (recent >= 0) & (ids.gather(1, recent.clamp_min(0)) == ids)).float()
+    out["duplicate"] = (feats[..., CLASS_C:CLASS_C + vocab_size].gather(-1, q).squeeze(-1) - 1 - recent_same) * uniform
+    out["induction"] = feats[..., CLASS_C + vocab_size:].gather(-1, q).squeeze(-1) * uniform * (~boundary).float()
     out["recent_space"] = (recent >= 0).float() * uniform
     out["word_start"] = (word >= 0).float() * uniform
     punct = (codes == CLASS_NAMES.index("punctuation")).float()
@@ -184,21 +230,23 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     feats = _features(ids, codes, vocab_size)  # (B, S, F)
     prod = attn @ feats.view(B, 1, 1, S, -1)  # (B, L, H, T, F)
     content_chance = _content_chance(ids, codes, vocab_size)
-    for name, value in _content(attn, diags, prod, ids, codes).items():
+    content = _content(attn, diags, prod, ids, codes)
+    for name, value in content.items():
         put(name, _query_mean(value), _query_mean(content_chance[name]).view(B, 1, 1))
-    swap: dict[str, torch.Tensor] = {}
-    n_swaps = min(N_SWAPS, B - 1)
-    for r in range(1, n_swaps + 1):  # label swap: this window's attention, another window's characters
-        ids_r, codes_r = ids.roll(r, 0), codes.roll(r, 0)
-        prod_r = attn @ feats.roll(r, 0).view(B, 1, 1, S, -1)
-        for name, value in _content(attn, diags, prod_r, ids_r, codes_r).items():
-            swap[name] = swap.get(name, 0) + _query_mean(value) / n_swaps
-    if n_swaps == 0:
+    structure = {name: _query_mean(v)
+                 for name, v in structure_null(content["word_start"], content["recent_space"], codes).items()}
+    # Label swap: this window's attention scored against its partner window's characters.
+    partner = swap_partners(B)
+    if B > 1:
+        prod_r = attn @ feats[partner].view(B, 1, 1, S, -1)
+        swap = {name: _query_mean(value)
+                for name, value in _content(attn, diags, prod_r, ids[partner], codes[partner]).items()}
+    else:
         swap = {k: torch.full_like(obs[k], float("nan")) for k in CONTENT_DETECTORS}
 
     # Shape of the distribution.
     put("sink", _query_mean(attn[..., 0]), chance_row)
-    entropy = -torch.special.xlogy(attn, attn).sum(-1)[..., 1:] / positions[1:].log()  # (B, L, H, T-1), i >= 1
+    entropy = -torch.special.xlogy(attn, attn).sum(-1)[..., 1:] / (positions[1:] + 1).log()  # i >= 1: i+1 keys
     put("entropy", entropy[..., SKIP - 1:].mean(-1), torch.ones(()))
     distance = positions - attn @ positions  # (B, L, H, T): sum_j A[i, j] (i - j)
     put("distance", _query_mean(distance), _query_mean(positions / 2))
@@ -206,7 +254,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
 
     valid = feats[:, SKIP:, :CLASS_C]  # (B, T', C) query classes of valid queries
     class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :CLASS_C], valid)  # (L, H, Cq, Ck)
-    return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)))
+    return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)), partner, structure)
 
 
 def positional_null(mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:

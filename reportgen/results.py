@@ -40,11 +40,15 @@ class Summary:
     p_positional: float | None = optional()
     swap: float | None = optional()
     p_swap: float | None = optional()
+    structure: float | None = optional()  # class detectors: mass explained by word-start and boundary keys
+    p_structure: float | None = optional()
     p: float | None = optional()
     consistency: float | None = optional()
     gain: float | None = optional()
     gain_ci_low: float | None = optional()
     gain_ci_high: float | None = optional()
+    lift: float | None = optional()  # ratio of sums: observed / the stricter of the positional and label-swap nulls
+    lift_ci_low: float | None = optional()
     q: float | None = optional()
 
     def values(self) -> dict[str, float]:
@@ -54,8 +58,8 @@ class Summary:
     @property
     def strictest_null(self) -> float:
         """The largest of uniform chance and the positional and label-swap nulls that apply."""
-        return max((v for v in (self.chance, self.positional, self.swap) if v is not None and math.isfinite(v)),
-                   default=math.nan)
+        return max((v for v in (self.chance, self.positional, self.swap, self.structure)
+                    if v is not None and math.isfinite(v)), default=math.nan)
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,12 @@ class FindingBlock:
     times_chance: float | None = optional()
     positional: float | None = optional()
     swap: float | None = optional()
+    structure: float | None = optional()
     gain: float | None = optional()
     gain_ci_low: float | None = optional()
     gain_ci_high: float | None = optional()
+    lift: float | None = optional()
+    lift_ci_low: float | None = optional()
 
     @classmethod
     def of(cls, s: Summary) -> "FindingBlock":

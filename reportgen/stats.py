@@ -1,11 +1,16 @@
 """Statistics over windows: bootstrap CIs, p-values against three nulls, BH-FDR (role rules: catalogue.py).
 
-The window is the resampling unit (positions inside a window are dependent). Arrays are
-(W, K): W windows, K = flattened (layer, head) cells.
+The window is the resampling unit (positions inside a window are dependent). Windows cut from
+one contiguous text (the held-out split) are dependent too, so their CIs come from a moving-block
+bootstrap (`block` > 1, percentile intervals); windows spread evenly over a large text (training
+discovery) are resampled one by one (BCa). The label-swap test runs on independent pairs of
+windows that swapped characters with each other. Arrays are (W, K): W windows, K = flattened
+(layer, head) cells.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +21,7 @@ from .detectors import CONTENT_DETECTORS
 
 N_BOOT = 2000
 MIN_WINDOWS_BCA = 20
+BLOCK = 20  # moving-block length (windows) for contiguous text; adjacent windows share context
 DESCRIPTIVE = ("entropy", "distance", "confidence")  # summaries, not tested against chance
 
 
@@ -24,13 +30,33 @@ def resample_counts(n_windows: int, rng: np.random.Generator, n_boot: int = N_BO
     return rng.multinomial(n_windows, np.full(n_windows, 1.0 / n_windows), size=n_boot).astype(np.float64)
 
 
+def block_length(n_windows: int) -> int:
+    """Moving-block length for `n_windows` contiguous windows: BLOCK, but at most a fifth of them."""
+    return max(1, min(BLOCK, n_windows // 5))
+
+
+def block_resample_counts(n_windows: int, rng: np.random.Generator, block: int,
+                          n_boot: int = N_BOOT) -> np.ndarray:
+    """Moving-block bootstrap counts (n_boot, W): blocks of `block` consecutive windows drawn with
+    replacement until W windows are drawn (the last block cut short)."""
+    if block <= 1:
+        return resample_counts(n_windows, rng, n_boot)
+    n_blocks = -(-n_windows // block)
+    starts = rng.integers(0, n_windows - block + 1, size=(n_boot, n_blocks))  # (R, nb)
+    idx = (starts[..., None] + np.arange(block)).reshape(n_boot, -1)[:, :n_windows]  # (R, W)
+    counts = np.zeros((n_boot, n_windows))
+    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+    return counts
+
+
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator | np.ndarray, n_boot: int = N_BOOT,
-                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 level: float = 0.95, bca: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CI of the mean of each column of values (W, K): BCa where stable, else percentile.
 
     Returns (low (K,), high (K,), bca_used (K,) bool). Resamples windows with one multinomial
-    count matrix (n_boot, W) shared by every column; pass a `resample_counts` matrix instead of
-    a generator to share the resamples across calls too.
+    count matrix (n_boot, W) shared by every column; pass a `resample_counts` (or
+    `block_resample_counts`, with bca=False: the jackknife behind BCa assumes independent
+    windows) matrix instead of a generator to share the resamples across calls too.
     """
     W, K = values.shape
     counts = rng if isinstance(rng, np.ndarray) else resample_counts(W, rng, n_boot)  # (R, W)
@@ -42,7 +68,7 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator | np.ndarray, n_bo
     low_q = np.full(K, tail)
     high_q = np.full(K, 1 - tail)
     use_bca = np.zeros(K, dtype=bool)
-    if W >= MIN_WINDOWS_BCA:
+    if bca and W >= MIN_WINDOWS_BCA:
         below = ((boot < theta).sum(0) + 0.5 * (boot == theta).sum(0)) / n_boot
         z0 = special.ndtri(below)
         jack = (W * theta - values) / (W - 1)  # (W, K) leave-one-out means
@@ -92,12 +118,29 @@ class SplitStats:
     values: dict[str, dict[str, np.ndarray]]  # detector -> field -> (L, H)
 
 
-def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], rng: np.random.Generator | np.ndarray,
-            tested: bool) -> dict[str, np.ndarray]:
-    """Summary arrays (K,) for one detector from per-window arrays (W, K)."""
-    low, high, bca = bootstrap_ci(obs, rng)
+def swap_units(diff: np.ndarray, partner: np.ndarray) -> np.ndarray:
+    """Independent test units (n_pairs, K) for the label-swap null: for every pair of windows that
+    swapped characters with each other, the sum of their observed-minus-swapped differences.
+
+    Consecutive one-way swaps (window b scored with b-1's characters) reuse each window's characters
+    with opposite signs, so their differences are negatively correlated and a t-test over them is
+    far too conservative; a pair sum involves only its own two windows.
+    """
+    idx = np.arange(len(partner))
+    first = (partner > idx) & (partner[np.clip(partner, 0, len(partner) - 1)] == idx)
+    return diff[idx[first]] + diff[partner[first]]
+
+
+def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], counts: np.ndarray,
+            tested: bool, bca: bool = True, partner: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Summary arrays (K,) for one detector from per-window arrays (W, K).
+
+    `nulls` are [positional], [positional, label-swap] or [positional, label-swap, word-structure];
+    `partner` (W,) says whose characters each window's label-swap null used (for the paired test).
+    """
+    low, high, used = bootstrap_ci(obs, counts, bca=bca)
     out = {"mean": obs.mean(0), "chance": chance.mean(0), "ci_low": low, "ci_high": high,
-           "bca": bca.astype(float)}
+           "bca": used.astype(float)}
     with np.errstate(divide="ignore", invalid="ignore"):
         out["times_chance"] = obs.sum(0) / chance.sum(0)  # ratio of sums, not mean of ratios
     if not tested:
@@ -105,31 +148,49 @@ def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], rng: n
     out["p_uniform"] = p_greater(obs - chance)
     strictest = chance
     p = out["p_uniform"]
-    for label, null in zip(("positional", "swap"), nulls):
+    for label, null in zip(("positional", "swap", "structure"), nulls):
         out[label] = null.mean(0)
-        out[f"p_{label}"] = p_greater(obs - null)
+        diff = obs - null
+        if label == "swap" and partner is not None:
+            units = swap_units(diff, partner)
+            out["p_swap"] = p_greater(units) if len(units) >= 2 else np.full(diff.shape[1], np.nan)
+        else:
+            out[f"p_{label}"] = p_greater(diff)
         p = np.fmax(p, out[f"p_{label}"])  # every null must be rejected (intersection-union test)
         strictest = np.fmax(strictest, null)
     out["p"] = p
     out["consistency"] = (obs > strictest).mean(0)
     if nulls:
-        gain = obs - np.fmax(*nulls) if len(nulls) == 2 else obs - nulls[0]
-        g_low, g_high, _ = bootstrap_ci(gain, rng)
-        out.update(gain=gain.mean(0), gain_ci_low=g_low, gain_ci_high=g_high)
+        null = functools.reduce(np.fmax, nulls)  # the strictest null, window by window
+        g_low, g_high, _ = bootstrap_ci(obs - null, counts, bca=bca)
+        out.update(gain=(obs - null).mean(0), gain_ci_low=g_low, gain_ci_high=g_high)
+        with np.errstate(divide="ignore", invalid="ignore"):  # lift: ratio of sums over the stricter null
+            boot = (counts @ obs) / (counts @ null)  # (R, K)
+            out["lift"] = obs.sum(0) / null.sum(0)
+        finite = np.where(np.isfinite(boot), boot, np.inf)  # an undefined resample counts as unbounded
+        out["lift_ci_low"] = np.quantile(finite, 0.025, axis=0, method="lower")
     return out
 
 
-def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.random.Generator) -> SplitStats:
-    """All detector summaries for one model on one split (probes may be empty)."""
+def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.random.Generator,
+                block: int = 1) -> SplitStats:
+    """All detector summaries for one model on one split (probes may be empty).
+
+    `block` > 1: the windows are contiguous text; CIs come from a moving-block bootstrap.
+    """
     L, H = scores.mean_attn.shape[:2]
-    counts = resample_counts(scores.n_windows, rng)
+    counts = block_resample_counts(scores.n_windows, rng, block)
     flat = lambda a: a.reshape(a.shape[0], L * H)
     values: dict[str, dict[str, np.ndarray]] = {}
     for name, obs in scores.observed.items():
         nulls = [flat(scores.positional[name]), flat(scores.swap[name])] if name in CONTENT_DETECTORS else []
-        values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, counts, name not in DESCRIPTIVE)
-    for name, pr in probes.items():
-        values[name] = _fields(flat(pr.observed), flat(pr.chance), [flat(pr.positional)], rng, True)
+        if name in scores.structure:
+            nulls.append(flat(scores.structure[name]))
+        values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, counts, name not in DESCRIPTIVE,
+                               bca=block <= 1, partner=scores.swap_partner)
+    for name, pr in probes.items():  # probe sequences are independent draws: resampled one by one
+        values[name] = _fields(flat(pr.observed), flat(pr.chance), [flat(pr.positional)],
+                               resample_counts(len(pr.observed), rng), True)
     values = {name: {f: v.reshape(L, H) for f, v in fields.items()} for name, fields in values.items()}
     return SplitStats(scores.n_windows, values)
 
