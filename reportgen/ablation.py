@@ -14,13 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .capture import capture, natural_probes
-from .catalogue import ALPHA, FAMILY, roles_of
+from .capture import natural_probes
+from .catalogue import roles_of
+from .controls import run_controls
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .languages import LANGUAGE
-from .results import Ablation, CausalAgreement, Contrast, ControlResult, Controls, Finding, Generation
-from .stats import SplitStats, add_q_values, bootstrap_ci, split_stats
+from .results import Ablation, CausalAgreement, Contrast, Controls, Finding, Generation
+from .stats import bootstrap_ci, resample_counts
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -76,17 +77,34 @@ def head_means(model, windows: torch.Tensor, batch_size: int = 64) -> dict[tuple
     return {(l, h): sums[l][h] / count for l in sums for h in range(sums[l].shape[0])}
 
 
-def _contrast(delta: np.ndarray, mask: np.ndarray, rng) -> Contrast | None:
-    """Δ on masked positions vs the rest, per window, with a paired bootstrap CI of the difference."""
-    has = mask.any(1) & (~mask).any(1)
-    if has.sum() < 5:
-        return None
-    d, m = delta[has], mask[has]
-    target = (d * m).sum(1) / m.sum(1)
-    rest = (d * ~m).sum(1) / (~m).sum(1)
-    low, high, _ = bootstrap_ci((target - rest)[:, None], rng)
-    return Contrast(float(target.mean()), float(rest.mean()), float((target - rest).mean()), float(low[0]),
-                    float(high[0]), int(has.sum()))
+def _contrast_values(delta: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per window: mean Δ on masked positions minus mean Δ on the rest (NaN where either set is empty)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (delta * mask).sum(1) / mask.sum(1) - (delta * ~mask).sum(1) / (~mask).sum(1)
+
+
+def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[float, float]]],
+               rng: np.random.Generator) -> list[dict[str, Contrast]]:
+    """Per head, each targeted contrast with a paired CI and its specificity: the head's contrast minus the
+    mean contrast of all heads, window by window, with a CI. Any ablation hurts more at hard positions; a
+    role predicts that *this* head's ablation does so more than the others'."""
+    n_heads = len(next(iter(values.values())))
+    out: list[dict[str, Contrast]] = [{} for _ in range(n_heads)]
+    for name, per_head in values.items():
+        d = np.stack(per_head)  # (heads, W)
+        ok = np.isfinite(d).all(0)
+        if ok.sum() < 5:
+            continue
+        d = d[:, ok]
+        spec = d - d.mean(0)
+        counts = resample_counts(d.shape[1], rng)
+        low, high, _ = bootstrap_ci(d.T, counts)
+        s_low, s_high, _ = bootstrap_ci(spec.T, counts)
+        for h in range(n_heads):
+            target, rest = means[name][h]
+            out[h][name] = Contrast(target, rest, float(d[h].mean()), float(low[h]), float(high[h]), int(ok.sum()),
+                                    float(spec[h].mean()), float(s_low[h]), float(s_high[h]))
+    return out
 
 
 def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
@@ -95,6 +113,9 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
 
     Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head.
+    Targeted contrasts: `in_word` (predicting letters inside a word after its first: where knowing the word
+    start helps), `after_punct` (predicting right after punctuation), `second_copy` (the second copy of a
+    repeated passage).
     """
     model = bundle.model
     cfg = model.config
@@ -103,16 +124,15 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     base = nll_bits(model, windows).numpy()  # (W, T)
     base_probe = nll_bits(model, probes).numpy()  # (P, T-1)
     lookup = classes.lookup()
-    inputs = windows[:, :-1].numpy()
     target_codes = lookup[windows[:, 1:].numpy()]  # (W, T) class of the predicted character
-    input_codes = lookup[inputs]
-    boundary = np.isin(input_codes, [CLASS_NAMES.index("space"), CLASS_NAMES.index("newline")])
-    masks = {"word_start": boundary & ~np.isin(target_codes, [CLASS_NAMES.index("space"),
-                                                              CLASS_NAMES.index("newline")]),
-             "after_punct": input_codes == CLASS_NAMES.index("punctuation")}
+    input_codes = lookup[windows[:, :-1].numpy()]
+    boundary_codes = [CLASS_NAMES.index("space"), CLASS_NAMES.index("newline")]
+    in_word = ~np.isin(input_codes, boundary_codes) & ~np.isin(target_codes, boundary_codes)
+    in_word[:, 1:] &= ~np.isin(input_codes[:, :-1], boundary_codes)  # the input is not the word's first letter
+    masks = {"in_word": in_word, "after_punct": input_codes == CLASS_NAMES.index("punctuation")}
     second = np.zeros(base_probe.shape, dtype=bool)
     second[:, period:] = True  # predicting positions period+1.. : inside the second copy
-    results = []
+    rows, values, target_means = [], {k: [] for k in [*masks, "second_copy"]}, {k: [] for k in [*masks, "second_copy"]}
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
             with model.ablate({(l, h): mode}, means=means):
@@ -123,13 +143,17 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
             low, high, _ = bootstrap_ci(per_window[:, None], rng)
             by_class = {CLASS_NAMES[c]: float(delta[target_codes == c].mean())
                         for c in range(len(CLASS_NAMES)) if (target_codes == c).sum() >= 20}
-            targeted = {name: _contrast(delta, mask, rng) for name, mask in masks.items()}
-            targeted["second_copy"] = _contrast(abl_probe - base_probe, second, rng)
-            results.append(Ablation(l, h, f"L{l}H{h}", float(per_window.mean()), float(low[0]), float(high[0]),
-                                    by_class, {k: v for k, v in targeted.items() if v is not None}))
+            for name, (dl, mask) in {**{k: (delta, m) for k, m in masks.items()},
+                                     "second_copy": (abl_probe - base_probe, second)}.items():
+                values[name].append(_contrast_values(dl, mask))
+                target_means[name].append((float(dl[mask].mean()) if mask.any() else float("nan"),
+                                           float(dl[~mask].mean()) if (~mask).any() else float("nan")))
+            rows.append((l, h, float(per_window.mean()), float(low[0]), float(high[0]), by_class))
             if on_head:
                 on_head()
-    return float(base.mean()), results
+    contrasts = _contrasts(values, target_means, rng)
+    return float(base.mean()), [Ablation(l, h, f"L{l}H{h}", d, lo, hi, by, c)
+                                for (l, h, d, lo, hi, by), c in zip(rows, contrasts)]
 
 
 @torch.no_grad()
@@ -157,18 +181,6 @@ def per_char_delta(bundle: ModelBundle, text: str, heads: list[tuple[int, int]],
     return [(c, float(d)) for c, d in zip(text[1:], (abl - base).tolist())]
 
 
-def _control_roles(stats: SplitStats, n_layers: int, n_heads: int) -> ControlResult:
-    """Roles found on a control (q within the control's own BH family), split positional vs content."""
-    add_q_values([stats])
-    roles = [(l, h, d) for l in range(n_layers) for h in range(n_heads) for d in roles_of(stats, l, h)]
-    positional = [f"L{l}H{h} {d.role}" for l, h, d in roles if FAMILY[d.family].positional]
-    content = [f"L{l}H{h} {d.role}" for l, h, d in roles if not FAMILY[d.family].positional]
-    tested = sum(int(np.isfinite(f["p"]).sum()) for f in stats.values.values() if "p" in f)
-    return ControlResult(positional, content, tested,
-                         int(sum(int((np.nan_to_num(f["q"], nan=1) < ALPHA).sum())
-                                 for f in stats.values.values() if "q" in f)))
-
-
 def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) -> CausalEvidence:
     """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
     prep, stats = a.prep, a.stats
@@ -186,23 +198,7 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     means = head_means(model, windows)
     baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
                                    on_head=lambda: progress.advance(task), means=means)
-    # Controls: a randomly initialised model of the same shape, and character-shuffled held-out text.
-    task = progress.add_task(f"{prep.spec.label}: controls", total=2)
-    torch.manual_seed(cfg.seed + 1000 + index)
-    random_model = type(model).from_config(bundle.config).eval()
-    random_bundle = type(bundle)(random_model, bundle.tokenizer, bundle.path, bundle.sha256, bundle.language, {})
-    ctrl_ids = ids[: min(len(ids), cfg.control_windows * T)]
-    control_random = split_stats(capture(random_bundle, ctrl_ids, classes, n_samples=0),
-                                 {}, np.random.default_rng([cfg.seed, index, 12]))
-    progress.advance(task)
-    n_ctrl = len(ctrl_ids) // T
-    shuffled = ctrl_ids[: n_ctrl * T].reshape(n_ctrl, T).copy()  # (W, T)
-    for row in shuffled:  # characters shuffled within each window: positions kept, content broken
-        rng.shuffle(row)
-    control_shuffled = split_stats(capture(bundle, shuffled.ravel(), classes, n_samples=0),
-                                   {}, np.random.default_rng([cfg.seed, index, 13]))
-    progress.advance(task)
-    controls = Controls(_control_roles(control_random, L, H), _control_roles(control_shuffled, L, H), n_ctrl)
+    controls = run_controls(prep, cfg, index, stats, rng, progress)
     # Generation with the strongest role heads removed.
     role_heads = []
     for h in sorted(heads, key=lambda x: -x.delta_bits_per_char):

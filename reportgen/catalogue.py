@@ -106,28 +106,25 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("previous character",
-           "Looking one character back is the cheapest useful context for a character-level model: it turns "
-           "single-letter statistics into bigram statistics (after 'q' comes 'u'), and deeper layers can build "
-           "longer n-grams by composing it.",
-           "High attention to the previous character is also what a purely positional head does; the label names "
-           "the offset, not a linguistic category.", positional=True),
     Family("fixed offset",
-           "A head that reads a fixed distance back supplies a specific slot of n-gram context; together with a "
-           "previous-character head it lets the model see trigrams and beyond.", positional=True),
+           "A head that reads a fixed distance back supplies one slot of n-gram context; together with other offsets "
+           "it lets the model see trigrams and beyond.",
+           "A fixed-offset head reads by position; the label names the offset, not a linguistic category.",
+           positional=True),
     Family("positional",
            "A positional head's choice of key depends on distance, not on which characters are there; it is a "
            "building block (a shift register) rather than a linguistic feature detector.", positional=True),
-    Family("word boundary", "",
+    Family("word boundary",
+           "Knowing where the current word began tells the model how far into a word it is, and so which letters "
+           "can come next.",
            "Spaces are frequent and regularly spaced; the positional null removes the share a recency profile alone "
-           "would place on them.", causal_target="word_start"),
+           "would place on them.", causal_target="in_word"),
     Family("vowel / consonant", "",
-           "Class preferences can arise from where classes sit in words (e.g. vowels mid-word); the positional and "
-           "label-swap nulls remove the part explained by position alone."),
+           "Class preferences can arise from where classes sit in words (e.g. consonants at word starts); the "
+           "positional, label-swap and word-structure nulls remove the part explained by position and word "
+           "structure alone."),
     Family("punctuation", "", causal_target="after_punct"),
-    Family("repetition",
-           "Repetition heads copy: attending to an earlier copy of the current character, or to what followed it "
-           "(induction), lets the model continue names and phrases it has already seen in the window.",
+    Family("repetition", "",
            "Mass on earlier copies can be incidental when characters are common; the label-swap null controls for "
            "this.", causal_target="second_copy"),
     Family("sink",
@@ -139,7 +136,7 @@ FAMILIES: tuple[Family, ...] = (
 FAMILY = {f.name: f for f in FAMILIES}
 
 CAUSAL_TARGETS = {  # targeted ablation contrasts: name -> where the head's role predicts it matters
-    "word_start": "when predicting the first character of a word",
+    "in_word": "when predicting letters inside a word (after its first letter)",
     "after_punct": "right after punctuation",
     "second_copy": "on the second copy of a repeated passage",
 }
@@ -158,6 +155,7 @@ class Detector:
     role: str | None = None  # role label given when `rule` holds
     rule: Rule | None = None
     shown: frozenset[str] = frozenset({"scores"})  # scores: score matrix; compare: per-layer strength table
+    note: str = ""  # what the pattern is good for, when no language record has its own note
 
     @property
     def tested(self) -> bool:
@@ -175,6 +173,8 @@ class Detector:
         return FAMILY[self.family].causal_target if self.family else None
 
 
+COPYING = ("An induction head reads what followed an earlier occurrence of the current character; with the model's "
+           "better prediction of a repeated passage, that is copying: continuing a name or phrase already seen.")
 _MASS = dict(ci_low_above=0.5)
 _CONTENT = Rule("content", "", gain_ci_low_at_least=0.10)
 _CLASS = Rule("content", "", gain_ci_low_at_least=0.10, rare_below=0.10)
@@ -185,13 +185,19 @@ _COMPARE = frozenset({"scores", "compare"})
 
 def _detectors() -> tuple[Detector, ...]:
     """Every detector, in the order roles are listed for a head."""
-    ds = [Detector("offset_1", "offset", "attention mass on the previous character", "previous character",
-                   "previous-character head", Rule("mass", "the mass on i-1", **_MASS, cite="cf. Clark et al. 2019"),
-                   _COMPARE)]
+    ds = [Detector("offset_1", "offset", "attention mass on the previous character", "fixed offset",
+                   "previous-character head (offset 1)",
+                   Rule("mass", "the mass on i-1", **_MASS, cite="cf. Clark et al. 2019"), _COMPARE,
+                   "Looking one character back is the cheapest useful context for a character-level model: it turns "
+                   "single-letter statistics into bigram statistics (after 'q' comes 'u'), and deeper layers can "
+                   "build longer n-grams by composing it.")]
     ds += [Detector(f"offset_{k}", "offset",
                     "attention mass on the current character itself" if k == 0 else
                     f"attention mass on the character {k} back", "fixed offset",
-                    "current-character head" if k == 0 else f"offset-{k} head", Rule("mass", f"the mass on i-{k}", **_MASS))
+                    "current-character head (offset 0)" if k == 0 else f"offset-{k} head",
+                    Rule("mass", f"the mass on i-{k}", **_MASS),
+                    note="A head that reads the current character passes its identity on to later layers unchanged."
+                    if k == 0 else "")
            for k in range(MAX_OFFSET + 1) if k != 1]
     ds += [Detector(f"argmax_{k}", "argmax", f"share of queries whose strongest key is {k} back", "positional",
                     f"positional head (offset {k})",
@@ -202,26 +208,37 @@ def _detectors() -> tuple[Detector, ...]:
                "newline": ("word boundary", "line-break head"), "punctuation": ("punctuation", "punctuation head"),
                "digit": ("other class", "digit head"), "other": ("other class", "other-symbol head")}
     compared = {"vowel", "consonant", "final", "space", "punctuation"}
+    class_notes = {
+        "space": "A space head gathers the spaces in its window wherever they are: how many words there were and "
+                 "where they fell, which bears on word lengths and on when the next space is due.",
+        "newline": "A line-break head reads where lines ended; in text written one sentence or verse per line this "
+                   "locates the start of the current line.",
+    }
     ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c], _CLASS,
-                    _COMPARE if c in compared else frozenset({"scores"})) for c in CLASS_NAMES]
+                    _COMPARE if c in compared else frozenset({"scores"}), class_notes.get(c, ""))
+           for c in CLASS_NAMES]
     targets = [
         ("recent_space", "attention mass on the most recent space or line break before the query", "word boundary",
-         "word-boundary head"),
-        ("word_start", "attention mass on the first character of the current word", "word boundary", "word-start head"),
-        ("duplicate", "attention mass on earlier copies of the query character", "repetition", "same-character head"),
+         "word-boundary head", ""),
+        ("word_start", "attention mass on the first character of the current word", "word boundary", "word-start head", ""),
+        ("duplicate", "attention mass on earlier copies of the query character (itself excluded)", "repetition",
+         "same-character head",
+         "A same-character head looks at earlier occurrences of the character it is reading (doubled letters, "
+         "how often a letter has appeared). That is not copying: copying needs attention to what followed an "
+         "earlier occurrence."),
         ("induction", "attention mass on characters that followed an earlier copy of the query character",
-         "repetition", "induction head (natural text)"),
+         "repetition", "induction head (natural text)", COPYING),
         ("punct_near", f"attention mass on punctuation up to {NEAR} characters back", "punctuation",
-         "near-punctuation head"),
+         "near-punctuation head", ""),
         ("punct_far", f"attention mass on punctuation more than {NEAR} characters back", "punctuation",
-         "far-punctuation head"),
+         "far-punctuation head", ""),
     ]
     ds += [Detector(n, "target", d, fam, role, _CONTENT, _COMPARE if n in ("word_start", "duplicate", "induction")
-                    else frozenset({"scores"})) for n, d, fam, role in targets]
+                    else frozenset({"scores"}), note) for n, d, fam, role, note in targets]
     ds += [Detector("probe_random", "probe", "repeated random letters: mass on the token after the earlier copy",
-                    "repetition", "induction head (random)", _PROBE),
+                    "repetition", "induction head (random)", _PROBE, note=COPYING),
            Detector("probe_natural", "probe", "repeated held-out passage: mass on the token after the earlier copy",
-                    "repetition", "induction head (repeated passages)", _PROBE, _COMPARE)]
+                    "repetition", "induction head (repeated passages)", _PROBE, _COMPARE, COPYING)]
     ds.append(Detector("sink", "shape", "attention mass on the first position of the window", "sink", "sink head",
                        Rule("mass", "the mass on position 0", **_MASS)))
     ds += [Detector("entropy", "descriptive", "normalised entropy H_i / ln(i+1) (1 = uniform over the prefix)",
@@ -247,17 +264,31 @@ def shown_in(place: str) -> tuple[str, ...]:
 
 
 def roles_of(split, layer: int, head: int) -> list[Detector]:
-    """Every role-bearing detector whose rule holds for a head on one split's statistics (`SplitStats`)."""
+    """Every role-bearing detector whose rule holds for a head on one split's statistics (`SplitStats`).
+
+    A positional role (strongest key at a fixed offset) is given only when nothing else explains the head:
+    not when a content role holds (identity-driven self-attention is not positional) nor when the same head
+    already has a fixed-offset mass role (one phenomenon, counted once).
+    """
     out = []
     for d in ROLE_DETECTORS:
         values = split.values.get(d.name)
         if values is not None and d.rule.holds({k: float(v[layer, head]) for k, v in values.items()}):
             out.append(d)
+    if any(d.kind != "argmax" for d in out):
+        out = [d for d in out if d.kind != "argmax"]
     return out
 
 
-def linguistic_note(family: str, code: str | None) -> str:
-    """The linguistic significance of a family for a language: the language's own note, else the family's."""
+def linguistic_note(key: str, code: str | None) -> str:
+    """What a detector's (or a family's) pattern is good for in a language: the language record's note for the
+    detector, else the detector's generic note, else the language's note for its family, else the family's."""
     lang: Language | None = LANGUAGE.get(code) if code else None
-    own = lang.notes.get(family) if lang else None
-    return own or (FAMILY[family].note if family in FAMILY else "")
+    d = DETECTOR.get(key)
+    family = d.family if d else key
+    candidates = (lang.notes.get(key) if lang else None, d.note if d else None,
+                  lang.notes.get(family) if lang else None, FAMILY[family].note if family in FAMILY else None)
+    for note in candidates:
+        if note:
+            return note
+    return ""

@@ -22,8 +22,13 @@ def num(x: float | None) -> str:
 
 
 def pct(x: float | None) -> str:
-    """A share as a whole percentage."""
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
+    """A share as a percentage, to the precision it has: whole percent, one decimal near 0% and 100%
+    (99.8% is not printed as 100%)."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    if 0 < x < 0.005 or 0.995 <= x < 1:
+        return f"{100 * x:.1f}%" if round(100 * x, 1) not in (0.0, 100.0) else f"{100 * x:.2f}%"
+    return f"{100 * x:.0f}%"
 
 
 def times(x: float | None) -> str:
@@ -55,6 +60,7 @@ class Explanation:
     linguistics: str
     caveats: str
     ablation: str
+    controls: str = ""
 
 
 def _what(f: Finding) -> str:
@@ -79,15 +85,85 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
     strength = (f"On held-out text the mean is {num(h.mean)} (95% CI {num(h.ci_low)}–{num(h.ci_high)}), "
                 f"{times(h.times_chance)} the uniform-chance level of {num(h.chance)}.")
     if h.positional is not None:
-        strength += (f" Its own positional pattern alone would give {num(h.positional)} and other windows' "
-                     f"characters {num(h.swap)}, so content adds {num(h.gain)} "
+        structure = (f", its word-start and last-boundary keys {num(h.structure)}" if h.structure is not None else "")
+        strength += (f" Its own positional pattern alone would give {num(h.positional)}, other windows' "
+                     f"characters {num(h.swap)}{structure}, so content adds {num(h.gain)} "
                      f"(lower CI bound {num(h.gain_ci_low)}).")
+    if f.pattern == "duplicate":
+        strength += (f" It also puts {num(m.head(f.layer, f.head).summary('offset_0').mean)} on the character "
+                     f"itself.")
     consistency = (f"It beats the strictest null in {pct(h.consistency)} of {windows['heldout']} held-out "
                    f"windows (q {qval(h.q)}). Discovered on {windows['train']} training windows "
                    f"(mean {num(t.mean)}), it {'replicated' if f.replicated else 'did not replicate'} "
                    f"on held-out text.")
-    return Explanation(what, strength, consistency, linguistic_note(f.family, m.language), FAMILY[f.family].caveat,
-                       explain_ablation(f, m.ablation_of(f.layer, f.head)))
+    abl = m.ablation_of(f.layer, f.head)
+    return Explanation(what, strength, consistency, _significance(f, m, abl), FAMILY[f.family].caveat,
+                       explain_ablation(f, abl), explain_controls(f, m))
+
+
+def explain_controls(f: Finding, m: ModelResult) -> str:
+    """What the two controls say about this role: matched-sharpness random model, shuffled text."""
+    c = m.controls
+    if c is None:
+        return ""
+    parts = []
+    ceiling = c.random_init.max_effect.get(f.pattern)
+    if ceiling is not None and math.isfinite(ceiling):
+        if f.effect <= ceiling:
+            parts.append(f"Flagged: a randomly initialised model with equally sharp attention reaches an effect of "
+                         f"{num(ceiling)} on this detector, at least this head's {num(f.effect)}, so the role is not "
+                         f"clearly learned.")
+        else:
+            parts.append(f"A randomly initialised model with equally sharp attention reaches at most {num(ceiling)} "
+                         f"on this detector (this head: {num(f.effect)}).")
+    label = f"{f.head_name} {f.role}"
+    kept = label in c.shuffled_text.positional_roles + c.shuffled_text.content_roles
+    fam = FAMILY[f.family]
+    if kept and fam.positional:
+        parts.append("It keeps this role on character-shuffled text, as a role that depends on position should.")
+    elif kept and f.family == "word boundary":
+        parts.append("Flagged: it keeps this role on character-shuffled text, where no words are left, so it may "
+                     "track the space character itself rather than word structure.")
+    elif kept and f.pattern in ("induction", "probe_random", "probe_natural"):
+        parts.append("Flagged: it keeps this role on character-shuffled text, which has no repeated phrases.")
+    elif kept:
+        parts.append("It keeps this role on character-shuffled text, as a role defined by which characters are "
+                     "there (not by their order) can.")
+    elif fam.positional:
+        parts.append("Surprisingly, it loses this role on character-shuffled text although the role is positional.")
+    else:
+        parts.append("It loses this role on character-shuffled text, as a role that needs the text's order should.")
+    return " ".join(parts)
+
+
+def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
+    """The pattern's linguistic significance, claimed only when the evidence supports it.
+
+    No claim when ablation shows the model does not measurably rely on the head; no copying claim for an
+    induction role unless the head reads the token after an earlier copy on repeated passages and the model
+    predicts the second copy of a passage better than the first.
+    """
+    if m.ablation_mode and abl is not None and abl.ci_low <= 0:
+        return (f"{f.head_name} attends there, but the model does not measurably rely on it (removing it changes "
+                f"held-out loss by {signed(abl.delta_bits_per_char)} bits/char, 95% CI {signed(abl.ci_low)} to "
+                f"{signed(abl.ci_high)}), so no linguistic role is claimed.")
+    note = linguistic_note(f.pattern, m.language)
+    if f.pattern in ("induction", "probe_random", "probe_natural"):
+        probe = m.probes.get("probe_natural")
+        reads = m.head(f.layer, f.head).summary("probe_natural") if "probe_natural" in m.head(0, 0).detectors else None
+        gain = None if probe is None else probe.loss_first_copy_bits_per_char - probe.loss_later_copies_bits_per_char
+        if gain is None or reads is None or gain <= 0 or not (reads.gain_ci_low or 0) > 0:
+            why = []
+            if reads is not None and not (reads.gain_ci_low or 0) > 0:
+                why.append(f"on repeated passages it puts only {num(reads.mean)} on the token after the earlier copy "
+                           f"(its positional pattern alone: {num(reads.positional)})")
+            if gain is not None and gain <= 0:
+                why.append(f"the model predicts a repeated passage no better the second time "
+                           f"({num(probe.loss_first_copy_bits_per_char)} → {num(probe.loss_later_copies_bits_per_char)}"
+                           f" bits/char)")
+            return (f"It reads what followed earlier occurrences of the current character, but "
+                    f"{' and '.join(why) or 'copying was not measured'}, so this is no evidence of copying.")
+    return note
 
 
 def explain_ablation(f: Finding, abl: Ablation | None) -> str:
@@ -101,15 +177,22 @@ def explain_ablation(f: Finding, abl: Ablation | None) -> str:
             f"bits/char (95% CI {signed(lo)} to {signed(hi)}): {verdict}.")
     target = FAMILY[f.family].causal_target
     t = abl.targeted.get(target) if target else None
-    if t:
-        where = ("more" if t.ci_low > 0 else "less" if t.ci_high < 0 else "no more and no less")
-        text += (f" {CAUSAL_TARGETS[target].capitalize()} the change is {signed(t.delta_target)} vs "
-                 f"{signed(t.delta_rest)} elsewhere (difference {signed(t.difference)}, 95% CI "
-                 f"{signed(t.ci_low)} to {signed(t.ci_high)}): it matters {where} where its role predicts.")
+    if t and t.specificity is not None:
+        text += (f" {CAUSAL_TARGETS[target].capitalize()} its removal costs {signed(t.delta_target)} vs "
+                 f"{signed(t.delta_rest)} elsewhere; compared with removing the other heads, that contrast is "
+                 f"{signed(t.specificity)} bits/char (95% CI {signed(t.specificity_ci_low)} to "
+                 f"{signed(t.specificity_ci_high)}): {specificity_verdict(t)}.")
     elif abl.by_target_class:
         worst = max(abl.by_target_class.items(), key=lambda kv: kv[1])
         text += f" The largest change is when predicting {worst[0]} characters ({signed(worst[1])} bits/char)."
     return text
+
+
+def specificity_verdict(t) -> str:
+    """Whether a targeted contrast singles this head out among all heads."""
+    if t.specificity_ci_low > 0:
+        return "specific to where its role predicts"
+    return "not specific: other heads' removal shifts the loss there as much"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class Language:
     class_labels: Mapping[str, str] = field(default_factory=dict)  # display names of classes
     examples: tuple[str, ...] = ()  # short illustrative inputs
     prompt: str = ""  # generation prompt
-    notes: Mapping[str, str] = field(default_factory=dict)  # family -> linguistic note for this language
+    notes: Mapping[str, str] = field(default_factory=dict)  # detector or family -> note for this language
 
     def books(self) -> dict[str, str]:
         """The default corpus, book by book."""
@@ -50,6 +50,8 @@ LANGUAGES: tuple[Language, ...] = (
             "word boundary": "Spaces delimit English words, so knowing where the current word started tells the model "
                              "how far into a word it is and which word-initial patterns (th-, wh-) or endings (-eth, "
                              "-ed) are possible.",
+            "class_space": "Spaces separate English words; a head that gathers all spaces in view tells the model how "
+                           "many words came before and how long they were, not where the current word began.",
             "vowel / consonant": "English alternates vowels and consonants; a head that collects vowels (or "
                                  "consonants) gives the model the syllable context it needs to predict which class "
                                  "comes next.",
@@ -66,6 +68,8 @@ LANGUAGES: tuple[Language, ...] = (
             "word boundary": "Spaces delimit Hebrew words. One-letter prefixes such as ו ה ב ל מ ש כ attach to the "
                              "word, so the distance to the word start tells the model whether a prefix letter or the "
                              "stem is expected; the final forms ך ם ן ף ץ mark word ends in writing as well.",
+            "class_space": "Spaces separate Hebrew words; a head that gathers all spaces in view tells the model how "
+                           "many words came before and how long they were, not where the current word began.",
             "vowel / consonant": "Consonantal Hebrew writes few vowels. The vowel letters א ה ו י are matres "
                                  "lectionis but also prefixes, suffixes and root letters, so a head that prefers them "
                                  "may be tracking morphology as much as vowels. The final forms ך ם ן ף ץ appear only "

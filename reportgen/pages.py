@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, FAMILY, ROLE_DETECTORS,
+from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS,
                         linguistic_note, shown_in)
 from .languages import LANGUAGE
-from .explain import Absent, Explanation, absent_families, explain, num, pct, signed
+from .explain import Absent, Explanation, absent_families, explain
+from .synthesis import Criterion, Question, criteria, key_questions, limitations, ranked
 from .results import Ablation, Finding, ModelResult, Run, Summary
 from .stats import N_BOOT
 
 CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
 MAX_HEADLINE_HEADS = 4  # headline cards per model
-MAX_Q1_HEADS = 6
 
 
 def slug(text: str) -> str:
@@ -107,6 +107,7 @@ class ModelPage:
     shading_max: float
     cluster_threshold: float = CLUSTER_THRESHOLD
     alpha: float = ALPHA
+    contrasts: tuple[tuple[str, str], ...] = tuple(CAUSAL_TARGETS.items())  # targeted-ablation columns
 
 
 @dataclass(frozen=True)
@@ -132,24 +133,12 @@ class HeadPage:
 
 
 @dataclass(frozen=True)
-class Question:
-    q: str
-    a: list[str]
-
-
-@dataclass(frozen=True)
-class Criterion:
-    ok: bool
-    text: str
-    link: str
-
-
-@dataclass(frozen=True)
 class IndexPage:
     models: list[ModelPage]
     headline: list[FindingView]
     questions: list[Question]
     criteria: list[Criterion]
+    limitations: list[str]
 
 
 @dataclass(frozen=True)
@@ -236,7 +225,7 @@ def finding_view(f: Finding, m: ModelResult) -> FindingView:
 def model_page(m: ModelResult, figs: dict) -> ModelPage:
     """Display data for a model page."""
     findings = [finding_view(f, m) for f in m.findings]
-    roles = {(f.layer, f.head): f.role for f in reversed(m.findings) if f.replicated}  # strongest role per head
+    roles = {(f.layer, f.head): f.role for f in m.primary}  # each head's main role
     ablation = sorted((AblationRow(a, roles.get((a.layer, a.head), "—"), head_file(m, a.head_name))
                        for a in m.ablation), key=lambda r: -r.a.delta_bits_per_char)
     layers = [[HeadCell(h.name, head_file(m, h.name), m.role_label(h.layer, h.head),
@@ -265,81 +254,9 @@ def _rule_text() -> dict[str, str]:
     return {d.name: d.rule.text() for d in ROLE_DETECTORS}
 
 
-def _strongest_heads(models: list[ModelResult], per_model: int | None, total: int | None) -> list[FindingView]:
-    """One finding per head (its strongest replicated role), strongest first."""
-    out, seen = [], set()
-    pairs = [(m, f) for m in models for f in m.replicated]
-    if per_model is None:
-        pairs.sort(key=lambda mf: -mf[1].effect)
-    for m, f in pairs:
-        key = (m.label, f.head_name)
-        if key in seen or (total is not None and len(out) >= total):
-            continue
-        if per_model is not None and sum(v.model == m.label for v in out) >= per_model:
-            continue
-        seen.add(key)
-        out.append(finding_view(f, m))
-    return out
-
-
-def key_questions(models: list[ModelResult]) -> list[Question]:
-    """The five key questions, each answered with numbers from the results."""
-    rep = [(m, f) for m in models for f in m.replicated]
-    q1 = [f"{v.model} {v.f.head_name} ({v.f.role}: held-out {num(v.f.heldout.mean)} vs chance "
-          f"{num(v.f.heldout.chance)})" for v in _strongest_heads(models, None, MAX_Q1_HEADS)]
-    fam_counts: dict[str, set] = {}
-    for m, f in rep:
-        fam_counts.setdefault(f.family, set()).add((m.label, f.head_name))
-    q2 = [f"{fam}: {len(heads)} head(s)" for fam, heads in sorted(fam_counts.items(), key=lambda kv: -len(kv[1]))]
-    cons = [f.heldout.consistency for _, f in rep if f.heldout.consistency is not None]
-    n_found = sum(len(m.findings) for m in models)
-    q3 = [f"{len(rep)} of {n_found} roles discovered on training windows replicated on held-out books."]
-    if cons:
-        q3.append(f"Replicated roles beat their strictest null in a median {pct(float(np.median(cons)))} of held-out "
-                  f"windows (lowest {pct(min(cons))}).")
-    q4: list[str] = []
-    for m, f in rep:  # causal support: does ablation hurt most where the role predicts?
-        target = FAMILY[f.family].causal_target
-        abl = m.ablation_of(f.layer, f.head)
-        t = abl.targeted.get(target) if abl and target else None
-        if t and not any(f.family in line and m.label in line for line in q4):
-            verdict = "yes" if t.ci_low > 0 else "no, the opposite" if t.ci_high < 0 else "not measurably"
-            q4.append(f"{m.label} {f.head_name} ({f.family}): does removing it hurt most {CAUSAL_TARGETS[target]}? "
-                      f"{verdict} (difference {signed(t.difference)} bits/char, 95% CI {signed(t.ci_low)} to "
-                      f"{signed(t.ci_high)}).")
-    q4 += [f"{fam}: {linguistic_note(fam, models[0].language)}" for fam in list(fam_counts)[:2]]
-    q5 = []
-    if len(models) > 1:
-        for fam in FAMILIES:
-            n = [len({f.head_name for f in m.replicated if f.family == fam.name}) for m in models]
-            if any(n):
-                q5.append(f"{fam.name}: " + ", ".join(f"{m.label} {k} head(s)" for m, k in zip(models, n)))
-        absent = [fam.name for fam in FAMILIES if not any(f.family == fam.name for m in models for f in m.replicated)]
-        if absent:
-            q5.append(f"in neither model: {', '.join(absent)}")
-    return [
-        Question("Which layer/head combinations are most interpretable?", q1 or ["No head has a replicated role."]),
-        Question("Which pattern types are most common?", q2 or ["No pattern replicated."]),
-        Question("How consistent are the patterns across inputs?", q3),
-        Question("Do the patterns make linguistic sense?", q4 or ["No replicated pattern to interpret."]),
-        Question("How do English and Hebrew differ?", q5 or ["Only one model was analysed."]),
-    ]
-
-
-def criteria(models: list[ModelResult]) -> list[Criterion]:
-    """Success criteria of the mission as a checklist with evidence links."""
-    rep = sum(len(m.replicated) for m in models)
-    first = model_file(models[0])
-    return [
-        Criterion(rep > 0, f"Heads with a clear role identified with CIs ({rep} replicated roles)", first),
-        Criterion(True, "Every layer × head visualised on illustrative inputs and held-out passages", first),
-        Criterion(True, "Significance against three nulls with Benjamini–Hochberg FDR over all tests", "methods.html"),
-        Criterion(rep > 0, "Roles confirmed on held-out books never used for discovery", "index.html#findings"),
-        Criterion(len({m.language for m in models}) > 1, "English and Hebrew compared on the same books",
-                  "compare.html"),
-        Criterion(all(m.ablation for m in models), "Causal evidence: every head ablated, with targeted effects and "
-                  "controls", f"{first}#causal"),
-    ]
+def _strongest_heads(models: list[ModelResult], per_model: int) -> list[FindingView]:
+    """Per model, its heads with a replicated main role, those the model relies on first, then by effect."""
+    return [finding_view(f, m) for m in models for _, f in ranked([m])[:per_model]]
 
 
 def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
@@ -348,13 +265,13 @@ def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
     for fam in FAMILIES:
         cells = []
         for m in models:
-            fs = [f for f in m.replicated if f.family == fam.name]
+            fs = [f for f in m.primary if f.family == fam.name]
             cells.append(CompareCell(sorted({f.head_name for f in fs}),
                                      max(fs, key=lambda f: f.heldout.mean, default=None)))
         if any(c.heads for c in cells):
             notes = dict.fromkeys(linguistic_note(fam.name, lang) for lang in sorted({m.language for m in models}))
             rows.append(CompareRow(fam.name, cells, " ".join(n for n in notes if n)))
-    by_layer = [(m.label, [sorted({f.role for f in m.replicated if f.layer == l}) for l in range(m.n_layers)])
+    by_layer = [(m.label, [sorted({f.role for f in m.primary if f.layer == l}) for l in range(m.n_layers)])
                 for m in models]
     strength = []
     L = max(m.n_layers for m in models)
@@ -372,7 +289,7 @@ def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
             strength.append(StrengthRow(det, DETECTOR[det].description, layers))
     only = []
     if len(models) == 2:
-        fams = [{f.family for f in m.replicated} for m in models]
+        fams = [{f.family for f in m.primary} for m in models]
         only = [f"{fam}: only in {models[i].label}" for i in (0, 1) for fam in sorted(fams[i] - fams[1 - i])]
     return ComparePage(compare_title(models), models, rows, by_layer, strength, only, figs.get("compare"))
 
@@ -400,7 +317,7 @@ def build_pages(run: Run, figs: dict, diff_link: bool = False) -> Pages:
     for m in models:
         for fam, fs in m.by_family().items():  # the strongest replicated finding of each family
             gallery.append(GalleryItem(m.label, finding_view(fs[0], m), figs[(m.label, fs[0].layer, fs[0].head)]))
-    index = IndexPage(model_pages, _strongest_heads(models, MAX_HEADLINE_HEADS, None), key_questions(models),
-                      criteria(models))
+    index = IndexPage(model_pages, _strongest_heads(models, MAX_HEADLINE_HEADS), key_questions(models),
+                      criteria(models, model_file(models[0])), limitations(models))
     return Pages(common, index, model_pages, heads, gallery, compare_page(models, figs), methods_page(run),
                  {m.label: figs[(m.label, "grid")] for m in models})

@@ -122,6 +122,7 @@ class Finding:
     heldout: FindingBlock
     replicated: bool
     effect: float  # held-out mean minus the strictest null
+    primary: bool = False  # the head's main role (its strongest replicated one); others are descriptors
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class ClassMatrix:
 
 @dataclass(frozen=True)
 class Contrast:
-    """A targeted ablation contrast: Δ where the role should matter vs elsewhere, with a paired CI."""
+    """A targeted ablation contrast: Δ where the role should matter vs elsewhere, with a paired CI, and its
+    specificity: this head's difference minus the mean difference over all heads (window by window)."""
 
     delta_target: float
     delta_rest: float
@@ -155,6 +157,9 @@ class Contrast:
     ci_low: float
     ci_high: float
     windows: int
+    specificity: float | None = optional()
+    specificity_ci_low: float | None = optional()
+    specificity_ci_high: float | None = optional()
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,9 @@ class ControlResult:
     content_roles: list[str]
     tests: int
     discoveries_q05: int
+    max_effect: dict[str, float] = field(default_factory=dict)  # detector -> strongest effect over the heads
+    scale: float | None = optional()  # random-init control: factor on the query weights matching sharpness
+    median_entropy: float | None = optional()
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ class Controls:
     random_init: ControlResult
     shuffled_text: ControlResult
     windows: int
+    trained_median_entropy: float | None = optional()
 
 
 @dataclass(frozen=True)
@@ -307,19 +316,26 @@ class ModelResult:
         """Findings that replicated on held-out text, strongest first."""
         return [f for f in self.findings if f.replicated]
 
+    @property
+    def primary(self) -> list[Finding]:
+        """One replicated finding per head at most (its main role), strongest first: what counts are made of."""
+        return [f for f in self.replicated if f.primary]
+
     def by_family(self) -> dict[str, list[Finding]]:
-        """Replicated findings per family, in catalogue family order (families without one left out)."""
+        """Primary replicated findings per family, in catalogue family order (families without one left out)."""
         out: dict[str, list[Finding]] = {}
         for fam in FAMILIES:
-            fs = [f for f in self.replicated if f.family == fam.name]
+            fs = [f for f in self.primary if f.family == fam.name]
             if fs:
                 out[fam.name] = fs
         return out
 
     def role_label(self, layer: int, head: int) -> str:
-        """The head's replicated roles joined, or 'no replicated role'."""
-        roles = dict.fromkeys(f.role for f in self.findings_at(layer, head, replicated_only=True))
-        return ", ".join(roles) or "no replicated role"
+        """The head's main replicated role with its other replicated roles as descriptors, or 'no replicated role'."""
+        roles = list(dict.fromkeys(f.role for f in self.findings_at(layer, head, replicated_only=True)))
+        if not roles:
+            return "no replicated role"
+        return roles[0] + (f" (also {', '.join(roles[1:])})" if roles[1:] else "")
 
     def ablation_of(self, layer: int, head: int) -> Ablation | None:
         return next((a for a in self.ablation if (a.layer, a.head) == (layer, head)), None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .catalogue import roles_of
 from .results import SPLITS, Finding, FindingBlock, Summary
 from .stats import SplitStats
@@ -24,7 +26,13 @@ def findings(stats: dict[str, SplitStats], n_layers: int, n_heads: int) -> list[
                 out.append(Finding(layer, head, f"L{layer}H{head}", d.name, d.role, d.family, d.rule.text(),
                                    d.description, FindingBlock.of(train), FindingBlock.of(heldout),
                                    d.name in held, heldout.mean - heldout.strictest_null))
-    return sorted(out, key=lambda f: (not f.replicated, -f.effect))
+    out.sort(key=lambda f: (not f.replicated, -f.effect))
+    seen: set[tuple[int, int]] = set()
+    for k, f in enumerate(out):  # each head's first (strongest, replicated first) finding is its main role
+        if f.replicated and (f.layer, f.head) not in seen:
+            seen.add((f.layer, f.head))
+            out[k] = dataclasses.replace(f, primary=True)
+    return out
 
 
 def role_labels(stats: dict[str, SplitStats], layer: int, head: int) -> dict[str, list[str]]:

@@ -76,7 +76,7 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
                 idx[(m.label, l, h)] = fw.add("head_figure", data)
     if len(run.models) > 1:
         fams = [f.name for f in FAMILIES if f.compared]
-        counts = {m.label: [len({f.head_name for f in m.replicated if f.family == fam}) for fam in fams]
+        counts = {m.label: [len({f.head_name for f in m.primary if f.family == fam}) for fam in fams]
                   for m in run.models}
         idx["compare"] = fw.add("comparison_figure", fams, counts, {m.label: m.n_layers * m.n_heads for m in run.models})
     names = fw.run(cache)

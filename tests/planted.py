@@ -22,7 +22,7 @@ CONTEXT = 32
 HEADS = 4
 EMBED = 128
 PLANTED = {  # head -> (detector, role) the analysis must find and replicate
-    0: ("offset_1", "previous-character head"),
+    0: ("offset_1", "previous-character head (offset 1)"),
     1: ("class_space", "space head"),
     2: ("class_vowel", "vowel head"),
 }

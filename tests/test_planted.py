@@ -82,9 +82,11 @@ def test_explanations_on_head_pages_state_their_findings_numbers(planted_site, r
         assert consistency.groups() == (pct(h.consistency), str(m.corpus.windows["heldout"]), qval(h.q),
                                         str(m.corpus.windows["train"]), num(f.train.mean))
         if h.positional is not None:
-            content = re.search(r"Its own positional pattern alone would give (\S+) and other windows' characters "
-                                r"(\S+), so content adds (\S+) \(lower CI bound (\S+)\)", page)
-            assert content and content.groups() == (num(h.positional), num(h.swap), num(h.gain),
+            content = re.search(r"Its own positional pattern alone would give (\S+), other windows' characters "
+                                r"(\S+)(?:, its word-start and last-boundary keys (\S+))?, so content adds (\S+) "
+                                r"\(lower CI bound (\S+)\)", page)
+            assert content and content.groups() == (num(h.positional), num(h.swap),
+                                                    None if h.structure is None else num(h.structure), num(h.gain),
                                                     num(h.gain_ci_low))
         abl = m.ablation_of(f.layer, f.head)
         assert abl is not None
@@ -98,17 +100,25 @@ def test_explanation_choice_follows_the_numbers(run):
     f = next(f for f in m.findings if f.pattern == "class_space")
     abl = m.ablation_of(f.layer, f.head)
     def with_contrast(lo, hi):
-        t = Contrast(0.5, 0.1, 0.4, lo, hi, 10)
-        return dataclasses.replace(abl, targeted={"word_start": t}, ci_low=0.1, ci_high=0.2)
-    assert "it matters more where its role predicts" in explain_ablation(f, with_contrast(0.1, 0.7))
-    assert "it matters less where its role predicts" in explain_ablation(f, with_contrast(-0.7, -0.1))
-    assert "no more and no less" in explain_ablation(f, with_contrast(-0.1, 0.7))
+        t = Contrast(0.5, 0.1, 0.4, 0.1, 0.7, 10, (lo + hi) / 2, lo, hi)
+        return dataclasses.replace(abl, targeted={"in_word": t}, ci_low=0.1, ci_high=0.2)
+    assert "specific to where its role predicts" in explain_ablation(f, with_contrast(0.1, 0.7))
+    assert "not specific" in explain_ablation(f, with_contrast(-0.7, -0.1))
+    assert "not specific" in explain_ablation(f, with_contrast(-0.1, 0.7))
     assert "measurably worse" in explain_ablation(f, with_contrast(0.1, 0.7))
     assert explain_ablation(f, None) == "This head was not ablated in this run."
-    argmax = next(f for f in m.findings if f.pattern == "argmax_1")
-    assert "its strongest key is the previous character" in explain(argmax, m).what
+    prev = next(f for f in m.findings if f.pattern == "offset_1")
+    assert "of its attention on the previous character" in explain(prev, m).what
+    assert not any(f.pattern.startswith("argmax_") for f in m.findings)  # one phenomenon, one role
     assert "of its attention on space keys" in explain(f, m).what
-    assert "Spaces delimit English words" in explain(f, m).linguistics
+    relied = dataclasses.replace(m, ablation=[dataclasses.replace(a, ci_low=0.05, ci_high=0.2) if a is abl else a
+                                              for a in m.ablation])
+    note = explain(f, relied).linguistics
+    assert "Spaces separate English words" in note and "where the current word" in note  # the space note
+    unrelied = dataclasses.replace(m, ablation=[dataclasses.replace(a, ci_low=-0.05, ci_high=0.2) if a is abl else a
+                                                for a in m.ablation])
+    assert "does not measurably rely on it" in explain(f, unrelied).linguistics
+    assert "Spaces separate" not in explain(f, unrelied).linguistics
 
 
 def test_page_builders_hold_every_printed_value(run):

@@ -1,0 +1,195 @@
+"""The overview's synthesis: key questions, success criteria, and limitations and surprises.
+
+Every answer is built from the typed results (primary roles, held-out statistics, ablation and
+controls) so that it agrees with the numbers on the model and head pages. Counts are of heads,
+one main role each; a role is called relied upon only when its ablation CI lies above zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .catalogue import CAUSAL_TARGETS, FAMILIES, FAMILY
+from .explain import num, pct, signed
+from .results import Finding, ModelResult
+
+MAX_Q1_HEADS = 6
+
+
+@dataclass(frozen=True)
+class Question:
+    q: str
+    a: list[str]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    ok: bool
+    text: str
+    link: str
+
+
+def relied(m: ModelResult, f: Finding) -> bool | None:
+    """Whether removing the head measurably hurts (ablation CI above 0); None if it was not ablated."""
+    a = m.ablation_of(f.layer, f.head)
+    return None if a is None else a.ci_low > 0
+
+
+def _cost(m: ModelResult, f: Finding) -> str:
+    a = m.ablation_of(f.layer, f.head)
+    if a is None:
+        return "not ablated"
+    if a.ci_low > 0:
+        return f"removing it costs {signed(a.delta_bits_per_char)} bits/char (95% CI {signed(a.ci_low)} to " \
+               f"{signed(a.ci_high)})"
+    return f"the model does not measurably rely on it (Δ {signed(a.delta_bits_per_char)}, 95% CI " \
+           f"{signed(a.ci_low)} to {signed(a.ci_high)})"
+
+
+def ranked(models: list[ModelResult]) -> list[tuple[ModelResult, Finding]]:
+    """Heads with a replicated main role, those the model relies on first, then by held-out effect."""
+    pairs = [(m, f) for m in models for f in m.primary]
+    return sorted(pairs, key=lambda mf: (not relied(*mf), -mf[1].effect))
+
+
+def _layers(m: ModelResult, family: str) -> str:
+    layers = sorted({f.layer for f in m.primary if f.family == family})
+    return "layer " + ", ".join(map(str, layers)) if layers else "none"
+
+
+def key_questions(models: list[ModelResult]) -> list[Question]:
+    """The five key questions, each answered from the results."""
+    heads = [(m, f) for m in models for f in m.primary]
+    total = sum(m.n_layers * m.n_heads for m in models)
+    q1 = [f"{m.label} {f.head_name}, {f.role}: held-out {num(f.heldout.mean)} against a strictest null of "
+          f"{num(f.heldout.mean - f.effect)}, above it in {pct(f.heldout.consistency)} of held-out windows; "
+          f"{_cost(m, f)}." for m, f in ranked(models)[:MAX_Q1_HEADS]]
+    q2 = [f"{len(heads)} of {total} heads have a replicated role (each counted once, by its main role)."]
+    for fam in FAMILIES:
+        n = [sum(f.family == fam.name for f in m.primary) for m in models]
+        if any(n):
+            q2.append(f"{fam.name}: {sum(n)} head(s)" + (" (" + ", ".join(f"{m.label} {k}" for m, k in zip(models, n))
+                                                        + ")" if len(models) > 1 else ""))
+    found = [f for m in models for f in m.findings]
+    rep = [f for f in found if f.replicated]
+    q3 = [f"{len(rep)} of {len(found)} roles discovered on training windows held on held-out text."]
+    cons = [f.heldout.consistency for f in rep if f.heldout.consistency is not None]
+    if cons:
+        q3.append(f"Replicated roles beat their strictest null in a median {pct(float(np.median(cons)))} of held-out "
+                  f"windows (lowest {pct(min(cons))}).")
+    if any(f.pattern.startswith("probe_") for f in found):
+        q3.append("Roles from repeated-sequence probes are confirmed on fresh probe sequences built from held-out "
+                  "text, not on held-out windows.")
+    return [
+        Question("Which layer/head combinations are most interpretable?", q1 or ["No head has a replicated role."]),
+        Question("Which pattern types are most common?", q2),
+        Question("How consistent are the patterns across inputs?", q3),
+        Question("Do the patterns make linguistic sense?", _linguistic_sense(models)),
+        Question("How do the models differ?" if len({m.language for m in models}) < 2 or len(models) != 2
+                 else "How do English and Hebrew differ?" if {m.language for m in models} == {"en", "he"}
+                 else "How do the two languages differ?", _differences(models)),
+    ]
+
+
+def _linguistic_sense(models: list[ModelResult]) -> list[str]:
+    """Q4: reliance and specificity weighed, role by role."""
+    heads = [(m, f) for m in models for f in m.primary]
+    if not heads:
+        return ["No replicated pattern to interpret."]
+    ablated = [(m, f) for m, f in heads if relied(m, f) is not None]
+    if not ablated:
+        return ["Ablation was not run, so whether the model relies on these patterns is untested."]
+    rely = [(m, f) for m, f in ablated if relied(m, f)]
+    out = [f"Of {len(ablated)} heads with a replicated role, {len(rely)} measurably matter when removed; for the "
+           f"other {len(ablated) - len(rely)} the attention pattern is real but the model does not measurably use it, "
+           f"and no linguistic role is claimed for them."]
+    for m, f in rely:
+        target = FAMILY[f.family].causal_target
+        t = m.ablation_of(f.layer, f.head).targeted.get(target) if target else None
+        if t is None or t.specificity is None:
+            continue
+        where = "specifically " if t.specificity_ci_low > 0 else "but not specifically "
+        out.append(f"{m.label} {f.head_name} ({f.role}) matters {where}{CAUSAL_TARGETS[target]}: compared with "
+                   f"removing other heads, {signed(t.specificity)} bits/char (95% CI {signed(t.specificity_ci_low)} "
+                   f"to {signed(t.specificity_ci_high)}).")
+    return out
+
+
+def _differences(models: list[ModelResult]) -> list[str]:
+    """Q5: where each family sits in each model, and copying on repeated passages."""
+    if len(models) < 2:
+        return ["Only one model was analysed."]
+    out = []
+    for fam in FAMILIES:
+        if any(f.family == fam.name for m in models for f in m.primary):
+            out.append(f"{fam.name}: " + "; ".join(f"{m.label} {sum(f.family == fam.name for f in m.primary)} "
+                                                   f"({_layers(m, fam.name)})" for m in models))
+    absent = [fam.name for fam in FAMILIES if fam.compared and
+              not any(f.family == fam.name for m in models for f in m.primary)]
+    if absent:
+        out.append(f"in neither model: {', '.join(absent)}")
+    copying = []
+    for m in models:
+        p = m.probes.get("probe_natural")
+        if p:
+            gain = p.loss_first_copy_bits_per_char - p.loss_later_copies_bits_per_char
+            copying.append(f"{m.label} {num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} "
+                           f"bits/char ({'copies' if gain > 0 else 'no copying gain'})")
+    if copying:
+        out.append("Repeated held-out passages, first → second copy: " + "; ".join(copying) + ".")
+    return out
+
+
+def limitations(models: list[ModelResult]) -> list[str]:
+    """Limitations and surprises, each computed from the results."""
+    out = []
+    for m in models:
+        primary = {(f.layer, f.head) for f in m.primary}
+        missed = [a for a in m.ablation if a.ci_low > 0 and (a.layer, a.head) not in primary]
+        missed.sort(key=lambda a: -a.delta_bits_per_char)
+        if missed:
+            out.append(f"{m.label}: heads that matter when removed but have no replicated role — "
+                       + ", ".join(f"{a.head_name} ({signed(a.delta_bits_per_char)} bits/char)" for a in missed[:4])
+                       + ". The detectors do not describe what they do.")
+        idle = [f for f in m.primary if relied(m, f) is False]
+        if idle:
+            out.append(f"{m.label}: roles the model does not measurably rely on — "
+                       + ", ".join(f"{f.head_name} {f.role}" for f in idle) + ".")
+        if m.controls:
+            survive = set(m.controls.shuffled_text.content_roles)  # "L1H0 word-start head"
+            word = [f for f in m.primary if f.family == "word boundary" and f"{f.head_name} {f.role}" in survive]
+            if word:
+                out.append(f"{m.label}: word-structure roles that survive character-shuffled text (where no words are "
+                           f"left) — " + ", ".join(f"{f.head_name} {f.role}" for f in word) +
+                           "; they may track the space character rather than word structure.")
+            random_roles = m.controls.random_init.positional_roles + m.controls.random_init.content_roles
+            if random_roles:
+                out.append(f"{m.label}: a randomly initialised model of the same shape was given roles too ("
+                           + ", ".join(random_roles[:4]) + "); roles like these are not evidence of learning.")
+        p = m.probes.get("probe_natural")
+        if p and p.loss_later_copies_bits_per_char >= p.loss_first_copy_bits_per_char:
+            out.append(f"{m.label} predicts a repeated passage no better the second time "
+                       f"({num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} bits/char): "
+                       f"it does not copy in context, whatever its same-character or induction attention.")
+    out.append("Attention shows where a head reads, not what it writes; ablation tests reliance one head at a time and "
+               "misses heads that back each other up.")
+    out.append("One training run per language: roles may differ between seeds of the same recipe.")
+    return out
+
+
+def criteria(models: list[ModelResult], first: str) -> list[Criterion]:
+    """Success criteria of the mission as a checklist with evidence links."""
+    heads = sum(len(m.primary) for m in models)
+    return [
+        Criterion(heads > 0, f"Heads with a clear role identified with CIs ({heads} heads with a replicated role)",
+                  first),
+        Criterion(True, "Every layer × head visualised on illustrative inputs and held-out passages", first),
+        Criterion(True, "Significance against uniform, positional, label-swap and (for classes) word-structure nulls "
+                        "with Benjamini–Hochberg FDR over all tests", "methods.html"),
+        Criterion(heads > 0, "Roles confirmed on held-out text never used for discovery", "index.html#findings"),
+        Criterion(len({m.language for m in models}) > 1, "Models in different languages compared", "compare.html"),
+        Criterion(all(m.ablation for m in models), "Causal evidence: every head ablated, with targeted effects and "
+                  "controls", f"{first}#causal"),
+    ]
