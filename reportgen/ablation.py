@@ -20,7 +20,8 @@ from .controls import run_controls
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .languages import LANGUAGE
-from .results import Ablation, CausalAgreement, Contrast, Controls, Finding, Generation
+from .generation import generation_evidence, heldout_sentence, role_predictions
+from .results import Ablation, CausalAgreement, Contrast, Controls, Finding, Generation, RoleEffect
 from .stats import bootstrap_ci, resample_counts
 
 if TYPE_CHECKING:
@@ -28,8 +29,7 @@ if TYPE_CHECKING:
     from .stages import ModelAnalysis
 
 LN2 = float(np.log(2.0))
-TEMPERATURE = 0.8  # sampling settings for generation with and without role heads
-TOP_K = 10
+MAX_ROLE_EFFECTS = 8  # role heads whose single ablation is shown prediction by prediction
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class CausalEvidence:
     heads: list[Ablation]
     controls: Controls
     generation: Generation | None
+    role_effects: list[RoleEffect]
 
 
 @torch.no_grad()
@@ -156,31 +157,6 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
                                 for (l, h, d, lo, hi, by), c in zip(rows, contrasts)]
 
 
-@torch.no_grad()
-def generate_pair(bundle: ModelBundle, prompt: str, heads: list[tuple[int, int]], seed: int,
-                  means: dict | None, n_new: int = 160, mode: str = "mean") -> tuple[str, str]:
-    """Samples from one prompt with the full model and with `heads` ablated (same seed)."""
-    tok = bundle.tokenizer
-    prefix = torch.tensor(tok.tokenize(prompt))
-    full = bundle.model.generate(prefix, n_new, temperature=TEMPERATURE, top_k=TOP_K,
-                                 generator=torch.Generator().manual_seed(seed))
-    with bundle.model.ablate({h: mode for h in heads}, means=means):
-        ablated = bundle.model.generate(prefix, n_new, temperature=TEMPERATURE, top_k=TOP_K,
-                                        generator=torch.Generator().manual_seed(seed))
-    return tok.detokenize(full.tolist()), tok.detokenize(ablated.tolist())
-
-
-@torch.no_grad()
-def per_char_delta(bundle: ModelBundle, text: str, heads: list[tuple[int, int]], means: dict | None,
-                   mode: str = "mean") -> list[tuple[str, float]]:
-    """Per-character loss change (bits) on `text` when `heads` are ablated."""
-    ids = torch.tensor([bundle.tokenizer.tokenize(text)])
-    base = nll_bits(bundle.model, ids)[0]
-    with bundle.model.ablate({h: mode for h in heads}, means=means):
-        abl = nll_bits(bundle.model, ids)[0]
-    return [(c, float(d)) for c, d in zip(text[1:], (abl - base).tolist())]
-
-
 def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) -> CausalEvidence:
     """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
     prep, stats = a.prep, a.stats
@@ -205,14 +181,13 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
         if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
             role_heads.append((h.layer, h.head))
     lang = LANGUAGE.get(prep.split.language)
-    prompt = lang.prompt if lang else ""
-    generation = None
-    if role_heads and prompt and not bundle.tokenizer.unknown_chars(prompt):
-        full, ablated = generate_pair(bundle, prompt, role_heads, cfg.seed, means)
-        passage = prep.split.heldout[:min(120, T)]  # one forward pass: within the context
-        generation = Generation(prompt, [f"L{l}H{h}" for l, h in role_heads], full, ablated,
-                                per_char_delta(bundle, passage, role_heads, means), TEMPERATURE, TOP_K)
-    return CausalEvidence("mean", len(windows), baseline, heads, controls, generation)
+    generation = generation_evidence(bundle, lang.prompt if lang else "", prep.split.heldout, role_heads,
+                                     cfg.seed, means)
+    primary = [(f.layer, f.head, f.role) for f in a.findings if f.primary]
+    effects = [role_predictions(bundle, heldout_sentence(prep.split.heldout, T), l, h, role, means)
+               for l, h, role in primary[:MAX_ROLE_EFFECTS]]
+    return CausalEvidence("mean", len(windows), baseline, heads, controls, generation,
+                          [e for e in effects if e is not None])
 
 
 def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) -> CausalAgreement | None:
@@ -235,7 +210,8 @@ def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) 
     rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
     denom = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
     boots = (rx * ry).sum(1) / np.where(denom > 0, denom, np.nan)
-    boots = boots[np.isfinite(boots)]
+    degenerate = float(np.mean(~np.isfinite(boots)))
+    boots = np.where(np.isfinite(boots), boots, 0.0)  # a resample with no variation shows no association
     return CausalAgreement(rho, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), len(ablation),
                            "largest held-out effect among the head's replicated roles (0 if none)",
-                           "Δ bits/char when the head is mean-ablated")
+                           "Δ bits/char when the head is mean-ablated", degenerate)

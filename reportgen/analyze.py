@@ -170,6 +170,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
     causal_fields = {} if causal is None else dict(
         ablation_mode=causal.mode, ablation_windows=causal.windows, baseline_bits_per_char=causal.baseline,
         ablation=causal.heads, controls=causal.controls, generation=causal.generation,
+        role_effects=causal.role_effects,
         causal_agreement=causal_agreement(a.findings, causal.heads, seed))
     return ModelResult(
         label=prep.spec.label, language=split.language,

@@ -125,7 +125,9 @@ def explain_controls(f: Finding, m: ModelResult) -> str:
         parts.append("Flagged: it keeps this role on character-shuffled text, where no words are left, so it may "
                      "track the space character itself rather than word structure.")
     elif kept and f.pattern in ("induction", "probe_random", "probe_natural"):
-        parts.append("Flagged: it keeps this role on character-shuffled text, which has no repeated phrases.")
+        parts.append("Flagged: it keeps this role on character-shuffled text, which has no repeated phrases: it follows "
+                     "earlier occurrences of the current character whatever the text, so the pattern alone is no "
+                     "evidence of copying phrases.")
     elif kept:
         parts.append("It keeps this role on character-shuffled text, as a role defined by which characters are "
                      "there (not by their order) can.")

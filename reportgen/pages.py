@@ -17,8 +17,8 @@ from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, RO
 from .languages import LANGUAGE
 from .explain import Absent, Explanation, absent_families, explain
 from .synthesis import Criterion, Question, criteria, key_questions, limitations, ranked
-from .results import Ablation, Finding, ModelResult, Run, Summary
-from .stats import N_BOOT
+from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
+from .stats import BLOCK, N_BOOT
 
 CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
 MAX_HEADLINE_HEADS = 4  # headline cards per model
@@ -130,6 +130,7 @@ class HeadPage:
     findings: list[FindingView]
     roles: str
     ablation: Ablation | None
+    effect: RoleEffect | None  # the predictions its removal changes most
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class MethodsPage:
     rules: list[tuple[str, str, str]]  # role, detector, rule sentence
     skip_queries: int
     n_boot: int
+    block: int
     n_probes: int
     alpha: float
     version: str
@@ -247,7 +249,7 @@ def head_page(m: ModelResult, layer: int, head: int, figs: dict) -> HeadPage:
             for d, s in h.detectors.items()]
     return HeadPage(head_file(m, h.name), m, model_file(m), h.name, figs[(m.label, layer, head)], rows,
                     [finding_view(f, m) for f in m.findings_at(layer, head)], m.role_label(layer, head),
-                    m.ablation_of(layer, head))
+                    m.ablation_of(layer, head), m.role_effect_of(layer, head))
 
 
 def _rule_text() -> dict[str, str]:
@@ -300,7 +302,7 @@ def _or0(x: float | None) -> float:
 
 def methods_page(run: Run) -> MethodsPage:
     return MethodsPage(run.models, [(d.name, d.description, d.family or "descriptive") for d in DETECTORS],
-                       [(d.role, d.name, d.rule.text()) for d in ROLE_DETECTORS], run.skip_queries, N_BOOT,
+                       [(d.role, d.name, d.rule.text()) for d in ROLE_DETECTORS], run.skip_queries, N_BOOT, BLOCK,
                        run.settings.get("n_probes", 0), ALPHA, run.reportgen_version, run.environment, run.settings)
 
 

@@ -3,8 +3,9 @@
 This module alone spells results.json's keys and its schema version. A `Run` holds one
 `ModelResult` per model; each holds per-head detector summaries (`HeadResult`), the roles
 discovered on training text (`Finding`) and the causal evidence (`Ablation`, `Controls`,
-`Generation`, `CausalAgreement`, `Timeline`). `Run.to_json` / `Run.from_json` are the only way
-in or out; the output folder's files are owned by `outputs.OutputFolder`.
+`Generation`, `CausalAgreement`, `Timeline`; their records live in evidence.py). `Run.to_json` /
+`Run.from_json` are the only way in or out; the output folder's files are owned by
+`outputs.OutputFolder`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 from .catalogue import DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS
 from .codec import decode, encode, optional
 from .errors import ReportgenError
+from .evidence import (Ablation, CausalAgreement, Contrast, ControlResult, Controls, Generation, Prediction,
+                       RoleEffect, Series, Timeline)
 
 SCHEMA_VERSION = 2
 SPLITS = ("train", "heldout")
@@ -147,104 +150,6 @@ class ClassMatrix:
 
 
 @dataclass(frozen=True)
-class Contrast:
-    """A targeted ablation contrast: Δ where the role should matter vs elsewhere, with a paired CI, and its
-    specificity: this head's difference minus the mean difference over all heads (window by window)."""
-
-    delta_target: float
-    delta_rest: float
-    difference: float
-    ci_low: float
-    ci_high: float
-    windows: int
-    specificity: float | None = optional()
-    specificity_ci_low: float | None = optional()
-    specificity_ci_high: float | None = optional()
-
-
-@dataclass(frozen=True)
-class Ablation:
-    """One head mean-ablated: Δ bits/char with CI, per predicted class, and targeted contrasts."""
-
-    layer: int
-    head: int
-    head_name: str
-    delta_bits_per_char: float
-    ci_low: float
-    ci_high: float
-    by_target_class: dict[str, float]
-    targeted: dict[str, Contrast]
-
-
-@dataclass(frozen=True)
-class ControlResult:
-    """Roles and discoveries on one control (random-init model or shuffled text)."""
-
-    positional_roles: list[str]
-    content_roles: list[str]
-    tests: int
-    discoveries_q05: int
-    max_effect: dict[str, float] = field(default_factory=dict)  # detector -> strongest effect over the heads
-    scale: float | None = optional()  # random-init control: factor on the query weights matching sharpness
-    median_entropy: float | None = optional()
-
-
-@dataclass(frozen=True)
-class Controls:
-    random_init: ControlResult
-    shuffled_text: ControlResult
-    windows: int
-    trained_median_entropy: float | None = optional()
-
-
-@dataclass(frozen=True)
-class Generation:
-    """Samples with and without the strongest role heads, and the per-character loss change on a passage."""
-
-    prompt: str
-    heads: list[str]
-    full: str
-    ablated: str
-    passage_delta: list[tuple[str, float]] = field(default_factory=list)
-    temperature: float | None = optional()
-    top_k: int | None = optional()
-
-
-@dataclass(frozen=True)
-class CausalAgreement:
-    """Spearman ρ between attention-based strength and ablation Δ over heads, with a bootstrap CI."""
-
-    spearman_rho: float
-    ci_low: float
-    ci_high: float
-    heads: int
-    x: str
-    y: str
-
-
-@dataclass(frozen=True)
-class Series:
-    """One role's held-out strength at every checkpoint of the timeline."""
-
-    label: str
-    detector: str
-    layer: int
-    head: int
-    chance: float | None
-    mean: list[float]
-    ci_low: list[float]
-    ci_high: list[float]
-
-
-@dataclass(frozen=True)
-class Timeline:
-    steps: list[int | None]
-    heldout_bits_per_char: list[float | None]
-    windows: int
-    series: list[Series]
-
-
-@dataclass(frozen=True)
 class CheckpointInfo:
     path: str
     sha256: str
@@ -291,6 +196,7 @@ class ModelResult:
     generation: Generation | None = None
     causal_agreement: CausalAgreement | None = None
     timeline: Timeline | None = None
+    role_effects: list[RoleEffect] = field(default_factory=list)
 
     @property
     def n_layers(self) -> int:
@@ -339,6 +245,9 @@ class ModelResult:
 
     def ablation_of(self, layer: int, head: int) -> Ablation | None:
         return next((a for a in self.ablation if (a.layer, a.head) == (layer, head)), None)
+
+    def role_effect_of(self, layer: int, head: int) -> RoleEffect | None:
+        return next((e for e in self.role_effects if (e.layer, e.head) == (layer, head)), None)
 
 
 @dataclass(frozen=True)

@@ -102,9 +102,10 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
     if not ablated:
         return ["Ablation was not run, so whether the model relies on these patterns is untested."]
     rely = [(m, f) for m, f in ablated if relied(m, f)]
-    out = [f"Of {len(ablated)} heads with a replicated role, {len(rely)} measurably matter when removed; for the "
-           f"other {len(ablated) - len(rely)} the attention pattern is real but the model does not measurably use it, "
-           f"and no linguistic role is claimed for them."]
+    out = [f"Of {len(ablated)} heads with a replicated role, {len(rely)} measurably matter when removed."]
+    if len(rely) < len(ablated):
+        out[0] += (f" For the other {len(ablated) - len(rely)} the attention pattern is real but the model does not "
+                   f"measurably use it, and no linguistic role is claimed for them.")
     for m, f in rely:
         target = FAMILY[f.family].causal_target
         t = m.ablation_of(f.layer, f.head).targeted.get(target) if target else None

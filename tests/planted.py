@@ -3,8 +3,9 @@
 One layer, four heads, context 32. Embeddings put a one-hot position in dimensions 0..31 and a
 one-hot character in 32..; the first LayerNorm keeps that structure. Query/key weights are set so
 that head 0 attends to the previous character, head 1 to spaces, head 2 to vowels; head 3 has zero
-queries and keys (uniform attention, no role). Values, projection, MLP and unembedding keep their
-seeded random initialisation, so the model is a (bad) language model whose heads can be ablated.
+queries and keys (uniform attention, no role). Head 2's values are zero, so the model cannot rely on
+it. Other values, projection, MLP and unembedding keep their seeded random initialisation, so the
+model is a (bad) language model whose heads can be ablated.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reportgen.tokenizer import CharTokenizer
 CONTEXT = 32
 HEADS = 4
 EMBED = 128
+SILENT = 2  # the head whose value weights are zero
 PLANTED = {  # head -> (detector, role) the analysis must find and replicate
     0: ("offset_1", "previous-character head (offset 1)"),
     1: ("class_space", "space head"),
@@ -70,6 +72,8 @@ def planted_model(tok: CharTokenizer, sharpness: float = 2.0) -> TransformerLM:
             k0[p, p] = 1.0
             if p > 0:
                 q0[p - 1, p] = sharpness
+        attn.kqv_matrices[2].weight[2 * hs:].zero_()  # head 2 writes nothing
+        attn.kqv_matrices[2].bias[2 * hs:].zero_()
         for h, targets in ((1, [tokens[" "]]), (2, vowels)):  # constant query, key marks the target characters
             kqv = attn.kqv_matrices[h]
             for t in targets:

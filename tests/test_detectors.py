@@ -45,3 +45,12 @@ def test_positional_null_of_a_window_own_attention_equals_its_observed_value():
     assert null
     for name, value in null.items():
         torch.testing.assert_close(value, stats.observed[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_uniform_attention_has_normalised_entropy_one():
+    T = 24
+    causal = torch.tril(torch.ones(T, T))
+    attn = (causal / causal.sum(-1, keepdim=True)).view(1, 1, 1, T, T)
+    ids, codes, V = random_text(1, T)
+    stats = batch_stats(attn, ids, codes, V)
+    torch.testing.assert_close(stats.observed["entropy"], torch.ones(1, 1, 1))

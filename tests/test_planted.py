@@ -20,7 +20,7 @@ from reportgen.results import Contrast, Run, read_run
 from reportgen.site import render
 from reportgen.stats import N_BOOT
 
-from .planted import HEADS, PLANTED
+from .planted import HEADS, PLANTED, SILENT
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,15 @@ def test_results_json_round_trips_through_the_typed_codec(planted_site):
     out, _ = planted_site
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert Run.from_json(doc).to_json() == doc
+
+
+def test_a_head_that_writes_nothing_gets_no_linguistic_claim(run):
+    (m,) = run.models
+    abl = m.ablation_of(0, SILENT)
+    assert abl.delta_bits_per_char == 0 and abl.ci_low == 0 == abl.ci_high
+    fs = m.findings_at(0, SILENT, replicated_only=True)
+    assert fs
+    for f in fs:
+        e = explain(f, m)
+        assert "does not measurably rely on it" in e.linguistics
+        assert "vowel" not in e.linguistics.lower()
