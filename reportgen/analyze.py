@@ -188,6 +188,22 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, **causal_fields)
 
 
+def with_books(f, a: ModelAnalysis):
+    """A replicated finding with, per held-out book, the share of that book's windows above its strictest null."""
+    split, scores = a.prep.split, a.scores["heldout"]
+    if not f.replicated or len(split.heldout_books) < 2 or f.pattern not in scores.observed:
+        return f
+    at = (slice(None), f.layer, f.head)
+    null = scores.chance[f.pattern][at]
+    for nulls in (scores.positional, scores.swap, scores.structure):
+        if f.pattern in nulls:
+            null = np.fmax(null, nulls[f.pattern][at])
+    above = scores.observed[f.pattern][at] > null
+    book = np.searchsorted(np.asarray(split.heldout_offsets), scores.window_starts, side="right") - 1
+    return replace(f, by_book={name: float(above[book == k].mean()) for k, name in enumerate(split.heldout_books)
+                               if (book == k).any()})
+
+
 def window_values(a: ModelAnalysis) -> dict[str, np.ndarray]:
     """Held-out per-window values of every detector and probe, and the window starts (for paired diffs)."""
     values = dict(a.scores["heldout"].observed)
@@ -227,8 +243,9 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
         analyses = [analyze_model(prep, cfg, index, progress) for index, prep in enumerate(prepared)]
         for s in SPLITS:
             add_q_values([a.stats[s] for a in analyses])
-        analyses = [replace(a, findings=findings(a.stats, a.prep.bundle.config.n_layers,
-                                                 a.prep.bundle.config.n_heads)) for a in analyses]
+        analyses = [replace(a, findings=[with_books(f, a) for f in findings(a.stats, a.prep.bundle.config.n_layers,
+                                                                            a.prep.bundle.config.n_heads)])
+                    for a in analyses]
         models = []
         for index, a in enumerate(analyses):  # the causal stage needs the roles, so it runs after the FDR step
             causal = causal_evidence(a, cfg, index, progress) if cfg.ablation_windows else None

@@ -20,6 +20,8 @@ from functools import lru_cache
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ReportgenError
 from .languages import LANGUAGE, LANGUAGE_CODES
 # Held out in both languages: narrative, poetry, prophecy and apocalyptic prose, about 7 % of
@@ -42,6 +44,7 @@ class TextSplit:
     description: str
     train_books: tuple[str, ...] = ()
     heldout_books: tuple[str, ...] = ()
+    heldout_offsets: tuple[int, ...] = ()  # character offset in `heldout` where each held-out book starts
 
     @property
     def sha256(self) -> str:
@@ -123,6 +126,7 @@ def bible_split(language: str) -> TextSplit:
         description=(f"{corpus}, 39 books of the Hebrew Bible, one verse per line; held out: "
                      f"{', '.join(HELDOUT_BOOKS)} ({share:.1%} of {len(train) + len(heldout):,} characters)"),
         train_books=train_books, heldout_books=HELDOUT_BOOKS,
+        heldout_offsets=tuple(np.cumsum([0] + [len(books[b]) for b in HELDOUT_BOOKS[:-1]]).tolist()),
     )
 
 

@@ -92,10 +92,19 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
     if f.pattern == "duplicate":
         strength += (f" It also puts {num(m.head(f.layer, f.head).summary('offset_0').mean)} on the character "
                      f"itself.")
-    consistency = (f"It beats the strictest null in {pct(h.consistency)} of {windows['heldout']} held-out "
-                   f"windows (q {qval(h.q)}). Discovered on {windows['train']} training windows "
-                   f"(mean {num(t.mean)}), it {'replicated' if f.replicated else 'did not replicate'} "
-                   f"on held-out text.")
+    if f.pattern in m.probes:  # probe roles are tested on repeated sequences, not on text windows
+        n = m.probes[f.pattern].n_probes
+        held, train = (("fresh repeated random-letter sequences", "other random-letter sequences")
+                       if f.pattern == "probe_random" else
+                       ("held-out passages repeated twice", "training passages repeated twice"))
+        consistency = (f"It beats its positional null on {pct(h.consistency)} of {n} {held} (q {qval(h.q)}). "
+                       f"Discovered on {n} {train} (mean {num(t.mean)}), it "
+                       f"{'replicated' if f.replicated else 'did not replicate'}.")
+    else:
+        consistency = (f"It beats the strictest null in {pct(h.consistency)} of {windows['heldout']} held-out "
+                       f"windows (q {qval(h.q)}). Discovered on {windows['train']} training windows "
+                       f"(mean {num(t.mean)}), it {'replicated' if f.replicated else 'did not replicate'} "
+                       f"on held-out text.")
     abl = m.ablation_of(f.layer, f.head)
     return Explanation(what, strength, consistency, _significance(f, m, abl), FAMILY[f.family].caveat,
                        explain_ablation(f, abl), explain_controls(f, m))

@@ -316,9 +316,9 @@ def build_pages(run: Run, figs: dict, diff_link: bool = False) -> Pages:
     model_pages = [model_page(m, figs) for m in models]
     heads = [head_page(m, h.layer, h.head, figs) for m in models for h in m.heads]
     gallery = []
-    for m in models:
-        for fam, fs in m.by_family().items():  # the strongest replicated finding of each family
-            gallery.append(GalleryItem(m.label, finding_view(fs[0], m), figs[(m.label, fs[0].layer, fs[0].head)]))
+    for m in models:  # the strongest head of each role (main roles only)
+        for f in {f.pattern: f for f in reversed(m.primary)}.values():
+            gallery.append(GalleryItem(m.label, finding_view(f, m), figs[(m.label, f.layer, f.head)]))
     index = IndexPage(model_pages, _strongest_heads(models, MAX_HEADLINE_HEADS), key_questions(models),
                       criteria(models, model_file(models[0])), limitations(models))
     return Pages(common, index, model_pages, heads, gallery, compare_page(models, figs), methods_page(run),

@@ -126,6 +126,7 @@ class Finding:
     replicated: bool
     effect: float  # held-out mean minus the strictest null
     primary: bool = False  # the head's main role (its strongest replicated one); others are descriptors
+    by_book: dict[str, float] = field(default_factory=dict)  # held-out book -> share of its windows above the null
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,22 @@ def _cost(m: ModelResult, f: Finding) -> str:
            f"{signed(a.ci_low)} to {signed(a.ci_high)})"
 
 
+def specific(m: ModelResult, f: Finding) -> bool | None:
+    """Whether removing the head hurts specifically where its role predicts (None: no such test)."""
+    target = FAMILY[f.family].causal_target
+    a = m.ablation_of(f.layer, f.head)
+    t = a.targeted.get(target) if a is not None and target else None
+    return None if t is None or t.specificity_ci_low is None else t.specificity_ci_low > 0
+
+
 def ranked(models: list[ModelResult]) -> list[tuple[ModelResult, Finding]]:
-    """Heads with a replicated main role, those the model relies on first, then by held-out effect."""
+    """Heads with a replicated main role, best evidence first: relied upon and (where testable) specific, then
+    relied upon, then the rest; within a tier by held-out effect."""
+    def tier(mf):
+        r, sp = relied(*mf), specific(*mf)
+        return 0 if r and sp is not False else 1 if r else 2
     pairs = [(m, f) for m in models for f in m.primary]
-    return sorted(pairs, key=lambda mf: (not relied(*mf), -mf[1].effect))
+    return sorted(pairs, key=lambda mf: (tier(mf), -mf[1].effect))
 
 
 def _layers(m: ModelResult, family: str) -> str:
@@ -79,6 +91,11 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     if cons:
         q3.append(f"Replicated roles beat their strictest null in a median {pct(float(np.median(cons)))} of held-out "
                   f"windows (lowest {pct(min(cons))}).")
+    books = {b for f in rep for b in f.by_book}
+    if books:
+        worst = min(((f, b, v) for f in rep for b, v in f.by_book.items()), key=lambda x: x[2])
+        q3.append(f"Across the {len(books)} held-out books, every replicated role beats its strictest null in at least "
+                  f"{pct(worst[2])} of a book's windows (lowest: {worst[0].head_name} {worst[0].role} in {worst[1]}).")
     if any(f.pattern.startswith("probe_") for f in found):
         q3.append("Roles from repeated-sequence probes are confirmed on fresh probe sequences built from held-out "
                   "text, not on held-out windows.")
