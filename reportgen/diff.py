@@ -19,7 +19,7 @@ from .catalogue import ALPHA
 from .errors import ReportgenError
 from .outputs import OutputFolder, write_json
 from .results import SCHEMA_VERSION, ModelResult, Run, read_run
-from .stats import bh, bootstrap_ci, resample_counts
+from .stats import bh, block_length, block_resample_counts, bootstrap_ci
 
 MIN_CHANGE = 0.05  # smallest change in a statistic (attention mass or rate) that counts as a change
 
@@ -65,10 +65,11 @@ def _roles(m: ModelResult) -> dict[tuple[int, int], set[str]]:
 
 
 def _paired_change(d: np.ndarray, counts: dict) -> tuple[float, float, float, float]:
-    """Mean of paired per-window differences, its bootstrap CI and a two-sided paired t-test p."""
+    """Mean of paired per-window differences, its moving-block bootstrap CI and a two-sided paired t-test p."""
     if len(d) not in counts:  # one resample matrix per length, shared by its detectors
-        counts[len(d)] = resample_counts(len(d), np.random.default_rng([counts["seed"], len(d)]))
-    low, high, _ = bootstrap_ci(d[:, None], counts[len(d)])
+        counts[len(d)] = block_resample_counts(len(d), np.random.default_rng([counts["seed"], len(d)]),
+                                               block_length(len(d)))  # held-out windows are contiguous
+    low, high, _ = bootstrap_ci(d[:, None], counts[len(d)], bca=False)
     sd = d.std(ddof=1)
     if sd == 0:
         p = 1.0 if d.mean() == 0 else 0.0
