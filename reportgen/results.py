@@ -24,7 +24,7 @@ from .errors import ReportgenError
 from .evidence import (Ablation, CausalAgreement, Contrast, ControlResult, Controls, Generation, Prediction,
                        RoleEffect, Series, Timeline)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SPLITS = ("train", "heldout")
 
 

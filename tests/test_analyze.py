@@ -32,7 +32,7 @@ def test_results_list_every_detector_for_every_head_on_both_splits(tiny_run, tmp
     ckpt, text = tiny_run
     assert _analyze(ckpt, text, tmp_path / "site") == 0
     results = json.loads((tmp_path / "site" / "results.json").read_text())
-    assert results["schema_version"] == 2
+    assert results["schema_version"] == 3
     (model,) = results["models"]
     assert model["checkpoint"]["sha256"] and model["corpus"]["windows"]["heldout"] >= 2
     assert len(model["heads"]) == 2 * 4

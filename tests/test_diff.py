@@ -10,6 +10,7 @@ import torch
 
 from reportgen.checkpoint import save_checkpoint
 from reportgen.cli import cli
+from reportgen.results import SCHEMA_VERSION
 
 from .conftest import TINY_TEXT
 
@@ -88,7 +89,7 @@ def test_bad_pairings_give_one_line_errors(runs, tmp_path, capsys):
     assert code == 2 and "schema version 1 is incompatible" in err
     other = tmp_path / "other"
     other.mkdir()
-    doc["schema_version"] = 2
+    doc["schema_version"] = SCHEMA_VERSION
     doc["models"][0]["corpus"]["sha256"] = "0" * 64
     (other / "results.json").write_text(json.dumps(doc))
     code = cli(["diff", str(other), str(paths["a"]), "--out", str(tmp_path / "o")])
