@@ -131,12 +131,21 @@ def swap_units(diff: np.ndarray, partner: np.ndarray) -> np.ndarray:
     return diff[idx[first]] + diff[partner[first]]
 
 
+def block_means(x: np.ndarray, block: int) -> np.ndarray:
+    """Means (n_blocks, K) of consecutive non-overlapping blocks of rows of x (W, K); the last may be short."""
+    if block <= 1:
+        return x
+    edges = np.arange(0, len(x), block)
+    return np.add.reduceat(x, edges, axis=0) / np.diff(np.append(edges, len(x)))[:, None]
+
+
 def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], counts: np.ndarray,
-            tested: bool, bca: bool = True, partner: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            tested: bool, bca: bool = True, partner: np.ndarray | None = None, block: int = 1) -> dict[str, np.ndarray]:
     """Summary arrays (K,) for one detector from per-window arrays (W, K).
 
     `nulls` are [positional], [positional, label-swap] or [positional, label-swap, word-structure];
-    `partner` (W,) says whose characters each window's label-swap null used (for the paired test).
+    `partner` (W,) says whose characters each window's label-swap null used (for the paired test). With
+    `block` > 1 (contiguous windows) the t-tests run on block means, which are close to independent.
     """
     low, high, used = bootstrap_ci(obs, counts, bca=bca)
     out = {"mean": obs.mean(0), "chance": chance.mean(0), "ci_low": low, "ci_high": high,
@@ -145,17 +154,17 @@ def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], counts
         out["times_chance"] = obs.sum(0) / chance.sum(0)  # ratio of sums, not mean of ratios
     if not tested:
         return out
-    out["p_uniform"] = p_greater(obs - chance)
+    out["p_uniform"] = p_greater(block_means(obs - chance, block))
     strictest = chance
     p = out["p_uniform"]
     for label, null in zip(("positional", "swap", "structure"), nulls):
         out[label] = null.mean(0)
         diff = obs - null
         if label == "swap" and partner is not None:
-            units = swap_units(diff, partner)
+            units = block_means(swap_units(diff, partner), block)
             out["p_swap"] = p_greater(units) if len(units) >= 2 else np.full(diff.shape[1], np.nan)
         else:
-            out[f"p_{label}"] = p_greater(diff)
+            out[f"p_{label}"] = p_greater(block_means(diff, block))
         p = np.fmax(p, out[f"p_{label}"])  # every null must be rejected (intersection-union test)
         strictest = np.fmax(strictest, null)
     out["p"] = p
@@ -187,7 +196,7 @@ def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.rand
         if name in scores.structure:
             nulls.append(flat(scores.structure[name]))
         values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, counts, name not in DESCRIPTIVE,
-                               bca=block <= 1, partner=scores.swap_partner)
+                               bca=block <= 1, partner=scores.swap_partner, block=block)
     for name, pr in probes.items():  # probe sequences are independent draws: resampled one by one
         values[name] = _fields(flat(pr.observed), flat(pr.chance), [flat(pr.positional)],
                                resample_counts(len(pr.observed), rng), True)
