@@ -28,8 +28,14 @@ def make_env() -> jinja2.Environment:
     """A fresh Jinja2 environment: autoescape on, StrictUndefined, the report's filters."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed)
+    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed, target=link_target)
+    env.globals["in_pdf"] = False
     return env
+
+
+def link_target(page: str, in_pdf: bool) -> str:
+    """A link to a site page; in the PDF, where head pages are appendix figures, an in-document anchor."""
+    return "#" + page.removesuffix(".html").replace("#", "-") if in_pdf else page
 
 
 def _class_label(name: str, language: str) -> str:
@@ -107,7 +113,7 @@ def render(pages: Pages) -> tuple[dict[str, str], str]:
     html["compare.html"] = page("compare.html.jinja2", "compare.html", c=pages.compare)
     html["methods.html"] = page("methods.html.jinja2", "methods.html", mth=pages.methods)
     pdf = env.get_template("report.html.jinja2").render(common=c, pages=pages, p=pages.index, c=pages.compare,
-                                                        mth=pages.methods)
+                                                        mth=pages.methods, in_pdf=True)
     return html, pdf
 
 

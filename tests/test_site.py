@@ -172,3 +172,25 @@ def test_render_only_change_reuses_the_analysis(site, tmp_path, capsys):
     assert (copy / "index.html").exists() and (copy / "windows.npz").exists()
     timings = json.loads((copy / "timings.json").read_text())
     assert "analyze" not in timings
+
+
+def test_pdf_links_stay_inside_the_document(site):
+    """Links in the PDF point to its own sections and appendix figures, never to files (or staging folders)."""
+    from pypdf import PdfReader
+
+    out, _ = site
+    reader = PdfReader(out / "report.pdf")
+    uris, internal = [], []
+    for page in reader.pages:
+        for annot in page.get("/Annots") or []:
+            obj = annot.get_object()
+            action = obj.get("/A", {})
+            if action.get("/URI"):
+                uris.append(str(action["/URI"]))
+            dest = obj.get("/Dest") or action.get("/D")
+            if dest is not None:
+                internal.append(str(dest))
+    assert internal, "the PDF has no internal links"
+    assert uris == [] or all(u.startswith(("http://", "https://")) for u in uris), uris
+    names = set(reader.named_destinations)
+    assert all(d in names for d in internal if not d.startswith("[")), set(internal) - names
