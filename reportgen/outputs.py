@@ -1,15 +1,24 @@
-"""The output folder: what reportgen writes there, its inventory, and the staged swap into place.
+"""The output folder: what reportgen writes there, its inventory, and how a new output replaces an old one.
 
 Files: results.json (the typed `Run`), windows.npz (held-out per-window values for paired
 diffs), .figure-inputs.npz (arrays figures need beyond results.json), figures/, the HTML pages,
 style.css, report.pdf, timings.json, and the status file, which records the cache keys and the
-inventory: every file the run wrote. `complete()` says whether every inventoried file is still
-there; `clean()` removes exactly those files and nothing else.
+inventory: every file the run wrote, with its sha256. `complete()` says whether every inventoried
+file is still there unchanged; `clean()` removes exactly those files and nothing else.
+
+Safety: `--out` must be new, empty, or a previous reportgen output (it has a status file); any
+other folder is refused before work starts, so a user's files are never deleted. A new output is
+built in a staging folder beside `out`, then installed file by file with atomic renames (new
+figures first, pages next, obsolete files of the old output last, the status file at the very end),
+so at every instant `out/` holds complete pages whose links resolve and user files beside them are
+never touched. An install journal lets the run after a crash finish the job. A lock beside `out`
+keeps two runs apart; staging folders of dead runs are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +37,8 @@ FIGURE_INPUTS = ".figure-inputs.npz"
 STATUS = ".reportgen-status.json"
 TIMINGS = "timings.json"
 FIGURES = "figures"
-KEEP = ("README.md", "diff")  # written by people or by `reportgen diff`: carried over to a new output
+JOURNAL = ".reportgen-install.json"
+KEEP = ("README.md", "diff", ".gitignore")  # may sit in an output folder without making it someone else's
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -59,19 +69,31 @@ class OutputFolder:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return {}
 
-    def inventory(self) -> list[str]:
-        """Relative paths of every file the last run wrote here."""
-        return list(self.status().get("files", []))
+    def inventory(self) -> dict[str, str]:
+        """Relative path -> sha256 of every file the last run wrote here (and, after an interrupted install,
+        of every file that install may have put here)."""
+        files = self.status().get("files", {})
+        files = dict(files) if isinstance(files, dict) else {f: "" for f in files if isinstance(f, str)}
+        try:
+            journal = json.loads((self.path / JOURNAL).read_text())
+            listed = list(journal.get("old", [])) + list(journal.get("new", []))
+            files.update({f: "" for f in listed if isinstance(f, str) and f not in files})
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
+            pass
+        return {f: h for f, h in files.items() if _inside(f)}
 
     def complete(self, wanted: list[str] = ()) -> bool:
-        """Whether a status file exists and every inventoried (and every `wanted`) file is present."""
+        """Whether the status lists files, each is present with its recorded hash, and `wanted` files exist."""
         files = self.inventory()
-        return bool(files) and all((self.path / f).is_file() for f in [*files, *wanted])
+        if not files or (self.path / JOURNAL).exists():
+            return False
+        ok = all((self.path / f).is_file() and (not h or _sha256(self.path / f) == h) for f, h in files.items())
+        return ok and all((self.path / f).is_file() for f in wanted)
 
     def record(self, **status) -> None:
-        """Write the status file: the given keys plus the inventory of every file now in the folder."""
-        files = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
-                       if p.is_file() and p.name != STATUS and p.parts[len(self.path.parts)] not in KEEP)
+        """Write the status file: the given keys plus the inventory (path -> sha256) of every file written."""
+        files = {str(p.relative_to(self.path)): _sha256(p) for p in sorted(self.path.rglob("*"))
+                 if p.is_file() and p.name != STATUS}
         write_json(self.path / STATUS, {**status, "files": files})
 
     def clean(self) -> list[Path]:
@@ -82,14 +104,12 @@ class OutputFolder:
             if p.is_file():
                 p.unlink()
                 removed.append(p)
-        figures = self.path / FIGURES
-        if figures.is_dir() and not any(figures.iterdir()):
-            figures.rmdir()
-        if (self.path / STATUS).exists():
-            (self.path / STATUS).unlink()
-            removed.append(self.path / STATUS)
+        _prune_empty(self.path / FIGURES)
+        for name in (STATUS, JOURNAL):
+            if (self.path / name).exists():
+                (self.path / name).unlink()
+                removed.append(self.path / name)
         return removed
-
     # ---- results and arrays ---------------------------------------------------------------------
     def write_run(self, run: Run) -> None:
         write_json(self.path / RESULTS, run.to_json())
@@ -152,35 +172,154 @@ class OutputFolder:
         except (OSError, ValueError, KeyError):
             return None
 
-    # ---- staging --------------------------------------------------------------------------------
+    # ---- staging and installing -----------------------------------------------------------------
+    @classmethod
+    def check_target(cls, out: Path) -> None:
+        """Refuse an `out` that is a file or a folder holding someone else's files (before any work)."""
+        if out.exists() and not out.is_dir():
+            raise ReportgenError(f"{out}: exists and is not a folder; choose another --out")
+        if not out.is_dir():
+            return
+        folder = cls(out)
+        ours = set(folder.inventory())
+        others = [p.name for p in sorted(out.iterdir()) if p.name not in KEEP and p.name not in (STATUS, JOURNAL)
+                  and not (p.is_file() and p.name in ours) and not (p.name == FIGURES and p.is_dir())]
+        if not ours and others:
+            raise ReportgenError(f"{out}: folder holds files reportgen did not write (e.g. {others[0]}); "
+                                 f"choose a new or empty --out")
+        clashes = [n for n in others if _reportgen_name(n)]
+        if clashes:
+            raise ReportgenError(f"{out}: {clashes[0]} was not written by reportgen but a new output would replace "
+                                 f"it; move it away or choose another --out")
+
     @classmethod
     @contextlib.contextmanager
     def staged(cls, out: Path) -> Iterator["OutputFolder"]:
-        """A fresh staging folder beside `out`; swapped into place only if the block completes."""
-        staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
+        """A fresh staging folder beside `out`, installed into `out` only if the block completes; holds the lock."""
+        cls.check_target(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(out):
+            recover(out)
+            _remove_dead_staging(out)
+            staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            try:
+                yield cls(staging)
+                install(staging, out)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays inside the folder (status files are data, not trusted paths)."""
+    p = Path(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prune_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _reportgen_name(name: str) -> bool:
+    """Whether a top-level name is one a reportgen output may use."""
+    return (name.endswith((".html", ".pdf", ".css")) or
+            name in (RESULTS, WINDOWS, FIGURE_INPUTS, TIMINGS, FIGURES, STATUS, JOURNAL))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """An exclusive lock file beside `out`; a lock left by a dead process is taken over."""
+    lock = out.with_name(f".{out.name}.reportgen-lock")
+    for _ in range(2):
         try:
-            yield cls(staging)
-            _swap_into_place(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid) and pid != os.getpid():
+                raise ReportgenError(f"{out}: another reportgen run (process {pid}) is writing this folder; wait "
+                                     f"for it to finish or choose another --out") from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise ReportgenError(f"{lock}: cannot take the output lock")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Replace `out` with the finished staging folder (old output removed only after success)."""
-    old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        for p in out.iterdir():  # keep what other commands and people put there
-            if p.name == "README.md":
-                shutil.copy(p, staging / p.name)
-            elif p.name == "diff" and p.is_dir() and not (staging / "diff").exists():
-                shutil.copytree(p, staging / "diff")
-        out.rename(old)
-    staging.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+def _remove_dead_staging(out: Path) -> None:
+    """Staging folders of runs that no longer exist."""
+    for p in out.parent.glob(f".{out.name}.staging-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def install(staging: Path, out: Path) -> None:
+    """Move a finished output from `staging` into `out` file by file (see the module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    old = sorted(OutputFolder(out).inventory())
+    new = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p.name != STATUS)
+    write_json(out / JOURNAL, {"staging": staging.name, "old": old, "new": new})
+    _finish(staging, out, old, new)
+
+
+def _finish(staging: Path, out: Path, old: list[str], new: list[str]) -> None:
+    """Move what is left in `staging`, remove old files the new output does not have, then the status file."""
+    moving = [f for f in new if (staging / f).is_file()]
+    for rel in sorted(moving, key=lambda f: (not f.startswith(f"{FIGURES}/"), f)):  # figures before pages
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, target)
+    for rel in sorted(set(old) - set(new)):
+        if _inside(rel):
+            (out / rel).unlink(missing_ok=True)
+    _prune_empty(out / FIGURES)
+    if (staging / STATUS).exists():
+        os.replace(staging / STATUS, out / STATUS)
+    (out / JOURNAL).unlink(missing_ok=True)
+
+
+def recover(out: Path) -> None:
+    """Finish an install that a crash interrupted: the journal names the staging folder and both file lists."""
+    journal = out / JOURNAL
+    if not journal.exists():
+        return
+    try:
+        doc = json.loads(journal.read_text())
+        staging = out.with_name(str(doc["staging"]))
+        old, new = [str(f) for f in doc["old"]], [str(f) for f in doc["new"]]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        journal.unlink(missing_ok=True)
+        return
+    if staging.name.startswith(f".{out.name}.staging-") and (staging / STATUS).exists():
+        _finish(staging, out, old, new)  # the status file moves last: if it is still there, finish the job
+    else:
+        journal.unlink(missing_ok=True)

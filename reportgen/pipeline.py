@@ -98,6 +98,7 @@ class Cache:
 def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Path:
     """Run every stage for `cfg`; return the output folder (unchanged if already up to date)."""
     clock = Clock()
+    OutputFolder.check_target(cfg.out)  # before any work: never write into someone else's folder
     cache = Cache(cfg, analyze_only, force)
     if cache.up_to_date():
         stderr.print(f"{cfg.out}: up to date (inputs unchanged); nothing to do", soft_wrap=True)

@@ -148,7 +148,6 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
         figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache)
         html, pdf_html = render(build_pages(run, figs, diff_link))
         write_pages(html, out.path)
-        (out.path / ".gitignore").write_text("*\n")
     used = set(figs.values())
     for stale in (out.path / FIGURES).glob("*.png"):
         if f"{FIGURES}/{stale.name}" not in used:

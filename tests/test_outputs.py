@@ -100,5 +100,79 @@ def test_clean_removes_exactly_the_inventory(site_copy, capsys):
         f"{FIGURES}/mine.png", "notes.txt"]
     assert cli(["clean", "--out", str(copy)]) == 2  # nothing of reportgen's left: a one-line error
     assert "holds no reportgen output" in capsys.readouterr().err
+    assert cli(args) == 2  # a folder holding only someone else's files is not an output folder
+    assert "notes.txt" in capsys.readouterr().err
+    (copy / "notes.txt").unlink()
+    (copy / FIGURES / "mine.png").unlink()
     assert cli(args) == 0  # `make clean && make report` works
     assert OutputFolder(copy).complete(["index.html"])
+
+
+def test_out_holding_someone_elses_files_is_refused_and_nothing_is_deleted(planted_site, tmp_path, capsys):
+    _, args = planted_site
+    demo = tmp_path / "demo"
+    (demo / "sub").mkdir(parents=True)
+    for name, data in (("notes.txt", b"notes"), ("photo.jpg", b"\xff\xd8"), ("sub/data.csv", b"a,b\n")):
+        (demo / name).write_bytes(data)
+    before = {p: p.read_bytes() for p in demo.rglob("*") if p.is_file()}
+    i = args.index("--out")
+    assert cli(args[:i + 1] + [str(demo)] + args[i + 2:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "did not write" in err and str(demo) in err
+    assert {p: p.read_bytes() for p in demo.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".demo.*"))
+
+
+def test_user_files_beside_an_output_survive_a_rebuild_and_clashes_are_refused(site_copy, capsys):
+    copy, args = site_copy
+    (copy / "notes.txt").write_text("mine")
+    assert cli(args + ["--force"]) == 0
+    assert (copy / "notes.txt").read_text() == "mine" and OutputFolder(copy).complete(["index.html"])
+    (copy / "extra.html").write_text("<p>mine</p>")
+    assert cli(args + ["--force"]) == 2
+    assert "extra.html" in capsys.readouterr().err
+    assert (copy / "extra.html").read_text() == "<p>mine</p>"
+
+
+def test_a_live_lock_stops_a_second_run_and_a_dead_one_is_taken_over(site_copy, capsys):
+    import subprocess
+
+    copy, args = site_copy
+    lock = copy.with_name(f".{copy.name}.reportgen-lock")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        lock.write_text(str(sleeper.pid))
+        assert cli(args + ["--force"]) == 2
+        assert "another reportgen run" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    stale = copy.with_name(f".{copy.name}.staging-{sleeper.pid}")  # a dead run's staging folder
+    stale.mkdir()
+    assert cli(args + ["--force"]) == 0  # the dead process's lock is taken over
+    assert not lock.exists() and not stale.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_a_complete_site_and_the_next_run_cleans_up(site_copy):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    copy, args = site_copy
+    command = [sys.executable, "-m", "reportgen", *args, "--force"]
+    for delay in (1.0, 2.0, 3.0, 3.5, 4.0, 5.0):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        pages = list(copy.glob("*.html"))
+        assert (copy / "index.html").exists() and (copy / RESULTS).exists(), delay
+        for page in pages:
+            for ref in re.findall(r'(?:href|src)="([^"#:]+)"', page.read_text(encoding="utf-8")):
+                assert (copy / ref).exists(), (delay, page.name, ref)
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert OutputFolder(copy).complete(["index.html"])
+    assert not list(copy.parent.glob(f".{copy.name}.staging-*")) and not (copy / ".reportgen-install.json").exists()
