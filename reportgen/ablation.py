@@ -43,6 +43,7 @@ class CausalEvidence:
     controls: Controls
     generation: Generation | None
     role_effects: list[RoleEffect]
+    baseline_ci: tuple[float, float]
 
 
 @torch.no_grad()
@@ -110,16 +111,19 @@ def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[
 
 def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
                  classes: CharClasses, rng: np.random.Generator, mode: str = "mean",
-                 on_head=None, means: dict | None = None) -> tuple[float, list[Ablation]]:
+                 on_head=None, means: dict | None = None, baseline_ci: list | None = None
+                 ) -> tuple[float, list[Ablation]]:
     """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
 
     Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head.
+    The baseline's 95% CI over windows is appended to `baseline_ci` when one is passed.
     Targeted contrasts: `in_word` (predicting letters inside a word after its first: where knowing the word
     start helps), `after_punct` (predicting right after punctuation), `second_copy` (the second copy of a
     repeated passage).
     """
     model = bundle.model
     cfg = model.config
+    baseline_ci = [] if baseline_ci is None else baseline_ci
     if mode == "mean" and means is None:
         means = head_means(model, windows)
     base = nll_bits(model, windows).numpy()  # (W, T)
@@ -153,6 +157,8 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
             if on_head:
                 on_head()
     contrasts = _contrasts(values, target_means, rng)
+    low, high, _ = bootstrap_ci(base.mean(1)[:, None], rng)
+    baseline_ci.extend([float(low[0]), float(high[0])])
     return float(base.mean()), [Ablation(l, h, f"L{l}H{h}", d, lo, hi, by, c)
                                 for (l, h, d, lo, hi, by), c in zip(rows, contrasts)]
 
@@ -172,8 +178,9 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     L, H = bundle.config.n_layers, bundle.config.n_heads
     task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)
     means = head_means(model, windows)
+    baseline_ci: list[float] = []
     baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
-                                   on_head=lambda: progress.advance(task), means=means)
+                                   on_head=lambda: progress.advance(task), means=means, baseline_ci=baseline_ci)
     controls = run_controls(prep, cfg, index, stats, rng, progress)
     # Generation with the strongest role heads removed.
     role_heads = []
@@ -187,7 +194,7 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     effects = [role_predictions(bundle, heldout_sentence(prep.split.heldout, T), l, h, role, means)
                for l, h, role in primary[:MAX_ROLE_EFFECTS]]
     return CausalEvidence("mean", len(windows), baseline, heads, controls, generation,
-                          [e for e in effects if e is not None])
+                          [e for e in effects if e is not None], tuple(baseline_ci))
 
 
 def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) -> CausalAgreement | None:

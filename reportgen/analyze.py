@@ -55,6 +55,20 @@ def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple
     return tuple(out)
 
 
+def check_script(bundle: ModelBundle, language: str | None) -> None:
+    """Refuse a language whose letters the model's vocabulary does not have (e.g. Hebrew for an English model)."""
+    lang = LANGUAGE.get(language) if language else None
+    if lang is None:
+        return
+    symbols = [c for c in bundle.tokenizer.vocab if len(c) == 1 and c.isalpha()]
+    own = sum(lang.letters(c) for c in symbols)
+    if symbols and own == 0:
+        others = [other.name for other in LANGUAGE.values() if any(other.letters(c) for c in symbols)]
+        hint = f" (its letters are {' and '.join(others)})" if others else ""
+        raise ReportgenError(f"{bundle.path}: language {lang.name} was given but the vocabulary has no {lang.name} "
+                             f"letters{hint}; give the model's own language")
+
+
 def contiguous_block(starts: np.ndarray, length: int) -> int:
     """Moving-block length for windows cut back to back from one text (1 if they are spread out)."""
     return block_length(len(starts)) if len(starts) > 1 and np.all(np.diff(starts) == length) else 1
@@ -105,6 +119,7 @@ def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
     """Load the checkpoint and text and check every input before any work starts (errors are one line)."""
     bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
                              language=spec.language)
+    check_script(bundle, spec.language)
     split = load_text(spec, spec.language or bundle.language)
     classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)
     sources = {"train": str(spec.text or f"{split.name} (training books)"),
@@ -169,6 +184,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
     split = prep.split
     causal_fields = {} if causal is None else dict(
         ablation_mode=causal.mode, ablation_windows=causal.windows, baseline_bits_per_char=causal.baseline,
+        baseline_ci_low=causal.baseline_ci[0], baseline_ci_high=causal.baseline_ci[1],
         ablation=causal.heads, controls=causal.controls, generation=causal.generation,
         role_effects=causal.role_effects,
         causal_agreement=causal_agreement(a.findings, causal.heads, seed))
@@ -185,7 +201,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         class_matrix={s: ClassMatrix(list(CLASS_NAMES), a.scores[s].class_matrix, a.scores[s].class_chance,
                                      a.scores[s].class_count) for s in SPLITS},
         offset_profile={s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
-        head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, **causal_fields)
+        head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug, **causal_fields)
 
 
 def with_books(f, a: ModelAnalysis):

@@ -78,6 +78,15 @@ def _safe_load(path: Path) -> Any:
         raise ReportgenError(f"{path}: {reason}") from None
 
 
+def _check_vocab(vocab: list[str], path: Path) -> None:
+    """A vocabulary lists each symbol once (a repeat would silently feed one character as another)."""
+    seen: set[str] = set()
+    for symbol in vocab:
+        if symbol in seen:
+            raise ReportgenError(f"{path}: vocabulary lists {symbol!r} more than once")
+        seen.add(symbol)
+
+
 def _strip_prefix(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Drop a torch.compile `_orig_mod.` prefix; keep tensors only."""
     return {k.removeprefix("_orig_mod."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -97,8 +106,26 @@ def infer_config(state: dict[str, torch.Tensor], path: Path, with_residuals: boo
     values = dict(n_layers=n_layers, n_heads=n_heads, embed_size=int(embed_size),
                   max_context_len=int(max_context_len), vocab_size=int(vocab_size),
                   mlp_hidden_size=int(mlp_hidden_size), with_residuals=with_residuals)
+    if known is not None and not isinstance(known, dict):
+        raise ReportgenError(f"{path}: recorded hyperparameters are a {type(known).__name__}, not a table")
     names = {f.name for f in fields(ModelConfig)}
-    values.update({k: v for k, v in (known or {}).items() if k in names})
+    known = {k: v for k, v in (known or {}).items() if k in names}
+    for key, value in known.items():  # checked against the weights before anything is built
+        if key in ("dropout",):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+        elif key == "init_method":
+            ok = isinstance(value, str)
+        elif key == "with_residuals":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        if not ok:
+            raise ReportgenError(f"{path}: recorded hyperparameter {key} = {value!r} is not valid")
+        if key in values and key != "with_residuals" and value != values[key]:
+            raise ReportgenError(f"{path}: recorded {key} = {value} but the weights have {values[key]}")
+    values.update(known)
+    if values["embed_size"] % values["n_heads"]:
+        raise ReportgenError(f"{path}: embed_size {values['embed_size']} is not divisible by n_heads {values['n_heads']}")
     try:
         return ModelConfig(**values)
     except (TypeError, ValueError) as exc:
@@ -181,9 +208,14 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
     if payload.get("format") == FORMAT:
         if payload.get("version") != FORMAT_VERSION:
             raise ReportgenError(f"{path}: checkpoint format version {payload.get('version')} is not supported")
+        if not isinstance(payload.get("model_state_dict"), dict):
+            raise ReportgenError(f"{path}: checkpoint has no model_state_dict")
         state = _strip_prefix(payload["model_state_dict"])
         config = infer_config(state, path, known=payload.get("config"))
-        tokenizer = CharTokenizer(payload["vocab"])
+        vocab = payload.get("vocab")
+        if not isinstance(vocab, list) or not all(isinstance(c, str) for c in vocab):
+            raise ReportgenError(f"{path}: checkpoint has no vocabulary (a list of symbols under 'vocab')")
+        tokenizer = CharTokenizer(vocab)
         if tokenizer.vocab_size() != config.vocab_size:
             raise ReportgenError(f"{path}: vocabulary size {tokenizer.vocab_size()} != model's {config.vocab_size}")
         meta = {k: payload.get(k) for k in ("step", "train_loss", "heldout_bits_per_char", "corpus", "seed", "history")}
@@ -215,6 +247,10 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
                 "hyperparameters_inferred": sorted(set(config.to_dict()) - set(known))}
     else:
         raise ReportgenError(f"{path}: not a TransformerLM checkpoint (keys: {', '.join(map(str, list(payload)[:6]))})")
+    _check_vocab(tokenizer.vocab, path)
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ReportgenError(f"{path}: weights contain NaN or infinite values ({bad})")
     model = build_model(config, state, path)
     return ModelBundle(model=model, tokenizer=tokenizer, path=path, sha256=file_sha256(path),
                        language=language, metadata=meta)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import ReportgenError
 from .languages import LANGUAGE_CODES
-from .progress import stderr
+from .progress import say
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -53,6 +53,12 @@ def _run_config(args: argparse.Namespace):
     from .config import DEFAULT_TOML, ModelSpec, build_config
 
     models = None
+    for option, values in (("--label", args.label), ("--language", args.language)):
+        if values and len(values) > len(args.model or []):
+            raise ReportgenError(f"{len(values)} {option} value(s) for {len(args.model or [])} --model: each "
+                                 f"{option} belongs to the --model in the same position")
+    if args.heldout and not args.text:
+        raise ReportgenError("--heldout needs --text (the text it is held out from)")
     if args.model:
         labels = list(args.label or [])
         languages = list(args.language or [])
@@ -63,8 +69,6 @@ def _run_config(args: argparse.Namespace):
                       not args.no_residuals, Path(args.train_text) if args.train_text else None)
             for i, m in enumerate(args.model))
     elif args.text:
-        from .errors import ReportgenError
-
         raise ReportgenError("--text needs --model: say which model should read it")
     toml = Path(args.config) if args.config else (DEFAULT_TOML if DEFAULT_TOML.exists() else None)
     return build_config(toml, models=models, out=Path(args.out) if args.out else None, seed=args.seed,
@@ -90,13 +94,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     """Compare two runs or checkpoints; exit 1 with --fail-on-change if any role changed significantly."""
-    from .diff import compare, print_summary, render, run_data
+    from .diff import check_out, compare, print_summary, render, run_data
 
+    check_out(Path(args.out))  # before any analysis
     a, b = run_data(Path(args.a)), run_data(Path(args.b))
     doc = compare(a, b, force=args.force)
     render(doc, Path(args.out), pdf=not args.no_pdf)
     print_summary(doc)
-    stderr.print(f"wrote {Path(args.out) / 'diff.html'}")
+    say(f"wrote {Path(args.out) / 'diff.html'}")
     roles_changed = any(c["status"] in ("appeared", "vanished") for m in doc["models"] for c in m["changes"])
     return 1 if args.fail_on_change and (roles_changed or doc["significant"]) else 0
 
@@ -109,7 +114,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     if not folder.status():
         raise ReportgenError(f"{folder.path}: holds no reportgen output (no status file); nothing removed")
     removed = folder.clean()
-    stderr.print(f"{folder.path}: removed {len(removed)} file(s) reportgen wrote", soft_wrap=True)
+    say(f"{folder.path}: removed {len(removed)} file(s) reportgen wrote")
     return 0
 
 
@@ -142,6 +147,7 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="reportgen", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show a traceback for unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a character-level TransformerLM")
@@ -192,17 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli(args: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (tests call it directly)."""
+    """Entry point; returns the exit status (tests call it directly). Every failure is one line on stderr."""
     parser = build_parser()
     ns = parser.parse_args(args)
     try:
         return ns.func(ns)
     except ReportgenError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        say("error: " + " ".join(str(exc).split()))
         return 2
     except KeyboardInterrupt:
-        stderr.print("interrupted")
+        say("interrupted")
         return 130
+    except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
+        if ns.debug:
+            raise
+        say(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (a reportgen bug; "
+            f"rerun with --debug for the traceback)")
+        return 2
 
 
 def main() -> None:

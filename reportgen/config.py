@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -34,6 +36,7 @@ class ModelSpec:
     heldout: Path | None = None
     with_residuals: bool = True
     train_text: Path | None = None
+    slug: str = ""  # file-name-safe, unique within the run (pages are named after it)
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,21 @@ def default_models() -> tuple[ModelSpec, ...]:
             ModelSpec(latest_checkpoint(DEFAULT_MODELS / "he"), "Hebrew", "he"))
 
 
+# Settings: (type, minimum, maximum) for numbers; checked the same way from the CLI and from TOML.
+LIMITS = {
+    "seed": (int, 0, 2 ** 32 - 1), "train_windows": (int, 2, 100_000), "heldout_windows": (int, 2, 1_000_000),
+    "n_probes": (int, 2, 4096), "ablation_windows": (int, 0, 10_000), "control_windows": (int, 2, 10_000),
+    "timeline_windows": (int, 0, 10_000), "batch_size": (int, 1, 1024),
+}
+MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text"}
+MAX_LABEL = 1000  # labels are shown as given; file names use a slug of at most MAX_SLUG characters
+MAX_SLUG = 40
+
+
 def read_toml(path: Path) -> dict:
     """Settings from a TOML file; errors name the file."""
+    if path.exists() and not path.is_file():
+        raise ReportgenError(f"{path}: not a regular file")
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -85,6 +101,8 @@ def read_toml(path: Path) -> dict:
         raise ReportgenError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ReportgenError(f"{path}: invalid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportgenError(f"{path}: cannot read ({exc})") from None
     known = {f.name for f in fields(RunConfig)} | {"model"}
     unknown = set(data) - known
     if unknown:
@@ -92,24 +110,82 @@ def read_toml(path: Path) -> dict:
     return data
 
 
-def _spec(entry: dict, source: str) -> ModelSpec:
-    """A ModelSpec from a TOML [[model]] table."""
-    if "path" not in entry:
-        raise ReportgenError(f"{source}: every [[model]] needs a path")
+def _spec(entry, source: str, n: int) -> ModelSpec:
+    """A ModelSpec from a TOML [[model]] table, every key checked."""
+    where = f"{source}: model {n}"
+    if not isinstance(entry, dict):
+        raise ReportgenError(f"{where}: each model must be a table with a path")
+    unknown = set(entry) - MODEL_KEYS
+    if unknown:
+        raise ReportgenError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if not isinstance(entry.get("path"), str) or not entry["path"]:
+        raise ReportgenError(f"{where}: needs a path (a string)")
+    for key in ("label", "language", "text", "heldout", "train_text"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ReportgenError(f"{where}: {key} must be a string, not {type(entry[key]).__name__}")
+    if "with_residuals" in entry and not isinstance(entry["with_residuals"], bool):
+        raise ReportgenError(f"{where}: with_residuals must be true or false, not {entry['with_residuals']!r}")
     p = lambda k: Path(entry[k]) if entry.get(k) else None
     return ModelSpec(Path(entry["path"]), entry.get("label") or Path(entry["path"]).stem, entry.get("language"),
-                     p("text"), p("heldout"), bool(entry.get("with_residuals", True)), p("train_text"))
+                     p("text"), p("heldout"), entry.get("with_residuals", True), p("train_text"))
+
+
+def _check(cfg: RunConfig, origin) -> None:
+    """Every setting's type and range; one-line errors naming the key and where it was set (`origin(key)`)."""
+    from .classes import CLASS_NAMES
+    from .languages import LANGUAGE_CODES
+    from .tokenizer import OOV_POLICIES
+
+    for key, (kind, lo, hi) in LIMITS.items():
+        v = getattr(cfg, key)
+        if v is None and key == "heldout_windows":
+            continue
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise ReportgenError(f"{origin(key)}: {key} must be a whole number, not {v!r}")
+        if not lo <= v <= hi:
+            raise ReportgenError(f"{origin(key)}: {key} must be between {lo} and {hi}, not {v}")
+    if cfg.oov not in OOV_POLICIES:
+        raise ReportgenError(f"{origin('oov')}: oov must be one of {', '.join(OOV_POLICIES)}, not {cfg.oov!r}")
+    if not isinstance(cfg.pdf, bool):
+        raise ReportgenError(f"{origin('pdf')}: pdf must be true or false, not {cfg.pdf!r}")
+    if not isinstance(cfg.class_overrides, dict):
+        raise ReportgenError(f"{origin('class_overrides')}: class_overrides must be a table of character = class")
+    for char, name in cfg.class_overrides.items():
+        if not isinstance(char, str) or len(char) != 1:
+            raise ReportgenError(f"{origin('class_overrides')}: class_overrides keys must be single characters, not {char!r}")
+        if name not in CLASS_NAMES:
+            raise ReportgenError(f"{origin('class_overrides')}: class_overrides[{char!r}] must be one of {', '.join(CLASS_NAMES)}, "
+                                 f"not {name!r}")
+    for m in cfg.models:
+        if m.language is not None and m.language not in LANGUAGE_CODES:
+            raise ReportgenError(f"{origin('models')}: language of {m.path} must be one of {', '.join(LANGUAGE_CODES)}, "
+                                 f"not {m.language!r}")
+        if not m.label.strip() or len(m.label) > MAX_LABEL:
+            raise ReportgenError(f"{origin('models')}: label of {m.path} must be 1 to {MAX_LABEL} characters")
+        if m.heldout is not None and m.text is None:
+            raise ReportgenError(f"{origin('models')}: --heldout for {m.path} needs --text (the training part of that text)")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe slug of at most MAX_SLUG characters (a hash when nothing safe is left)."""
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:MAX_SLUG].strip("-")
+    return s or hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def build_config(toml: Path | None = None, **overrides) -> RunConfig:
-    """Defaults, then the TOML file, then explicit (non-None) overrides such as CLI arguments."""
+    """Defaults, then the TOML file, then explicit (non-None) overrides such as CLI arguments; all checked."""
     values: dict = {}
+    source = str(toml) if toml is not None else "arguments"
     if toml is not None:
         data = read_toml(toml)
         values = {k: v for k, v in data.items() if k != "model"}
         if "model" in data:
-            values["models"] = tuple(_spec(m, str(toml)) for m in data["model"])
+            if not isinstance(data["model"], list):
+                raise ReportgenError(f"{toml}: models are given as [[model]] tables")
+            values["models"] = tuple(_spec(m, str(toml), n + 1) for n, m in enumerate(data["model"]))
         if "out" in values:
+            if not isinstance(values["out"], str) or not values["out"]:
+                raise ReportgenError(f"{toml}: out must be a folder name (a string), not {values['out']!r}")
             values["out"] = Path(values["out"])
     values.update({k: v for k, v in overrides.items() if v is not None})
     if not values.get("models"):
@@ -117,10 +193,17 @@ def build_config(toml: Path | None = None, **overrides) -> RunConfig:
     try:
         cfg = RunConfig(**values)
     except TypeError as exc:
-        raise ReportgenError(f"{toml or 'arguments'}: {exc}") from None
-    if cfg.oov not in ("error", "drop", "replace"):
-        raise ReportgenError(f"{toml or 'arguments'}: oov must be error, drop or replace, not {cfg.oov!r}")
+        raise ReportgenError(f"{source}: {exc}") from None
+    cli_keys = {k for k, v in overrides.items() if v is not None}
+    _check(cfg, lambda key: "command line" if key in cli_keys else source)
     labels = [m.label for m in cfg.models]
     if len(set(labels)) != len(labels):
         cfg = replace(cfg, models=tuple(replace(m, label=f"{m.label} ({i + 1})") for i, m in enumerate(cfg.models)))
-    return cfg
+    slugs: list[str] = []
+    for m in cfg.models:  # unique file names: 'Model A' and 'model-a' must not overwrite each other's pages
+        base = s = slug(m.label)
+        k = 2
+        while s in slugs:
+            s, k = f"{base}-{k}", k + 1
+        slugs.append(s)
+    return replace(cfg, models=tuple(replace(m, slug=s) for m, s in zip(cfg.models, slugs)))

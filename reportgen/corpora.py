@@ -134,10 +134,12 @@ def read_text(path: str | Path) -> str:
     """Read a UTF-8 text file, or all .txt files of a folder in name order; errors name the path."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.txt"))
+        files = sorted(f for f in path.glob("*.txt") if not f.name.startswith("._"))  # skip macOS resource forks
         if not files:
             raise ReportgenError(f"{path}: folder holds no .txt files")
         return "".join(read_text(f) for f in files)
+    if path.exists() and not path.is_file():
+        raise ReportgenError(f"{path}: not a regular file (a pipe or device cannot be read as text)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -97,6 +97,7 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
         bpc = [m.baseline_bits_per_char or m.checkpoint.heldout_bits_per_char_at_training for m in (x, y)]
         entry["heldout_bits_per_char"] = {"a": bpc[0], "b": bpc[1],
                                           "change": None if None in bpc else bpc[1] - bpc[0]}
+        entry["model_changes"] = _model_changes(x, y)
         if x.hyperparameters["vocab_size"] != y.hyperparameters["vocab_size"]:
             entry["not_compared"].append("vocabularies differ: class and character statistics are compared by name only")
         if not entry["comparable"]:
@@ -150,7 +151,25 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
             c["status"] = _status(c)
     return {"schema_version": SCHEMA_VERSION, "a": str(a.source), "b": str(b.source), "min_change": MIN_CHANGE,
             "alpha": ALPHA, "models": models,
-            "significant": sum(c["status"] != "unchanged" for m in models for c in m["changes"])}
+            "significant": sum(c["status"] != "unchanged" for m in models for c in m["changes"])
+            + sum(len(m["model_changes"]) for m in models)}
+
+
+def _model_changes(x: ModelResult, y: ModelResult) -> list[str]:
+    """Changes of the model itself that count as changes: architecture, vocabulary, held-out loss beyond its CIs."""
+    out = []
+    for key in ("n_layers", "n_heads", "embed_size", "max_context_len", "mlp_hidden_size", "with_residuals"):
+        if x.hyperparameters.get(key) != y.hyperparameters.get(key):
+            out.append(f"architecture: {key} {x.hyperparameters.get(key)} -> {y.hyperparameters.get(key)}")
+    if x.hyperparameters.get("vocab_size") != y.hyperparameters.get("vocab_size"):
+        out.append(f"vocabulary: {x.hyperparameters.get('vocab_size')} -> {y.hyperparameters.get('vocab_size')} symbols")
+    cis = [(m.baseline_ci_low, m.baseline_ci_high) for m in (x, y)]
+    if all(lo is not None and hi is not None for lo, hi in cis):
+        (la, ha), (lb, hb) = cis
+        if hb < la or lb > ha:  # the two 95% intervals do not overlap
+            out.append(f"held-out bits/char {x.baseline_bits_per_char:.3f} [{la:.3f}, {ha:.3f}] -> "
+                       f"{y.baseline_bits_per_char:.3f} [{lb:.3f}, {hb:.3f}]")
+    return out
 
 
 def _status(c: dict) -> str:
@@ -192,6 +211,14 @@ def run_data(path: Path, force: bool = False) -> RunData:
     return RunData(path, new_run(cfg, analysed.models).normalised(), analysed.windows)
 
 
+def check_out(out: Path) -> None:
+    """`--out` must be new, empty or a previous diff output; diff writes only its four files there."""
+    ours = {"diff.json", "diff.html", "diff.pdf", "style.css"}
+    if out.exists() and (not out.is_dir() or (any(p.name not in ours for p in out.iterdir())
+                                              and not (out / "diff.json").exists())):
+        raise ReportgenError(f"{out}: holds files reportgen diff did not write; choose a new or empty --out")
+
+
 def render(doc: dict, out: Path, pdf: bool = True) -> None:
     """Write diff.json, diff.html and (optionally) diff.pdf into out, atomically per file."""
     import datetime as dt
@@ -203,6 +230,7 @@ def render(doc: dict, out: Path, pdf: bool = True) -> None:
     from .pages import Common, Footer
     from .site import make_env, write_pdf
 
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "diff.json", doc)
     nav = [("../index.html", "Overview")] if (out.parent / "index.html").exists() else []
@@ -236,6 +264,8 @@ def print_summary(doc: dict) -> None:
         bpc = m["heldout_bits_per_char"]
         if bpc["change"] is not None:
             console.print(f"  held-out bits/char {bpc['a']:.3f} -> {bpc['b']:.3f} ({bpc['change']:+.3f})")
+        for change in m.get("model_changes", []):
+            console.print(f"  changed: {change}", markup=False)
         for note in m["not_compared"]:
-            console.print(f"  note: {note}")
+            console.print(f"  note: {note}", markup=False)
     console.print(f"{doc['significant']} significant change(s) (q < {doc['alpha']}, |change| >= {doc['min_change']})")

@@ -24,7 +24,8 @@ from matplotlib.figure import Figure  # noqa: E402
 CMAP = "magma_r"
 NORM = dict(vmin=0.0, vmax=1.0, gamma=0.5)
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥"}
-FONT = {"font.family": "DejaVu Sans", "font.size": 8, "svg.hashsalt": "reportgen", "path.simplify": True}
+FONT = {"font.family": "DejaVu Sans", "font.size": 8, "svg.hashsalt": "reportgen", "path.simplify": True,
+        "text.parse_math": False}  # labels and texts are shown as written: "$x^$" is not mathtext
 
 
 def visible(text: str) -> list[str]:

@@ -6,12 +6,11 @@ them out. Nothing here reads files, renders HTML or computes statistics.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import slug
 from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS,
                         linguistic_note, shown_in)
 from .languages import LANGUAGE
@@ -24,18 +23,12 @@ CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clust
 MAX_HEADLINE_HEADS = 4  # headline cards per model
 
 
-def slug(text: str) -> str:
-    """A file-name-safe slug."""
-    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
-    return s or hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
 def model_file(m: ModelResult) -> str:
-    return f"model-{slug(m.label)}.html"
+    return f"model-{m.slug or slug(m.label)}.html"
 
 
 def head_file(m: ModelResult, name: str) -> str:
-    return f"head-{slug(m.label)}-{name}.html"
+    return f"head-{m.slug or slug(m.label)}-{name}.html"
 
 
 def compare_title(models: list[ModelResult]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .config import RunConfig, template_dir
 from .outputs import FIGURE_INPUTS, RESULTS, WINDOWS, OutputFolder, write_json
-from .progress import stderr
+from .progress import say
 
 RENDER_CODE = ("pages.py", "site.py", "figures.py", "explain.py")  # change how numbers are shown, not the numbers
 
@@ -101,14 +101,14 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     OutputFolder.check_target(cfg.out)  # before any work: never write into someone else's folder
     cache = Cache(cfg, analyze_only, force)
     if cache.up_to_date():
-        stderr.print(f"{cfg.out}: up to date (inputs unchanged); nothing to do", soft_wrap=True)
+        say(f"{cfg.out}: up to date (inputs unchanged); nothing to do")
         return cfg.out
     from .analyze import analyze, new_run, prepare  # heavy imports only when there is work to do
     from .site import write_site
 
     stored = cache.stored_analysis()
     if stored is not None:
-        stderr.print(f"{cfg.out}: analysis unchanged; rendering again", soft_wrap=True)
+        say(f"{cfg.out}: analysis unchanged; rendering again")
         run, windows, inputs = stored
     else:
         prepared = clock.lap("load", [prepare(spec, cfg) for spec in cfg.models])
@@ -125,7 +125,7 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
                        diff_link=(cfg.out / "diff" / "diff.html").exists())
         write_json(out.path / "timings.json", clock.totals())
         out.record(key=cache.key, analysis=cache.analysis, figures=figures)
-    stderr.print(f"wrote {cfg.out} in {clock.total():.1f} s ({clock.summary()})", soft_wrap=True)
+    say(f"wrote {cfg.out} in {clock.total():.1f} s ({clock.summary()})")
     return cfg.out
 
 

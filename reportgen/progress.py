@@ -8,6 +8,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 stderr = Console(stderr=True)
 
 
+def say(text: str) -> None:
+    """One plain line on stderr: paths and labels are printed as they are, never read as rich markup."""
+    stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def make_progress() -> Progress:
     """A progress display for multi-stage work: description, bar, count, elapsed and ETA."""
     return Progress(

@@ -192,12 +192,15 @@ class ModelResult:
     ablation_mode: str | None = optional()
     ablation_windows: int | None = optional()
     baseline_bits_per_char: float | None = optional()
+    baseline_ci_low: float | None = optional()
+    baseline_ci_high: float | None = optional()
     ablation: list[Ablation] = field(default_factory=list)
     controls: Controls | None = None
     generation: Generation | None = None
     causal_agreement: CausalAgreement | None = None
     timeline: Timeline | None = None
     role_effects: list[RoleEffect] = field(default_factory=list)
+    slug: str = ""  # file-name-safe and unique within the run; pages are named after it
 
     @property
     def n_layers(self) -> int:
