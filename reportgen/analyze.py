@@ -120,6 +120,13 @@ def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
     bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
                              language=spec.language)
     check_script(bundle, spec.language)
+    fmt = bundle.metadata.get("format")
+    if fmt != "course" and not spec.with_residuals:
+        raise ReportgenError(f"{spec.path}: --no-residuals applies to course checkpoints; this {fmt} checkpoint "
+                             f"records its own architecture")
+    if fmt != "course" and spec.train_text is not None:
+        raise ReportgenError(f"{spec.path}: --train-text rebuilds a course checkpoint's vocabulary; this {fmt} "
+                             f"checkpoint has its own")
     split = load_text(spec, spec.language or bundle.language)
     classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)
     sources = {"train": str(spec.text or f"{split.name} (training books)"),

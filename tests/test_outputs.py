@@ -176,3 +176,12 @@ def test_a_killed_run_leaves_a_complete_site_and_the_next_run_cleans_up(site_cop
     assert subprocess.run(command, capture_output=True).returncode == 0
     assert OutputFolder(copy).complete(["index.html"])
     assert not list(copy.parent.glob(f".{copy.name}.staging-*")) and not (copy / ".reportgen-install.json").exists()
+
+
+def test_an_edited_output_file_is_not_up_to_date(site_copy, capsys):
+    copy, args = site_copy
+    assert cli(args) == 0 and "up to date" in capsys.readouterr().err
+    (copy / "index.html").write_text((copy / "index.html").read_text() + "<!-- edited -->")
+    assert cli(args) == 0
+    assert "up to date" not in capsys.readouterr().err
+    assert "edited" not in (copy / "index.html").read_text()
