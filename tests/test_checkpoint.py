@@ -135,3 +135,12 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_executed(tmp_path, ca
     raw.write_bytes(pickle.dumps(_Evil(marker)))
     code, err = _exit_and_stderr(capsys, raw)
     assert code == 2 and not marker.exists()
+
+
+@pytest.mark.parametrize("props, expect", [("[1, 2]", "not a table"), ('{"n_layers": 100000}', "recorded n_layers"),
+                                           ('{"n_heads": 0}', "n_heads"), ('{"with_residuals": "no"}', "with_residuals")])
+def test_bad_course_props_are_refused_before_building(tmp_path, props, expect):
+    _, folder = _course_folder(tmp_path)
+    (folder / "checkpoint_step300_props.json").write_text(props)
+    with pytest.raises(ReportgenError, match=expect):
+        load_checkpoint(folder / "checkpoint_step300_loss1.25.pt")
