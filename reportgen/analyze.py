@@ -23,7 +23,7 @@ from .ablation import CausalEvidence, causal_agreement, causal_evidence
 from .capture import HeadScores, capture, encode, natural_probes, probe, random_probes
 from .checkpoint import ModelBundle, load_checkpoint
 from .classes import CLASS_NAMES, CharClasses
-from .config import ModelSpec, RunConfig
+from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
 from .detectors import SKIP
 from .errors import ReportgenError
@@ -197,7 +197,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         causal_agreement=causal_agreement(a.findings, causal.heads, seed))
     return ModelResult(
         label=prep.spec.label, language=split.language,
-        checkpoint=CheckpointInfo(_display_path(prep.bundle.path), prep.bundle.sha256, meta.get("format"),
+        checkpoint=CheckpointInfo(display_path(prep.bundle.path), prep.bundle.sha256, meta.get("format"),
                                   meta.get("step"), meta.get("heldout_bits_per_char"), meta.get("history")),
         hyperparameters=cfg.to_dict(),
         corpus=CorpusInfo(split.name, split.description, split.sha256, len(split.train), len(split.heldout),
@@ -240,14 +240,6 @@ def figure_inputs(a: ModelAnalysis) -> FigureInputs:
     h = a.scores["heldout"]
     return FigureInputs(a.prep.spec.label, a.prep.split.language, a.examples, h.mean_attn, h.class_matrix,
                         h.class_chance, h.class_count)
-
-
-def _display_path(path: Path) -> str:
-    """A checkpoint path relative to the working directory when it lies inside it (machine-independent)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:

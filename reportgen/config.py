@@ -17,6 +17,16 @@ DEFAULT_TOML = ROOT / "inputs" / "reportgen.toml"
 TEMPLATE_DIRS = (ROOT / "templates", Path(sys.prefix) / "share" / "reportgen" / "templates")
 
 
+def display_path(path: str | Path) -> str:
+    """A path as outputs may show it: relative to the working directory when inside it, else its last two parts
+    (no absolute path of the machine that built a report appears in any output)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(Path(*path.parts[-2:])) if len(path.parts) > 1 else path.name
+
+
 def template_dir() -> Path:
     """The folder holding the *.html.jinja2 templates and CSS (source tree, else the installed copy)."""
     for d in TEMPLATE_DIRS:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import display_path
 from .errors import ReportgenError
 from .languages import LANGUAGE, LANGUAGE_CODES
 # Held out in both languages: narrative, poetry, prophecy and apocalyptic prose, about 7 % of
@@ -159,7 +160,7 @@ def text_split(path: str | Path, language: str, heldout_path: str | Path | None 
     text = read_text(path)
     if heldout_path is not None:
         train, heldout = text, read_text(heldout_path)
-        how = f"held-out text from {heldout_path}"
+        how = f"held-out text from {display_path(heldout_path)}"
     else:
         cut = int(len(text) * (1 - heldout_fraction))
         newline = text.rfind("\n", 0, cut)
@@ -169,4 +170,4 @@ def text_split(path: str | Path, language: str, heldout_path: str | Path | None 
         if not heldout.strip():
             raise ReportgenError(f"{path}: text too short to hold out any of it")
     return TextSplit(name=Path(path).stem, language=language, train=train, heldout=heldout,
-                     description=f"{path} ({len(train) + len(heldout):,} characters; {how})")
+                     description=f"{display_path(path)} ({len(train) + len(heldout):,} characters; {how})")

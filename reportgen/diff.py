@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from .catalogue import ALPHA
+from .config import display_path
 from .errors import ReportgenError
 from .outputs import OutputFolder, write_json
 from .results import SCHEMA_VERSION, ModelResult, Run, read_run
@@ -149,7 +150,8 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
             c["q"] = float(q[k])
             k += 1
             c["status"] = _status(c)
-    return {"schema_version": SCHEMA_VERSION, "a": str(a.source), "b": str(b.source), "min_change": MIN_CHANGE,
+    return {"schema_version": SCHEMA_VERSION, "a": display_path(a.source), "b": display_path(b.source),
+            "min_change": MIN_CHANGE,
             "alpha": ALPHA, "models": models,
             "significant": sum(c["status"] != "unchanged" for m in models for c in m["changes"])
             + sum(len(m["model_changes"]) for m in models)}

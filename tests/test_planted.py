@@ -183,3 +183,12 @@ def test_a_head_that_writes_nothing_gets_no_linguistic_claim(run):
         e = explain(f, m)
         assert "does not measurably rely on it" in e.linguistics
         assert "vowel" not in e.linguistics.lower()
+
+
+def test_no_absolute_path_of_this_machine_in_any_output(planted_site):
+    out, _ = planted_site
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".html", ".json", ".css")]
+    assert files
+    for p in files:
+        text = p.read_text(encoding="utf-8")
+        assert str(out.parent) not in text and str(Path.home()) + "/" not in text, p.name
