@@ -188,10 +188,10 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
         if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
             role_heads.append((h.layer, h.head))
     lang = LANGUAGE.get(prep.split.language)
-    generation = generation_evidence(bundle, lang.prompt if lang else "", prep.split.heldout, role_heads,
+    generation = generation_evidence(bundle, lang.prompt if lang else "", prep.heldout_start(), role_heads,
                                      cfg.seed, means)
     primary = [(f.layer, f.head, f.role) for f in a.findings if f.primary]
-    effects = [role_predictions(bundle, heldout_sentence(prep.split.heldout, T), l, h, role, means)
+    effects = [role_predictions(bundle, heldout_sentence(prep.heldout_start(), T), l, h, role, means)
                for l, h, role in primary[:MAX_ROLE_EFFECTS]]
     return CausalEvidence("mean", len(windows), baseline, heads, controls, generation,
                           [e for e in effects if e is not None], tuple(baseline_ci))

@@ -40,14 +40,15 @@ from .timeline import emergence
 @torch.no_grad()
 def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple[tuple[str, str, np.ndarray], ...]:
     """Attention on short illustrative inputs and a held-out passage, skipping inputs outside the vocabulary."""
-    passage = heldout[:32]
+    T = bundle.config.max_context_len
+    n, k = min(32, T), min(16, T // 2)  # every input fits the model's context
     lang = LANGUAGE.get(language)
     inputs = [(f"input: {t}", t) for t in (lang.examples if lang else ())]
-    inputs.append(("held-out passage", passage))
-    inputs.append(("the same 16 characters twice", heldout[32:48] * 2))  # shows copying / induction
+    inputs.append(("held-out passage", heldout[:n]))
+    inputs.append((f"the same {k} characters twice", heldout[n:n + k] * 2))  # shows copying / induction
     out = []
     for caption, text in inputs:
-        if not text or bundle.tokenizer.unknown_chars(text) or len(text) > bundle.config.max_context_len:
+        if not text or bundle.tokenizer.unknown_chars(text) or len(text) > T:
             continue
         idx = torch.tensor([bundle.tokenizer.tokenize(text)])
         _, attn = bundle.model(idx, return_attention_weights=True)  # (L, 1, H, T, T)
@@ -173,7 +174,7 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
         progress.advance(task)
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(prep, scores, probes, stats, dist, cluster_heads(dist.copy(), bundle.config.n_heads),
-                         example_attention(bundle, prep.split.language, prep.split.heldout))
+                         example_attention(bundle, prep.split.language, prep.heldout_start(200)))
 
 
 def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Timeline | None,

@@ -33,6 +33,10 @@ class Prepared:
     ids: dict[str, np.ndarray]  # split -> token ids
     sources: dict[str, str]  # split -> where the text came from (for error messages)
 
+    def heldout_start(self, n_chars: int = 4000) -> str:
+        """The start of the held-out text as the model reads it (after the out-of-vocabulary policy)."""
+        return self.bundle.tokenizer.detokenize(self.ids["heldout"][:n_chars].tolist())
+
 
 @dataclass(frozen=True)
 class ModelAnalysis:

@@ -1,0 +1,36 @@
+"""Every stage fits the model's context: end-to-end runs of context-16 and context-64 models (lowercase-only
+vocabulary, so the built-in capitalised examples do not apply) produce a complete site."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reportgen.checkpoint import save_checkpoint
+from reportgen.cli import cli
+from reportgen.model import TransformerLM
+from reportgen.tokenizer import CharTokenizer
+
+from .planted import planted_text
+
+
+@pytest.mark.parametrize("context", [16, 64])
+def test_small_context_models_run_end_to_end(tmp_path, context):
+    text = planted_text(12000).lower()
+    (tmp_path / "text.txt").write_text(text)
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(0)
+    model = TransformerLM(2, 2, 32, context, tok.vocab_size(), 64, True).eval()
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model, tok, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                    corpus={"name": "lower", "language": "en"}, seed=0, history=[])
+    out = tmp_path / "site"
+    assert cli(["run", "--model", str(ckpt), "--text", str(tmp_path / "text.txt"), "--out", str(out),
+                "--train-windows", "32", "--no-pdf"]) == 0
+    (m,) = json.loads((out / "results.json").read_text())["models"]
+    assert m["corpus"]["window_length"] == context and m["ablation"]
+    assert (out / "index.html").exists() and len(list(out.glob("head-*.html"))) == 4
+    for effect in m["role_effects"]:
+        assert len(effect["passage"]) <= context
