@@ -185,21 +185,44 @@ def _course_tokenizer(ckpt: Path, train_text: str | Path | None, vocab_size: int
     return tok
 
 
+REPORTGEN_NAME = re.compile(r"^step(?P<step>\d+)\.pt$")
+
+
+def step_of(path: Path) -> int | None:
+    """The training step in a checkpoint's file name (course or reportgen naming), else None."""
+    match = COURSE_NAME.search(path.name) or REPORTGEN_NAME.search(path.name)
+    return int(match["step"]) if match else None
+
+
+def checkpoint_series(path: Path) -> list[Path]:
+    """The checkpoints of one training run beside `path` (same naming), in numeric step order."""
+    pattern = "checkpoint_step*_loss*.pt" if COURSE_NAME.search(path.name) else "step*.pt"
+    found = [p for p in path.parent.glob(pattern) if p.is_file() and step_of(p) is not None]
+    return sorted(found, key=lambda p: (step_of(p), p.name))
+
+
 def _resolve(path: Path) -> Path:
-    """A checkpoint file, or the latest-step course checkpoint inside a folder."""
+    """A checkpoint file, or the latest checkpoint inside a folder: the highest step (numerically), else the
+    only / last .pt file (e.g. nanoGPT's ckpt.pt)."""
     if path.is_dir():
-        found = sorted(path.glob("checkpoint_step*_loss*.pt"),
-                       key=lambda p: int(COURSE_NAME.search(p.name)["step"]) if COURSE_NAME.search(p.name) else -1)
-        if not found:
-            found = sorted(path.glob("*.pt"))  # reportgen step*.pt, or nanoGPT's ckpt.pt
+        pts = [p for p in path.glob("*.pt") if p.is_file()]
+        stepped = sorted((p for p in pts if step_of(p) is not None), key=lambda p: (step_of(p), p.name))
+        found = stepped or sorted(pts)
         if not found:
             raise ReportgenError(f"{path}: folder holds no .pt checkpoint")
         return found[-1]
     return path
 
 
+def _number(x: Any) -> float | int | None:
+    """A plain number from checkpoint metadata (nanoGPT stores some as 0-d tensors)."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        x = x.item()
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
 def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text: str | Path | None = None,
-                    language: str | None = None) -> ModelBundle:
+                    language: str | None = None, meta_path: Path | None = None) -> ModelBundle:
     """Load a reportgen or course-layout checkpoint (file or folder) into a ModelBundle."""
     path = _resolve(Path(path))
     payload = _safe_load(path)
@@ -224,9 +247,10 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
     elif nanogpt.is_nanogpt(payload):
         known, state = nanogpt.convert(payload, path)
         config = infer_config(state, path, known=known)
-        tokenizer = CharTokenizer(nanogpt.vocabulary(nanogpt.read_meta(path.parent / "meta.pkl"),
+        tokenizer = CharTokenizer(nanogpt.vocabulary(nanogpt.read_meta(nanogpt.find_meta(path, payload, meta_path)),
                                                      config.vocab_size, path))
-        meta = {"format": "nanogpt", "step": payload.get("iter_num"), "train_loss": payload.get("best_val_loss")}
+        meta = {"format": "nanogpt", "step": _number(payload.get("iter_num")),
+                "best_val_loss": _number(payload.get("best_val_loss"))}
     elif "model_state_dict" in payload or all(isinstance(v, torch.Tensor) for v in payload.values()):
         raw = payload.get("model_state_dict", payload)
         if not isinstance(raw, dict):
@@ -242,9 +266,10 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
                 raise ReportgenError(f"{props}: not valid JSON ({exc})") from None
         config = infer_config(state, path, with_residuals=with_residuals, known=known)
         tokenizer = _course_tokenizer(path, train_text, config.vocab_size)
-        meta = {"format": "course", "step": payload.get("step", int(match["step"]) if match else None),
-                "train_loss": payload.get("loss", float(match["loss"]) if match else None),
-                "hyperparameters_inferred": sorted(set(config.to_dict()) - set(known))}
+        meta = {"format": "course", "step": _number(payload.get("step", int(match["step"]) if match else None)),
+                "train_loss": _number(payload.get("loss", float(match["loss"]) if match else None)),
+                "hyperparameters_inferred": sorted(set(config.to_dict()) - set(known)),
+                "recorded": sorted(k for k in known if k in {f.name for f in fields(ModelConfig)})}
     else:
         raise ReportgenError(f"{path}: not a TransformerLM checkpoint (keys: {', '.join(map(str, list(payload)[:6]))})")
     _check_vocab(tokenizer.vocab, path)

@@ -40,11 +40,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from .checkpoint import load_checkpoint
 
-    bundle = load_checkpoint(args.checkpoint, with_residuals=not args.no_residuals, train_text=args.train_text)
+    bundle = load_checkpoint(args.checkpoint, with_residuals=not args.no_residuals, train_text=args.train_text,
+                             meta_path=Path(args.meta) if args.meta else None)
     meta = {k: v for k, v in bundle.metadata.items() if k != "history"}
     print(json.dumps({"path": str(bundle.path), "sha256": bundle.sha256, "language": bundle.language,
                       "config": bundle.config.to_dict(), "vocab_size": bundle.tokenizer.vocab_size(),
-                      "metadata": meta}, indent=2, ensure_ascii=False))
+                      "metadata": meta}, indent=2, ensure_ascii=False, default=str))
     return 0
 
 
@@ -66,7 +67,9 @@ def _run_config(args: argparse.Namespace):
             ModelSpec(Path(m), labels[i] if i < len(labels) else Path(m).stem.replace("_", " "),
                       languages[i] if i < len(languages) else None,
                       Path(args.text) if args.text else None, Path(args.heldout) if args.heldout else None,
-                      not args.no_residuals, Path(args.train_text) if args.train_text else None)
+                      False if args.no_residuals else True if args.residuals else None,
+                      Path(args.train_text) if args.train_text else None,
+                      meta=Path(args.meta) if args.meta else None)
             for i, m in enumerate(args.model))
     elif args.text:
         raise ReportgenError("--text needs --model: say which model should read it")
@@ -138,10 +141,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """Options for checkpoints whose hyperparameters or vocabulary are not stored with them."""
-    p.add_argument("--no-residuals", action="store_true",
-                   help="course checkpoints: the model was trained without residual connections "
-                        "(cannot be inferred from tensor shapes; default: with residuals)")
+    residuals = p.add_mutually_exclusive_group()
+    residuals.add_argument("--no-residuals", action="store_true",
+                           help="course checkpoints: the model was trained without residual connections (default: "
+                                "inferred by evaluating both settings on the text; with residuals for `info`)")
+    residuals.add_argument("--residuals", action="store_true",
+                           help="course checkpoints: the model was trained with residual connections")
     p.add_argument("--train-text", help="course checkpoints without tokenizer.json: rebuild the vocabulary from this text")
+    p.add_argument("--meta", help="nanoGPT checkpoints: the dataset's meta.pkl (default: beside the checkpoint or in "
+                                  "data/<dataset>/ above it)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,9 +44,10 @@ class ModelSpec:
     language: str | None = None
     text: Path | None = None
     heldout: Path | None = None
-    with_residuals: bool = True
+    with_residuals: bool | None = None  # None: recorded by the checkpoint, else inferred from the text's loss
     train_text: Path | None = None
     slug: str = ""  # file-name-safe, unique within the run (pages are named after it)
+    meta: Path | None = None  # nanoGPT: the dataset's meta.pkl when it is not where nanoGPT keeps it
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ class RunConfig:
 
 
 def latest_checkpoint(folder: Path) -> Path:
-    """The highest-step reportgen checkpoint (stepNNNNN.pt) in a folder."""
-    found = sorted(folder.glob("step*.pt"))
+    """The highest-step reportgen checkpoint (stepN.pt, by number) in a folder."""
+    found = sorted(folder.glob("step*.pt"), key=lambda p: (int("".join(filter(str.isdigit, p.stem)) or 0), p.name))
     if not found:
         raise ReportgenError(f"{folder}: no shipped checkpoints (step*.pt); train them with `reportgen train`")
     return found[-1]
@@ -95,7 +96,7 @@ LIMITS = {
     "n_probes": (int, 2, 4096), "ablation_windows": (int, 0, 10_000), "control_windows": (int, 2, 10_000),
     "timeline_windows": (int, 0, 10_000), "batch_size": (int, 1, 1024),
 }
-MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text"}
+MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text", "meta"}
 MAX_LABEL = 1000  # labels are shown as given; file names use a slug of at most MAX_SLUG characters
 MAX_SLUG = 40
 
@@ -130,14 +131,14 @@ def _spec(entry, source: str, n: int) -> ModelSpec:
         raise ReportgenError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     if not isinstance(entry.get("path"), str) or not entry["path"]:
         raise ReportgenError(f"{where}: needs a path (a string)")
-    for key in ("label", "language", "text", "heldout", "train_text"):
+    for key in ("label", "language", "text", "heldout", "train_text", "meta"):
         if key in entry and not isinstance(entry[key], str):
             raise ReportgenError(f"{where}: {key} must be a string, not {type(entry[key]).__name__}")
     if "with_residuals" in entry and not isinstance(entry["with_residuals"], bool):
         raise ReportgenError(f"{where}: with_residuals must be true or false, not {entry['with_residuals']!r}")
     p = lambda k: Path(entry[k]) if entry.get(k) else None
     return ModelSpec(Path(entry["path"]), entry.get("label") or Path(entry["path"]).stem, entry.get("language"),
-                     p("text"), p("heldout"), entry.get("with_residuals", True), p("train_text"))
+                     p("text"), p("heldout"), entry.get("with_residuals"), p("train_text"), meta=p("meta"))
 
 
 def _check(cfg: RunConfig, origin) -> None:

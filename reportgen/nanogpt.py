@@ -26,12 +26,28 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
+def find_meta(ckpt: Path, payload: dict, explicit: Path | None = None) -> Path:
+    """Where nanoGPT keeps the vocabulary: `explicit` (--meta), beside the checkpoint, or in
+    `data/<config dataset>/meta.pkl` relative to the checkpoint's folder or any of its parents."""
+    if explicit is not None:
+        return explicit
+    candidates = [ckpt.parent / "meta.pkl"]
+    dataset = (payload.get("config") or {}).get("dataset") if isinstance(payload.get("config"), dict) else None
+    if isinstance(dataset, str) and dataset and "/" not in dataset and dataset not in (".", ".."):
+        candidates += [folder / "data" / dataset / "meta.pkl" for folder in [ckpt.parent, *ckpt.parent.parents]]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    where = f"beside it or in data/{dataset}/ above it" if dataset else "beside it"
+    raise ReportgenError(f"{ckpt}: nanoGPT vocabulary meta.pkl not found {where}; give it with --meta FILE")
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """nanoGPT's meta.pkl ({'stoi', 'itos', 'vocab_size'}) without running any code."""
     try:
         data = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
     except FileNotFoundError:
-        raise ReportgenError(f"{path}: meta.pkl not found beside the nanoGPT checkpoint") from None
+        raise ReportgenError(f"{path}: meta.pkl not found") from None
     except Exception as exc:  # any failure means the file is not plain data
         raise ReportgenError(f"{path}: not a plain-data meta.pkl ({str(exc)[:120]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("itos"), dict):

@@ -43,7 +43,7 @@ def analysis_key(cfg: RunConfig) -> str:
         for f in [spec.path] + files:  # the checkpoint and its siblings (timeline), vocabulary, hyperparameters
             if f.is_file() or f == spec.path:
                 _file_digest(h, f)
-        for f in (spec.text, spec.heldout, spec.train_text):
+        for f in (spec.text, spec.heldout, spec.train_text, spec.meta):
             if f is not None:
                 _file_digest(h, f)
         if spec.text is None:

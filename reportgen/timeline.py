@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .capture import capture
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_series, load_checkpoint
 from .results import Series, Timeline
 from .stats import split_stats
 
@@ -19,12 +19,13 @@ if TYPE_CHECKING:
 def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timeline | None:
     """Strength of the final model's strongest roles at every sibling checkpoint (step*.pt), with CIs.
 
-    Runs only when the model's folder holds three or more reportgen checkpoints of the same shape.
+    Runs only when the model's folder holds three or more checkpoints of one run (reportgen `stepN.pt` or the
+    course's `checkpoint_step{S}_loss{L}.pt`) of the same shape.
     Each checkpoint is scored on the same evenly spread held-out windows.
     """
     prep = a.prep
     path = prep.bundle.path
-    siblings = sorted(path.parent.glob("step*.pt"))
+    siblings = checkpoint_series(path)
     if len(siblings) < 3 or path not in siblings:
         return None
     chosen = {}
@@ -39,7 +40,8 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
     task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
     steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
     for ckpt in siblings:
-        bundle = load_checkpoint(ckpt)
+        bundle = load_checkpoint(ckpt, with_residuals=prep.bundle.config.with_residuals,
+                                 train_text=prep.spec.train_text, meta_path=prep.spec.meta)
         if bundle.config != prep.bundle.config or bundle.tokenizer.vocab != prep.bundle.tokenizer.vocab:
             progress.advance(task)
             continue

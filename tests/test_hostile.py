@@ -81,7 +81,7 @@ def test_bad_model_tables_and_options_are_refused(world, capsys):
                       "--out", str(world / "site")], world, "--heldout needs --text")
     _refused(capsys, _args(world) + ["--label", "Second"], world, "--label")
     _refused(capsys, _args(world, **{"--language": "he"}), world, "no Hebrew letters")
-    _refused(capsys, _args(world) + ["--no-residuals"], world, "--no-residuals applies to course checkpoints")
+    _refused(capsys, _args(world) + ["--no-residuals"], world, "apply to course checkpoints")
     _refused(capsys, _args(world) + ["--train-text", str(world / "planted.txt")], world, "--train-text")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -88,3 +89,30 @@ def test_meta_pkl_with_code_is_refused(tmp_path):
     (tmp_path / "meta.pkl").write_bytes(pickle.dumps({"itos": {0: "a"}, "x": _Evil()}))
     with pytest.raises(ReportgenError, match="meta.pkl: not a plain-data meta.pkl"):
         load_checkpoint(tmp_path / "ckpt.pt")
+
+
+def test_nanogpt_layout_finds_meta_in_data_dataset_and_info_prints_tensor_metadata(tmp_path, capsys):
+    """nanoGPT keeps meta.pkl in data/<dataset>/ and best_val_loss as a tensor; --meta points anywhere."""
+    from reportgen.cli import cli
+
+    torch.manual_seed(0)
+    gpt = GPT(bias=False).eval()
+    run = tmp_path / "out-tiny"
+    run.mkdir()
+    torch.save({"model": gpt.state_dict(), "model_args": dict(n_layer=2, n_head=2, n_embd=16, block_size=12,
+                                                             vocab_size=11, bias=False, dropout=0.0),
+                "config": {"dataset": "tiny_chars"}, "iter_num": torch.tensor(250),
+                "best_val_loss": torch.tensor(1.25)}, run / "ckpt.pt")
+    chars = "\n abcdefghi"
+    data = tmp_path / "data" / "tiny_chars"
+    data.mkdir(parents=True)
+    with (data / "meta.pkl").open("wb") as fh:
+        pickle.dump({"vocab_size": 11, "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}, fh)
+    assert cli(["info", str(run / "ckpt.pt")]) == 0
+    meta = json.loads(capsys.readouterr().out)["metadata"]
+    assert meta["best_val_loss"] == 1.25 and meta["step"] == 250
+    moved = tmp_path / "elsewhere.pkl"
+    (data / "meta.pkl").rename(moved)
+    assert cli(["info", str(run / "ckpt.pt")]) == 2
+    assert "--meta" in capsys.readouterr().err
+    assert cli(["info", str(run / "ckpt.pt"), "--meta", str(moved)]) == 0
