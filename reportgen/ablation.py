@@ -20,7 +20,7 @@ from .controls import run_controls
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .languages import LANGUAGE
-from .generation import generation_evidence, heldout_sentence, role_predictions
+from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
 from .results import Ablation, CausalAgreement, Contrast, Controls, Finding, Generation, RoleEffect
 from .stats import bootstrap_ci, resample_counts
 
@@ -188,7 +188,9 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
         if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
             role_heads.append((h.layer, h.head))
     lang = LANGUAGE.get(prep.split.language)
-    generation = generation_evidence(bundle, lang.prompt if lang else "", prep.heldout_start(), role_heads,
+    prompt = prompt_for(lang.prompt if lang else "", prep.spec.text is not None, prep.heldout_start(),
+                        bundle.tokenizer)
+    generation = generation_evidence(bundle, prompt, prep.heldout_start(), role_heads,
                                      cfg.seed, means)
     primary = [(f.layer, f.head, f.role) for f in a.findings if f.primary]
     effects = [role_predictions(bundle, heldout_sentence(prep.heldout_start(), T), l, h, role, means)

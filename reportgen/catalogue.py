@@ -123,7 +123,8 @@ FAMILIES: tuple[Family, ...] = (
            "Class preferences can arise from where classes sit in words (e.g. consonants at word starts); the "
            "positional, label-swap and word-structure nulls remove the part explained by position and word "
            "structure alone."),
-    Family("punctuation", "", causal_target="after_punct"),
+    Family("punctuation", "Punctuation marks phrase and sentence structure; attending to it tells the model where "
+                          "it is in a phrase or sentence.", causal_target="after_punct"),
     Family("repetition", "",
            "Mass on earlier copies can be incidental when characters are common; the label-swap null controls for "
            "this.", causal_target="second_copy"),
@@ -280,14 +281,17 @@ def roles_of(split, layer: int, head: int) -> list[Detector]:
     return out
 
 
-def linguistic_note(key: str, code: str | None) -> str:
+def linguistic_note(key: str, code: str | None, vocab: str | None = None) -> str:
     """What a detector's (or a family's) pattern is good for in a language: the language record's note for the
-    detector, else the detector's generic note, else the language's note for its family, else the family's."""
+    detector, else the detector's generic note, else the language's note for its family, else the family's.
+    With `vocab` (the model's characters), language notes naming characters it lacks are skipped."""
     lang: Language | None = LANGUAGE.get(code) if code else None
     d = DETECTOR.get(key)
     family = d.family if d else key
-    candidates = (lang.notes.get(key) if lang else None, d.note if d else None,
-                  lang.notes.get(family) if lang else None, FAMILY[family].note if family in FAMILY else None)
+    def own(k):  # a language note that names characters the model's vocabulary lacks does not apply
+        needs = lang.note_needs.get(k, "") if lang else ""
+        return lang.notes.get(k) if lang and (vocab is None or all(c in vocab for c in needs)) else None
+    candidates = (own(key), d.note if d else None, own(family), FAMILY[family].note if family in FAMILY else None)
     for note in candidates:
         if note:
             return note

@@ -158,7 +158,7 @@ def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
         return (f"{f.head_name} attends there, but the model does not measurably rely on it (removing it changes "
                 f"held-out loss by {signed(abl.delta_bits_per_char)} bits/char, 95% CI {signed(abl.ci_low)} to "
                 f"{signed(abl.ci_high)}), so no linguistic role is claimed.")
-    note = linguistic_note(f.pattern, m.language)
+    note = linguistic_note(f.pattern, m.language, "".join(m.classes.values()))
     if f.pattern in ("induction", "probe_random", "probe_natural"):
         probe = m.probes.get("probe_natural")
         reads = m.head(f.layer, f.head).summary("probe_natural") if "probe_natural" in m.head(0, 0).detectors else None

@@ -60,6 +60,15 @@ def generation_evidence(bundle: ModelBundle, prompt: str, heldout: str, heads: l
                       per_char_delta(bundle, passage, heads, means), TEMPERATURE, TOP_K)
 
 
+def prompt_for(language_prompt: str, own_text: bool, heldout: str, tokenizer) -> str:
+    """The generation prompt: the language's own for its default corpus, else (and whenever the model cannot
+    read it) the first words of the held-out text, so samples start from the run's own kind of text."""
+    if language_prompt and not own_text and not tokenizer.unknown_chars(language_prompt):
+        return language_prompt
+    line = heldout_sentence(heldout, 64)[:24]
+    return line[: line.rfind(" ")] if " " in line[8:] else line
+
+
 def heldout_sentence(heldout: str, context: int) -> str:
     """A short held-out passage that starts at a line start: the first line of 30+ characters, cut to fit."""
     n = min(SENTENCE, context)

