@@ -49,6 +49,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_model(option: str, values: list[str] | None, models: list[str] | None) -> list[Path | None]:
+    """One value for all models, or one per --model in the same order."""
+    n = len(models or [])
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return [Path(values[0])] * n
+    if len(values) != n:
+        raise ReportgenError(f"{len(values)} {option} values for {n} --model: give one for all, or one per --model")
+    return [Path(v) for v in values]
+
+
 def _run_config(args: argparse.Namespace):
     """RunConfig from --config TOML and command-line options."""
     from .config import DEFAULT_TOML, ModelSpec, build_config
@@ -60,13 +72,14 @@ def _run_config(args: argparse.Namespace):
                                  f"{option} belongs to the --model in the same position")
     if args.heldout and not args.text:
         raise ReportgenError("--heldout needs --text (the text it is held out from)")
+    texts, heldouts = _per_model("--text", args.text, args.model), _per_model("--heldout", args.heldout, args.model)
     if args.model:
         labels = list(args.label or [])
         languages = list(args.language or [])
         models = tuple(
             ModelSpec(Path(m), labels[i] if i < len(labels) else Path(m).stem.replace("_", " "),
                       languages[i] if i < len(languages) else None,
-                      Path(args.text) if args.text else None, Path(args.heldout) if args.heldout else None,
+                      texts[i], heldouts[i],
                       False if args.no_residuals else True if args.residuals else None,
                       Path(args.train_text) if args.train_text else None,
                       meta=Path(args.meta) if args.meta else None)
@@ -126,8 +139,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", help="checkpoint file or folder (repeatable; default: shipped models)")
     p.add_argument("--label", action="append", help="display label for each --model, in order")
     p.add_argument("--language", action="append", choices=LANGUAGE_CODES, help="language of each --model, in order")
-    p.add_argument("--text", help="text file or folder to analyse (split into training / held-out as documented)")
-    p.add_argument("--heldout", help="held-out text file to use with --text instead of splitting it")
+    p.add_argument("--text", action="append",
+                   help="text file or folder to analyse (split into training / held-out as documented); one for all "
+                        "models or one per --model, in order")
+    p.add_argument("--heldout", action="append",
+                   help="held-out text to use with --text instead of splitting it; one for all or one per --model")
     p.add_argument("--out", help="output folder (default site/)")
     p.add_argument("--config", help="TOML settings file (default inputs/reportgen.toml)")
     p.add_argument("--seed", type=int, help="random seed for resampling and probes (default 0)")

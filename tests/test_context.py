@@ -34,3 +34,24 @@ def test_small_context_models_run_end_to_end(tmp_path, context):
     assert (out / "index.html").exists() and len(list(out.glob("head-*.html"))) == 4
     for effect in m["role_effects"]:
         assert len(effect["passage"]) <= context
+
+
+def test_each_model_reads_its_own_text(tmp_path, capsys):
+    paths = []
+    for n, seed in enumerate((1, 2)):
+        text = planted_text(8000, seed)
+        (tmp_path / f"t{n}.txt").write_text(text)
+        tok = CharTokenizer.from_text([text])
+        torch.manual_seed(n)
+        model = TransformerLM(1, 2, 16, 32, tok.vocab_size(), 32, True).eval()
+        save_checkpoint(tmp_path / f"m{n}.pt", model, tok, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                        corpus={"name": "x", "language": "en"}, seed=0, history=[])
+        paths.append(n)
+    args = ["analyze", "--model", str(tmp_path / "m0.pt"), "--model", str(tmp_path / "m1.pt"),
+            "--text", str(tmp_path / "t0.txt"), "--text", str(tmp_path / "t1.txt"), "--out", str(tmp_path / "out"),
+            "--train-windows", "16"]
+    assert cli(args) == 0
+    models = json.loads((tmp_path / "out" / "results.json").read_text())["models"]
+    assert [m["corpus"]["description"].split(" ")[0].split("/")[-1] for m in models] == ["t0.txt", "t1.txt"]
+    assert cli(args[:5] + ["--text", str(tmp_path / "t0.txt")] * 3 + ["--out", str(tmp_path / "o2")]) == 2
+    assert "3 --text values for 2 --model" in capsys.readouterr().err
