@@ -166,8 +166,12 @@ class ProbeScores:
 
 def random_probes(classes: CharClasses, n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Sequences (n, length) of random letters repeating with a period that has no repeated letter."""
-    letters = [i for i, c in enumerate(classes.codes) if classes.vocab[i] != "<PAD>"
-               and classes.vocab[i].isalpha()]
+    from .languages import LANGUAGE
+
+    lang = LANGUAGE.get(classes.language)
+    letters = [i for i, c in enumerate(classes.vocab) if len(c) == 1 and c.isalpha()]
+    own = [i for i in letters if lang is not None and lang.letters(classes.vocab[i])]
+    letters = own if len(own) >= 2 else letters  # the model's own script when it has one
     period = min(25, len(letters), length // 2)
     if period < 2:
         raise ReportgenError("vocabulary has too few letters for repeated-sequence probes")

@@ -28,11 +28,11 @@ def default_class(char: str, language: str) -> str:
         return "newline"
     if char.isdigit():
         return "digit"
-    for lang in (LANGUAGE.get(language), LANGUAGE["en"]):  # its own letters, then Latin letters
-        if lang is not None and lang.letters(char):
-            if char in lang.vowels:
-                return "vowel"
-            return "final" if char in lang.finals else "consonant"
+    lang = LANGUAGE.get(language) or LANGUAGE["en"]  # an unknown language: Latin letters
+    if lang.letters(char):  # only the language's own letters: another script's vowels are not its vowel letters
+        if char in lang.vowels:
+            return "vowel"
+        return "final" if char in lang.finals else "consonant"
     if char in HEBREW_PUNCT or unicodedata.category(char).startswith("P"):
         return "punctuation"
     return "other"

@@ -122,6 +122,32 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_change and (roles_changed or doc["significant"]) else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Write attention matrices of chosen passages (with text, ids and classes) to an .npz file."""
+    from . import api
+    from .corpora import read_text
+
+    model = api.load(args.model, with_residuals=not args.no_residuals, train_text=args.train_text, meta=args.meta,
+                     language=args.language)
+    T = model.config.max_context_len
+    passages = list(args.passage or [])
+    if args.text:
+        text = read_text(args.text)
+        passages += [text[k * T:(k + 1) * T] for k in range(args.windows) if text[k * T:(k + 1) * T]]
+    if not passages:
+        raise ReportgenError("export needs --passage TEXT or --text FILE")
+    out = Path(args.out)
+    if out.exists() and not out.is_file():
+        raise ReportgenError(f"{out}: exists and is not a file")
+    if out.suffix != ".npz":
+        raise ReportgenError(f"{out}: the export is an .npz file; name it *.npz")
+    if out.exists() and not args.force:
+        raise ReportgenError(f"{out}: exists; pass --force to replace it")
+    api.export(model, passages, out, args.language)
+    say(f"wrote {out}: attention (layers, heads, N, N) for {len(passages)} passage(s)")
+    return 0
+
+
 def _cmd_clean(args: argparse.Namespace) -> int:
     """Remove the files a previous run wrote into the output folder (and nothing else)."""
     from .outputs import OutputFolder
@@ -214,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pdf", action="store_true", help="skip diff.pdf")
     d.add_argument("--fail-on-change", action="store_true", help="exit 1 if anything changed significantly")
     d.set_defaults(func=_cmd_diff)
+
+    e = sub.add_parser("export", help="write attention matrices of passages to an .npz file")
+    e.add_argument("--model", required=True, help="checkpoint file or folder")
+    e.add_argument("--passage", action="append", help="a passage to export (repeatable)")
+    e.add_argument("--text", help="export the first --windows context-length windows of this text")
+    e.add_argument("--windows", type=int, default=4, help="windows to take from --text (default 4)")
+    e.add_argument("--language", choices=LANGUAGE_CODES, help="language for the character classes")
+    e.add_argument("--out", required=True, help="output .npz file")
+    e.add_argument("--force", action="store_true", help="replace an existing output file")
+    _add_checkpoint_options(e)
+    e.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("clean", help="remove the files a previous run wrote into an output folder")
     c.add_argument("--out", default="site", help="output folder (default site/)")

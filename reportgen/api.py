@@ -1,0 +1,82 @@
+"""A small Python API for notebooks: load a model, get attention for a string, score detectors on it,
+export attention matrices.
+
+    from reportgen import api
+    model = api.load("inputs/models/en/step05000.pt")       # reportgen, course or nanoGPT checkpoint
+    attn = api.attention(model, "In the beginning God created")   # (layers, heads, N, N) numpy array
+    scores = api.scores(model, "In the beginning God created the heaven and the earth.")
+    scores["offset_1"][0, 2]                                   # layer 0, head 2: mass on the previous character
+
+Rows of an attention matrix are queries, columns keys: attn[l, h, i, j] is how much character i
+attends to character j <= i. Nothing here writes files except `export`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import ModelBundle, load_checkpoint
+from .classes import CLASS_NAMES, CharClasses
+from .detectors import SKIP, batch_stats
+from .errors import ReportgenError
+
+
+def load(path: str | Path, *, with_residuals: bool = True, train_text: str | Path | None = None,
+         meta: str | Path | None = None, language: str | None = None) -> ModelBundle:
+    """Load a checkpoint of any supported kind (file or run folder) into a `ModelBundle`."""
+    return load_checkpoint(path, with_residuals=with_residuals, train_text=train_text, language=language,
+                           meta_path=Path(meta) if meta else None)
+
+
+def _ids(model: ModelBundle, text: str) -> torch.Tensor:
+    unknown = model.tokenizer.unknown_chars(text)
+    if unknown:
+        raise ReportgenError(f"text has characters outside the model's vocabulary: {''.join(unknown)!r}")
+    if not text or len(text) > model.config.max_context_len:
+        raise ReportgenError(f"text must have 1 to {model.config.max_context_len} characters (the model's context), "
+                             f"not {len(text)}")
+    return torch.tensor([model.tokenizer.tokenize(text)])
+
+
+@torch.no_grad()
+def attention(model: ModelBundle, text: str) -> np.ndarray:
+    """Attention of every layer and head on `text`: (layers, heads, N, N), rows = queries."""
+    _, attn = model.model(_ids(model, text), return_attention_weights=True)  # (L, 1, H, N, N)
+    return attn[:, 0].numpy()
+
+
+def classes(model: ModelBundle, language: str | None = None) -> CharClasses:
+    """The character classes reportgen uses for this model's vocabulary."""
+    return CharClasses.for_vocab(model.tokenizer.vocab, language or model.language or "en")
+
+
+@torch.no_grad()
+def scores(model: ModelBundle, text: str, language: str | None = None) -> dict[str, np.ndarray]:
+    """Every detector's value on `text` per layer and head: name -> (layers, heads). Queries before the
+    ninth character are skipped, as in the report, so `text` needs more than 8 characters."""
+    ids = _ids(model, text)
+    if ids.shape[1] <= SKIP:
+        raise ReportgenError(f"text must have more than {SKIP} characters for detector scores, not {ids.shape[1]}")
+    _, attn = model.model(ids, return_attention_weights=True)  # (L, 1, H, N, N)
+    codes = torch.as_tensor(classes(model, language).lookup())[ids]
+    stats = batch_stats(attn.permute(1, 0, 2, 3, 4), ids, codes, model.tokenizer.vocab_size())
+    return {name: v[0].numpy() for name, v in stats.observed.items()}
+
+
+def export(model: ModelBundle, passages: list[str], path: str | Path, language: str | None = None) -> Path:
+    """Write attention (L, H, N, N) for each passage, with its text, character ids and classes, to one .npz."""
+    path = Path(path)
+    cls = classes(model, language)
+    arrays: dict[str, np.ndarray] = {"class_names": np.array(CLASS_NAMES)}
+    for k, text in enumerate(passages):
+        arrays[f"attention_{k}"] = attention(model, text)
+        arrays[f"text_{k}"] = np.array(text)
+        ids = model.tokenizer.tokenize(text)
+        arrays[f"ids_{k}"] = np.array(ids)
+        arrays[f"classes_{k}"] = cls.lookup()[ids]
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
