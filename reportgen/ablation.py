@@ -20,6 +20,7 @@ from .controls import run_controls
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .languages import LANGUAGE
+from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
 from .results import Ablation, CausalAgreement, Contrast, Controls, Finding, Generation, RoleEffect
 from .stats import bootstrap_ci, resample_counts
@@ -192,9 +193,10 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
                         bundle.tokenizer)
     generation = generation_evidence(bundle, prompt, prep.heldout_start(), role_heads,
                                      cfg.seed, means)
-    primary = [(f.layer, f.head, f.role) for f in a.findings if f.primary]
-    effects = [role_predictions(bundle, heldout_sentence(prep.heldout_start(), T), l, h, role, means)
-               for l, h, role in primary[:MAX_ROLE_EFFECTS]]
+    passage = heldout_sentence(prep.heldout_start(), T)
+    effects = [role_predictions(bundle, passage, f.layer, f.head, f.role, means,
+                                example=worked_example(bundle, classes, passage, f.layer, f.head, f.pattern))
+               for f in [f for f in a.findings if f.primary][:MAX_ROLE_EFFECTS]]
     return CausalEvidence("mean", len(windows), baseline, heads, controls, generation,
                           [e for e in effects if e is not None], tuple(baseline_ci))
 

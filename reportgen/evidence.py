@@ -88,6 +88,17 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class WorkedExample:
+    """One query of a held-out passage where a role head puts the most attention on its role's target."""
+
+    query: int  # position of the character being read
+    char: str
+    context: str  # up to 25 characters ending at the query
+    target_mass: float  # the head's attention on its target set from this query
+    keys: list[tuple[int, str, float, bool]]  # its three strongest keys: (position, character, weight, in target)
+
+
+@dataclass(frozen=True)
 class RoleEffect:
     """The predictions on a short held-out passage that one role head's removal changes most."""
 
@@ -97,6 +108,7 @@ class RoleEffect:
     role: str
     passage: str
     predictions: list[Prediction]
+    example: WorkedExample | None = None
 
 
 @dataclass(frozen=True)

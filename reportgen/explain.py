@@ -61,6 +61,7 @@ class Explanation:
     caveats: str
     ablation: str
     controls: str = ""
+    example: str = ""
 
 
 def _what(f: Finding) -> str:
@@ -107,7 +108,23 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
                        f"on held-out text.")
     abl = m.ablation_of(f.layer, f.head)
     return Explanation(what, strength, consistency, _significance(f, m, abl), FAMILY[f.family].caveat,
-                       explain_ablation(f, abl), explain_controls(f, m))
+                       explain_ablation(f, abl), explain_controls(f, m), explain_example(f, m))
+
+
+def _show(text: str) -> str:
+    return text.replace(" ", "␣").replace("\n", "↵")
+
+
+def explain_example(f: Finding, m: ModelResult) -> str:
+    """The worked example of the head's main role on a held-out passage, in words with its numbers."""
+    effect = m.role_effect_of(f.layer, f.head)
+    ex = effect.example if effect is not None and effect.role == f.role else None
+    if ex is None:
+        return ""
+    keys = "; ".join(f"{num(w)} to '{_show(c)}' ({'itself' if k == ex.query else f'{ex.query - k} back'}"
+                     f"{', a target' if hit else ''})" for k, c, w, hit in ex.keys)
+    return (f"Reading '{_show(ex.char)}' at the end of '…{_show(ex.context)}', {f.head_name} sends {keys}; "
+            f"in all {num(ex.target_mass)} of its attention goes to its role's targets.")
 
 
 def explain_controls(f: Finding, m: ModelResult) -> str:

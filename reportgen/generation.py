@@ -79,7 +79,7 @@ def heldout_sentence(heldout: str, context: int) -> str:
 
 
 def role_predictions(bundle: ModelBundle, text: str, layer: int, head: int, role: str, means: dict | None,
-                     n: int = 3) -> RoleEffect | None:
+                     n: int = 3, example=None) -> RoleEffect | None:
     """The `n` next-character predictions on `text` whose probability of the true character changes most
     when the head is mean-ablated, with the top 3 candidates before and after."""
     if len(text) < 2:
@@ -94,4 +94,4 @@ def role_predictions(bundle: ModelBundle, text: str, layer: int, head: int, role
     top = lambda p: [(vocab[i], float(p[i])) for i in torch.argsort(p, descending=True)[:3].tolist()]
     preds = [Prediction(k + 1, text[max(0, k - 15):k + 1], text[k + 1], float(p0[k]), float(p1[k]), top(before[k]),
                         top(after[k])) for k in picks]
-    return RoleEffect(layer, head, f"L{layer}H{head}", role, text, preds)
+    return RoleEffect(layer, head, f"L{layer}H{head}", role, text, preds, example)

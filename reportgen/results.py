@@ -22,7 +22,7 @@ from .catalogue import DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS
 from .codec import decode, encode, optional
 from .errors import ReportgenError
 from .evidence import (Ablation, CausalAgreement, Contrast, ControlResult, Controls, Generation, Prediction,
-                       RoleEffect, Series, Timeline)
+                       RoleEffect, Series, Timeline, WorkedExample)
 
 SCHEMA_VERSION = 3
 SPLITS = ("train", "heldout")
