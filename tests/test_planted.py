@@ -192,3 +192,20 @@ def test_no_absolute_path_of_this_machine_in_any_output(planted_site):
     for p in files:
         text = p.read_text(encoding="utf-8")
         assert str(out.parent) not in text and str(Path.home()) + "/" not in text, p.name
+
+
+def test_worked_examples_state_the_attention_they_describe(planted_site, run):
+    from reportgen import api
+
+    out, _ = planted_site
+    (m,) = run.models
+    model = api.load(out.parent / "planted.pt")
+    examples = [(e, e.example) for e in m.role_effects if e.example is not None]
+    assert len(examples) >= len(PLANTED)
+    for effect, ex in examples:
+        attn = api.attention(model, effect.passage)[effect.layer, effect.head]
+        assert effect.passage[ex.query] == ex.char
+        for k, c, w, _ in ex.keys:
+            assert effect.passage[k] == c and abs(attn[ex.query, k] - w) < 1e-4
+        f = next(f for f in m.primary if (f.layer, f.head) == (effect.layer, effect.head))
+        assert num(ex.target_mass) in explain(f, m).example
