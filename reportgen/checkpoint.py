@@ -14,7 +14,6 @@ Nothing is ever unpickled beyond tensors and plain containers (`torch.load(weigh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from . import nanogpt
+from .config import file_sha256
 from .errors import ReportgenError
 from .model import ModelConfig, TransformerLM
 from .tokenizer import CharTokenizer
@@ -48,15 +48,6 @@ class ModelBundle:
     def config(self) -> ModelConfig:
         """The model's hyperparameters."""
         return self.model.config
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safe_load(path: Path) -> Any:

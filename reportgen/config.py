@@ -17,6 +17,15 @@ DEFAULT_TOML = ROOT / "inputs" / "reportgen.toml"
 TEMPLATE_DIRS = (ROOT / "templates", Path(sys.prefix) / "share" / "reportgen" / "templates")
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def display_path(path: str | Path) -> str:
     """A path as outputs may show it: relative to the working directory when inside it, else its last two parts
     (no absolute path of the machine that built a report appears in any output)."""

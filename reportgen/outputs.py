@@ -18,7 +18,6 @@ keeps two runs apart; staging folders of dead runs are removed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .config import file_sha256
 from .errors import ReportgenError
 from .results import Run, dumps, read_run
 from .stages import FigureInputs
@@ -87,12 +87,12 @@ class OutputFolder:
         files = self.inventory()
         if not files or (self.path / JOURNAL).exists():
             return False
-        ok = all((self.path / f).is_file() and (not h or _sha256(self.path / f) == h) for f, h in files.items())
+        ok = all((self.path / f).is_file() and (not h or file_sha256(self.path / f) == h) for f, h in files.items())
         return ok and all((self.path / f).is_file() for f in wanted)
 
     def record(self, **status) -> None:
         """Write the status file: the given keys plus the inventory (path -> sha256) of every file written."""
-        files = {str(p.relative_to(self.path)): _sha256(p) for p in sorted(self.path.rglob("*"))
+        files = {str(p.relative_to(self.path)): file_sha256(p) for p in sorted(self.path.rglob("*"))
                  if p.is_file() and p.name != STATUS}
         write_json(self.path / STATUS, {**status, "files": files})
 
@@ -216,14 +216,6 @@ def _inside(rel: str) -> bool:
     """A relative path that stays inside the folder (status files are data, not trusted paths)."""
     p = Path(rel)
     return bool(rel) and not p.is_absolute() and ".." not in p.parts
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _prune_empty(folder: Path) -> None:
