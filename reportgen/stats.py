@@ -1,4 +1,4 @@
-"""Statistics over windows: bootstrap CIs, p-values against three nulls, BH-FDR (role rules: catalogue.py).
+"""Statistics over windows: bootstrap CIs, p-values against the nulls, BH-FDR (role rules: catalogue.py).
 
 The window is the resampling unit (positions inside a window are dependent). Windows cut from
 one contiguous text (the held-out split) are dependent too, so their CIs come from a moving-block
