@@ -89,7 +89,8 @@ def _run_config(args: argparse.Namespace):
     toml = Path(args.config) if args.config else (DEFAULT_TOML if DEFAULT_TOML.exists() else None)
     return build_config(toml, models=models, out=Path(args.out) if args.out else None, seed=args.seed,
                         oov=args.oov, train_windows=args.train_windows, heldout_windows=args.heldout_windows,
-                        pdf=False if getattr(args, "no_pdf", False) else None)
+                        pdf=False if getattr(args, "no_pdf", False) else None,
+                        author=getattr(args, "author", None), course=getattr(args, "course", None))
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the whole report: analysis, static site and PDF")
     _add_run_options(r)
     r.add_argument("--no-pdf", action="store_true", help="skip the PDF")
+    r.add_argument("--author", help="author(s) for the PDF's title page")
+    r.add_argument("--course", help="course or assignment for the PDF's title page")
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("diff", help="what changed in each head between two runs or checkpoints")

@@ -76,6 +76,8 @@ class RunConfig:
     oov: str = "error"
     pdf: bool = True
     class_overrides: dict = field(default_factory=dict)
+    author: str = ""  # shown on the PDF's title page (rendering only: not part of the analysis)
+    course: str = ""
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (for results.json and the cache)."""
@@ -166,6 +168,9 @@ def _check(cfg: RunConfig, origin) -> None:
             raise ReportgenError(f"{origin(key)}: {key} must be between {lo} and {hi}, not {v}")
     if cfg.oov not in OOV_POLICIES:
         raise ReportgenError(f"{origin('oov')}: oov must be one of {', '.join(OOV_POLICIES)}, not {cfg.oov!r}")
+    for key in ("author", "course"):
+        if not isinstance(getattr(cfg, key), str) or len(getattr(cfg, key)) > 200:
+            raise ReportgenError(f"{origin(key)}: {key} must be text of at most 200 characters")
     if not isinstance(cfg.pdf, bool):
         raise ReportgenError(f"{origin('pdf')}: pdf must be true or false, not {cfg.pdf!r}")
     if not isinstance(cfg.class_overrides, dict):

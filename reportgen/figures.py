@@ -84,7 +84,7 @@ def head_figure(d: HeadFigureData) -> bytes:
         ax.set_title("mean over held-out windows\n(first 48 positions)", fontsize=8)
         ax.set_xlabel("key position", fontsize=7)
         ax.set_ylabel("query position", fontsize=7)
-        fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+        fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04, label="attention weight (square-root scale)")
         ax = fig.add_subplot(grid[1, : max(1, n // 2 + 1)])
         k = np.arange(len(d.offset_profile))
         ax.bar(k, d.offset_profile, color="#5b3f8c", width=0.8)
@@ -100,11 +100,12 @@ def head_figure(d: HeadFigureData) -> bytes:
         ax.set_yticks(range(len(d.class_names)), d.class_names)
         ax.set_xlabel("key class")
         ax.set_ylabel("query class")
-        ax.set_title("attention by class vs chance (log2 ratio)")
+        ax.set_title("attention by class: observed / chance (cells)")
         for (i, j), v in np.ndenumerate(d.class_ratio):
             ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
                     color="white" if abs(ratio[i, j]) > 1.8 else "black")
-        fig.colorbar(im2, ax=ax, fraction=0.046, pad=0.04, label="log2(observed / chance)")
+        cb = fig.colorbar(im2, ax=ax, fraction=0.046, pad=0.04, label="observed / chance (log scale)")
+        cb.set_ticks([-3, -2, -1, 0, 1, 2, 3], labels=["⅛", "¼", "½", "1", "2", "4", "8"])
         fig.suptitle(d.title, fontsize=10)
         return png_bytes(fig)
 
@@ -125,7 +126,7 @@ def grid_figure(title: str, text: str, attn: np.ndarray, roles: list[list[str]])
                 ax.set_title(f"L{l}H{h}", fontsize=8, pad=2)
                 role = roles[l][h]
                 ax.set_xlabel(role if len(role) <= 28 else role[:27] + "…", fontsize=6)
-        fig.colorbar(img, ax=axes, fraction=0.02, pad=0.02, label="attention weight")
+        fig.colorbar(img, ax=axes, fraction=0.02, pad=0.02, label="attention weight (square-root scale)")
         fig.suptitle(f"{title}\ninput: {text[:60]!s}", fontsize=9)
         return png_bytes(fig, dpi=90)
 
@@ -189,6 +190,9 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
         return png_bytes(fig)
 
 
+CODE_HASH = hashlib.sha256(Path(__file__).read_bytes()).digest()  # a change to any figure code redraws every figure
+
+
 def _render(job: tuple) -> bytes:
     """Worker entry: (function name, args) -> PNG bytes."""
     name, args = job
@@ -233,8 +237,8 @@ class FigureWriter:
 
 
 def _job_key(job: tuple) -> str:
-    """Hash of a figure job's function and inputs (arrays by their bytes)."""
-    h = hashlib.sha256()
+    """Hash of the figure code, a figure job's function and its inputs (arrays by their bytes)."""
+    h = hashlib.sha256(CODE_HASH)
 
     def feed(x):
         if isinstance(x, np.ndarray):

@@ -15,7 +15,7 @@ from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, RO
                         linguistic_note, shown_in)
 from .languages import LANGUAGE
 from .explain import Absent, Explanation, absent_families, explain
-from .synthesis import Criterion, Question, criteria, key_questions, limitations, ranked
+from .synthesis import Criterion, Question, conclusion, criteria, key_questions, limitations, ranked
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .stats import BLOCK, N_BOOT
 
@@ -208,6 +208,9 @@ class Pages:
     compare: ComparePage
     methods: MethodsPage
     grids: dict[str, str] = field(default_factory=dict)  # model label -> grid figure (PDF)
+    author: str = ""  # the PDF title page
+    course: str = ""
+    conclusion: list[str] = field(default_factory=list)  # the PDF's closing chapter, one sentence per head
 
 
 # ---- builders -----------------------------------------------------------------------------------
@@ -299,7 +302,7 @@ def methods_page(run: Run) -> MethodsPage:
                        run.settings.get("n_probes", 0), ALPHA, run.reportgen_version, run.environment, run.settings)
 
 
-def build_pages(run: Run, figs: dict, diff_link: bool = False) -> Pages:
+def build_pages(run: Run, figs: dict, diff_link: bool = False, author: str = "", course: str = "") -> Pages:
     """Every page record of a run, given the figure file names (see site.plan_figures)."""
     models = run.models
     nav = ([("index.html", "Overview")] + [(model_file(m), m.label) for m in models] +
@@ -315,4 +318,4 @@ def build_pages(run: Run, figs: dict, diff_link: bool = False) -> Pages:
     index = IndexPage(model_pages, _strongest_heads(models, MAX_HEADLINE_HEADS), key_questions(models),
                       criteria(models, model_file(models[0])), limitations(models))
     return Pages(common, index, model_pages, heads, gallery, compare_page(models, figs), methods_page(run),
-                 {m.label: figs[(m.label, "grid")] for m in models})
+                 {m.label: figs[(m.label, "grid")] for m in models}, author, course, conclusion(models))

@@ -59,7 +59,7 @@ def analysis_key(cfg: RunConfig) -> str:
 def render_key(cfg: RunConfig, akey: str) -> str:
     """Hash of the analysis key plus everything that only changes how the numbers are shown."""
     h = hashlib.sha256(akey.encode())
-    h.update(str(cfg.pdf).encode())
+    h.update(json.dumps([cfg.pdf, cfg.author, cfg.course]).encode())
     code = Path(__file__).resolve().parent
     for path in [code / n for n in RENDER_CODE] + sorted(template_dir().iterdir()):
         h.update(path.name.encode())
@@ -122,7 +122,7 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
         if not analyze_only:
             figures = cache.figures()
             write_site(run.normalised(), inputs, out, figures, pdf=cfg.pdf, previous=cache.folder, clock=clock,
-                       diff_link=(cfg.out / "diff" / "diff.html").exists())
+                       diff_link=(cfg.out / "diff" / "diff.html").exists(), title=(cfg.author, cfg.course))
         write_json(out.path / "timings.json", clock.totals())
         out.record(key=cache.key, analysis=cache.analysis, figures=figures)
     say(f"wrote {cfg.out} in {clock.total():.1f} s ({clock.summary()})")

@@ -138,7 +138,7 @@ def write_pages(html: dict[str, str], folder: Path) -> None:
 
 
 def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_cache: dict, *, pdf: bool,
-               previous: OutputFolder, clock, diff_link: bool = False) -> None:
+               previous: OutputFolder, clock, diff_link: bool = False, title: tuple[str, str] = ("", "")) -> None:
     """Figures, pages and (optionally) the PDF into `out`; `figure_cache` is updated with the figures used."""
     from .progress import stderr
 
@@ -146,7 +146,7 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
         shutil.copytree(previous.path / FIGURES, out.path / FIGURES)
     with stderr.status("rendering figures and pages"):
         figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache)
-        html, pdf_html = render(build_pages(run, figs, diff_link))
+        html, pdf_html = render(build_pages(run, figs, diff_link, *title))
         write_pages(html, out.path)
     used = set(figs.values())
     for stale in (out.path / FIGURES).glob("*.png"):

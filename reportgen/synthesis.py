@@ -211,3 +211,21 @@ def criteria(models: list[ModelResult], first: str) -> list[Criterion]:
          if len({m.language for m in models}) > 1 else []) + (
         [Criterion(True, "Causal evidence: every head ablated, with targeted effects and controls", f"{first}#causal")]
         if all(m.ablation for m in models) else [])
+
+
+def conclusion(models: list[ModelResult]) -> list[str]:
+    """One sentence per model on what its heads do, best-supported roles first, with the evidence behind each."""
+    out = []
+    for m in models:
+        heads = ranked([m])
+        if not heads:
+            out.append(f"{m.label}: no head has a role that held on held-out text.")
+            continue
+        parts = []
+        for _, f in heads:
+            r = relied(m, f)
+            support = "relied upon" if r else "not measurably relied upon" if r is False else "not ablated"
+            parts.append(f"{f.head_name} is a {f.role} ({support})")
+        out.append(f"{m.label}: " + "; ".join(parts) + f". {len(heads)} of {m.n_layers * m.n_heads} heads have a "
+                   f"replicated role.")
+    return out

@@ -56,3 +56,12 @@ def test_figures_are_deterministic_and_named_by_content(tmp_path):
     (tmp_path / "c" / first[0]).touch()
     mtime = (tmp_path / "c" / first[0]).stat().st_mtime_ns
     assert fw.run(cache) == first and (tmp_path / "c" / first[0]).stat().st_mtime_ns == mtime
+
+
+def test_figure_cache_keys_change_with_the_figure_code(monkeypatch):
+    from reportgen import figures
+
+    job = ("png_bytes", (np.zeros(2),))
+    before = figures._job_key(job)
+    monkeypatch.setattr(figures, "CODE_HASH", b"other code")
+    assert figures._job_key(job) != before
