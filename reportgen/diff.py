@@ -196,7 +196,8 @@ def _prevalence(m: ModelResult) -> dict:
 
 
 def run_data(path: Path, force: bool = False) -> RunData:
-    """Results (folder or results.json) as they are; a checkpoint is analysed first with default settings."""
+    """Results (folder or results.json) as they are; a checkpoint is analysed first with default settings (no
+    emergence timeline), labelled by its language and file name."""
     if path.is_file() and path.suffix == ".json" or (path.is_dir() and (path / "results.json").exists()):
         return load_results(path)
     if not path.exists():
@@ -207,8 +208,10 @@ def run_data(path: Path, force: bool = False) -> RunData:
     from .languages import LANGUAGE
 
     bundle = load_checkpoint(path)
-    label = LANGUAGE[bundle.language].name if bundle.language in LANGUAGE else path.stem
-    cfg = build_config(None, models=(ModelSpec(path, label, bundle.language),), out=Path("unused"))
+    name = LANGUAGE[bundle.language].name if bundle.language in LANGUAGE else ""
+    label = f"{name} {path.stem}".strip()  # the file name tells the two sides apart in progress lines
+    cfg = build_config(None, models=(ModelSpec(path, label, bundle.language),), out=Path("unused"),
+                       timeline_windows=0)  # a diff compares two checkpoints; their emergence timelines are not needed
     analysed = analyze(cfg)
     return RunData(path, new_run(cfg, analysed.models).normalised(), analysed.windows)
 
