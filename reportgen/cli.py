@@ -114,7 +114,12 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     from .diff import check_out, compare, print_summary, render, run_data
 
     check_out(Path(args.out))  # before any analysis
-    a, b = run_data(Path(args.a)), run_data(Path(args.b))
+    if args.heldout and not args.text:
+        raise ReportgenError("--heldout needs --text (the text it is held out from)")
+    options = dict(language=args.language, text=Path(args.text) if args.text else None,
+                   heldout=Path(args.heldout) if args.heldout else None,
+                   toml=Path(args.config) if args.config else None)
+    a, b = run_data(Path(args.a), **options), run_data(Path(args.b), **options)
     doc = compare(a, b, force=args.force)
     render(doc, Path(args.out), pdf=not args.no_pdf)
     print_summary(doc)
@@ -242,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="compare even if the runs used different texts")
     d.add_argument("--no-pdf", action="store_true", help="skip diff.pdf")
     d.add_argument("--fail-on-change", action="store_true", help="exit 1 if anything changed significantly")
+    d.add_argument("--language", choices=LANGUAGE_CODES, help="checkpoints: their language, if they do not record it")
+    d.add_argument("--text", help="checkpoints: analyse both on this text (default: their language's corpus)")
+    d.add_argument("--heldout", help="checkpoints: held-out text to use with --text")
+    d.add_argument("--config", help="checkpoints: TOML settings for their analysis")
     d.set_defaults(func=_cmd_diff)
 
     e = sub.add_parser("export", help="write attention matrices of passages to an .npz file")

@@ -195,9 +195,11 @@ def _prevalence(m: ModelResult) -> dict:
     return {"per_layer": per_layer, "families": fams}
 
 
-def run_data(path: Path, force: bool = False) -> RunData:
-    """Results (folder or results.json) as they are; a checkpoint is analysed first with default settings (no
-    emergence timeline), labelled by its language and file name."""
+def run_data(path: Path, force: bool = False, language: str | None = None, text: Path | None = None,
+             heldout: Path | None = None, toml: Path | None = None) -> RunData:
+    """Results (folder or results.json) as they are; a checkpoint is analysed first (default settings, or those of
+    `toml`; its own language and corpus unless `language`/`text` are given; no emergence timeline), labelled by
+    its language and file name."""
     if path.is_file() and path.suffix == ".json" or (path.is_dir() and (path / "results.json").exists()):
         return load_results(path)
     if not path.exists():
@@ -208,9 +210,10 @@ def run_data(path: Path, force: bool = False) -> RunData:
     from .languages import LANGUAGE
 
     bundle = load_checkpoint(path)
-    name = LANGUAGE[bundle.language].name if bundle.language in LANGUAGE else ""
+    language = language or bundle.language
+    name = LANGUAGE[language].name if language in LANGUAGE else ""
     label = f"{name} {path.stem}".strip()  # the file name tells the two sides apart in progress lines
-    cfg = build_config(None, models=(ModelSpec(path, label, bundle.language),), out=Path("unused"),
+    cfg = build_config(toml, models=(ModelSpec(path, label, language, text, heldout),), out=Path("unused"),
                        timeline_windows=0)  # a diff compares two checkpoints; their emergence timelines are not needed
     analysed = analyze(cfg)
     return RunData(path, new_run(cfg, analysed.models).normalised(), analysed.windows)

@@ -55,3 +55,20 @@ def test_each_model_reads_its_own_text(tmp_path, capsys):
     assert [m["corpus"]["description"].split(" ")[0].split("/")[-1] for m in models] == ["t0.txt", "t1.txt"]
     assert cli(args[:5] + ["--text", str(tmp_path / "t0.txt")] * 3 + ["--out", str(tmp_path / "o2")]) == 2
     assert "3 --text values for 2 --model" in capsys.readouterr().err
+
+
+def test_diff_of_checkpoints_on_a_users_text(tmp_path, capsys):
+    text = planted_text(8000).lower()
+    (tmp_path / "t.txt").write_text(text)
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(0)
+    model = TransformerLM(1, 2, 16, 32, tok.vocab_size(), 32, True).eval()
+    for name in ("a", "b"):
+        save_checkpoint(tmp_path / f"{name}.pt", model, tok, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                        corpus={"name": "x"}, seed=0, history=[])
+    code = cli(["diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--text", str(tmp_path / "t.txt"),
+                "--language", "en", "--out", str(tmp_path / "d"), "--no-pdf", "--fail-on-change"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "English a: capture" in err and "English b: capture" in err  # the two sides told apart
+    assert json.loads((tmp_path / "d" / "diff.json").read_text())["significant"] == 0
