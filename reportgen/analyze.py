@@ -28,7 +28,7 @@ from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
 from .detectors import SKIP
 from .errors import ReportgenError
-from .languages import LANGUAGE
+from .languages import LANGUAGE, ensure as ensure_language
 from .progress import make_progress, say
 from .results import (SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run,
                       Timeline)
@@ -130,6 +130,8 @@ def load_text(spec: ModelSpec, language: str | None) -> TextSplit:
         return text_split(spec.text, language or "en", spec.heldout)
     if language is None:
         raise ReportgenError(f"{spec.path}: checkpoint does not record its language; give a language or --text")
+    if language in LANGUAGE and not LANGUAGE[language].corpus_loader:
+        raise ReportgenError(f"{spec.path}: reportgen has no default corpus for language {language!r}; give --text")
     return bible_split(language)
 
 
@@ -169,6 +171,8 @@ def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
     """Load the checkpoint and text and check every input before any work starts (errors are one line)."""
     bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals is not False,
                              train_text=spec.train_text, language=spec.language, meta_path=spec.meta)
+    ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab,
+                    cfg.vowels.get(spec.language or bundle.language or "", ""))
     check_script(bundle, spec.language)
     fmt = bundle.metadata.get("format")
     if fmt != "course" and spec.with_residuals is not None:
@@ -234,7 +238,8 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
     heads = [HeadResult(layer, head,
                         {name: {s: summary(a.stats[s], name, layer, head) for s in SPLITS}
                          for name in a.stats["train"].values},
-                        role_labels(a.stats, layer, head))
+                        {k: [role_name(r, prep.split.language) for r in v]
+                         for k, v in role_labels(a.stats, layer, head).items()})
              for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     probes = {name: Probe(p.period, int(len(p.observed)), p.example, float(p.loss_first.mean()),
                           float(p.loss_repeat.mean())) for name, p in a.probes.items()}
@@ -260,6 +265,13 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
                                      a.scores[s].class_count) for s in SPLITS},
         offset_profile={s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
         head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug, **causal_fields)
+
+
+def role_name(role: str, language: str) -> str:
+    """A role label in the language's own terms: where letters are not split into vowels and consonants (a
+    language without a record and without `vowels`), a "consonant head" is a "letter head"."""
+    lang = LANGUAGE.get(language)
+    return role.replace("consonant head", "letter head") if lang and lang.class_label("consonant") == "letter" else role
 
 
 def with_books(f, a: ModelAnalysis):
@@ -309,8 +321,9 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
         analyses = [analyze_model(prep, cfg, index, progress) for index, prep in enumerate(prepared)]
         for s in SPLITS:
             add_q_values([a.stats[s] for a in analyses])
-        analyses = [replace(a, findings=[with_books(f, a) for f in findings(a.stats, a.prep.bundle.config.n_layers,
-                                                                            a.prep.bundle.config.n_heads)])
+        analyses = [replace(a, findings=[with_books(replace(f, role=role_name(f.role, a.prep.split.language)), a)
+                                         for f in findings(a.stats, a.prep.bundle.config.n_layers,
+                                                           a.prep.bundle.config.n_heads)])
                     for a in analyses]
         models = []
         for index, a in enumerate(analyses):  # the causal stage needs the roles, so it runs after the FDR step

@@ -30,7 +30,7 @@ def default_class(char: str, language: str) -> str:
         return "digit"
     lang = LANGUAGE.get(language) or LANGUAGE["en"]  # an unknown language: Latin letters
     if lang.letters(char):  # only the language's own letters: another script's vowels are not its vowel letters
-        if char in lang.vowels:
+        if char in lang.vowels or char.lower() in lang.vowels:
             return "vowel"
         return "final" if char in lang.finals else "consonant"
     if char in HEBREW_PUNCT or unicodedata.category(char).startswith("P"):

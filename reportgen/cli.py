@@ -11,6 +11,15 @@ from .languages import LANGUAGE_CODES
 from .progress import say
 
 
+def _language(text: str) -> str:
+    """A language code: one with a record (en, he) or any ISO 639 code (a generic record is built for it)."""
+    from .languages import CODE
+
+    if text in LANGUAGE_CODES or CODE.match(text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a language code such as {', '.join(LANGUAGE_CODES)} or ru, not {text!r}")
+
+
 def _ints(text: str) -> tuple[int, ...]:
     """Parse '250,1000,5000' into a tuple of ints."""
     try:
@@ -170,7 +179,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by analyze and run."""
     p.add_argument("--model", action="append", help="checkpoint file or folder (repeatable; default: shipped models)")
     p.add_argument("--label", action="append", help="display label for each --model, in order")
-    p.add_argument("--language", action="append", choices=LANGUAGE_CODES, help="language of each --model, in order")
+    p.add_argument("--language", action="append", type=_language,
+                   help=f"language of each --model, in order: {', '.join(LANGUAGE_CODES)} (with notes and default "
+                        f"corpora) or any ISO 639 code (classes from the vocabulary's script; vowels from the "
+                        f"`vowels` setting)")
     p.add_argument("--text", action="append",
                    help="text file or folder to analyse (split into training / held-out as documented); one for all "
                         "models or one per --model, in order")
@@ -247,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="compare even if the runs used different texts")
     d.add_argument("--no-pdf", action="store_true", help="skip diff.pdf")
     d.add_argument("--fail-on-change", action="store_true", help="exit 1 if anything changed significantly")
-    d.add_argument("--language", choices=LANGUAGE_CODES, help="checkpoints: their language, if they do not record it")
+    d.add_argument("--language", type=_language, help="checkpoints: their language, if they do not record it")
     d.add_argument("--text", help="checkpoints: analyse both on this text (default: their language's corpus)")
     d.add_argument("--heldout", help="checkpoints: held-out text to use with --text")
     d.add_argument("--config", help="checkpoints: TOML settings for their analysis")
@@ -258,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--passage", action="append", help="a passage to export (repeatable)")
     e.add_argument("--text", help="export the first --windows context-length windows of this text")
     e.add_argument("--windows", type=int, default=4, help="windows to take from --text (default 4)")
-    e.add_argument("--language", choices=LANGUAGE_CODES, help="language for the character classes")
+    e.add_argument("--language", type=_language, help="language for the character classes")
     e.add_argument("--out", required=True, help="output .npz file")
     e.add_argument("--force", action="store_true", help="replace an existing output file")
     _add_checkpoint_options(e)

@@ -76,6 +76,7 @@ class RunConfig:
     oov: str = "error"
     pdf: bool = True
     class_overrides: dict = field(default_factory=dict)
+    vowels: dict = field(default_factory=dict)  # language code -> its vowel letters, for languages without a record
     author: str = ""  # shown on the PDF's title page (rendering only: not part of the analysis)
     course: str = ""
 
@@ -84,7 +85,7 @@ class RunConfig:
         return {"seed": self.seed, "train_windows": self.train_windows, "heldout_windows": self.heldout_windows,
                 "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
                 "ablation_windows": self.ablation_windows, "control_windows": self.control_windows,
-                "timeline_windows": self.timeline_windows}
+                "timeline_windows": self.timeline_windows, **({"vowels": self.vowels} if self.vowels else {})}
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -155,7 +156,7 @@ def _spec(entry, source: str, n: int) -> ModelSpec:
 def _check(cfg: RunConfig, origin) -> None:
     """Every setting's type and range; one-line errors naming the key and where it was set (`origin(key)`)."""
     from .classes import CLASS_NAMES
-    from .languages import LANGUAGE_CODES
+    from .languages import CODE, LANGUAGE_CODES
     from .tokenizer import OOV_POLICIES
 
     for key, (kind, lo, hi) in LIMITS.items():
@@ -181,10 +182,13 @@ def _check(cfg: RunConfig, origin) -> None:
         if name not in CLASS_NAMES:
             raise ReportgenError(f"{origin('class_overrides')}: class_overrides[{char!r}] must be one of {', '.join(CLASS_NAMES)}, "
                                  f"not {name!r}")
+    if not isinstance(cfg.vowels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in cfg.vowels.items()):
+        raise ReportgenError(f"{origin('vowels')}: vowels must be a table of language code = \"letters\"")
     for m in cfg.models:
-        if m.language is not None and m.language not in LANGUAGE_CODES:
-            raise ReportgenError(f"{origin('models')}: language of {m.path} must be one of {', '.join(LANGUAGE_CODES)}, "
-                                 f"not {m.language!r}")
+        if m.language is not None and m.language not in LANGUAGE_CODES and not CODE.match(m.language):
+            raise ReportgenError(f"{origin('models')}: language of {m.path} must be a language code such as "
+                                 f"{', '.join(LANGUAGE_CODES)}, not {m.language!r}")
         if not m.label.strip() or len(m.label) > MAX_LABEL:
             raise ReportgenError(f"{origin('models')}: label of {m.path} must be 1 to {MAX_LABEL} characters")
         if m.heldout is not None and m.text is None:

@@ -9,6 +9,9 @@ see `catalogue.linguistic_note`). Adding a language means adding one record here
 from __future__ import annotations
 
 import importlib
+import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -33,6 +36,8 @@ class Language:
 
     def books(self) -> dict[str, str]:
         """The default corpus, book by book."""
+        if not self.corpus_loader:
+            raise ValueError(f"language {self.code!r} has no default corpus")
         module, func = self.corpus_loader.split(":")
         return getattr(importlib.import_module(module), func)()
 
@@ -82,3 +87,30 @@ LANGUAGES: tuple[Language, ...] = (
 )
 LANGUAGE = {lang.code: lang for lang in LANGUAGES}
 LANGUAGE_CODES = tuple(LANGUAGE)
+
+
+CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")  # ISO 639 codes, optionally with a region or script
+
+
+def script(char: str) -> str:
+    """The Unicode script of a letter, from its character name ("CYRILLIC SMALL LETTER A" -> "CYRILLIC")."""
+    return unicodedata.name(char, "").split(" ")[0]
+
+
+def generic(code: str, vocab: list[str], vowels: str = "") -> Language:
+    """A language record for a code reportgen has no record of, built from the vocabulary: its letters are those
+    of the vocabulary's dominant script; `vowels` (from the settings) names its vowel letters, and without them
+    every letter counts as a plain letter (the class is shown as "letter", never as a consonant)."""
+    letters = [c for c in vocab if len(c) == 1 and c.isalpha()]
+    counts = Counter(script(c) for c in letters)
+    main = counts.most_common(1)[0][0] if counts else ""
+    labels = {"consonant": "consonant"} if vowels else {"consonant": "letter"}
+    return Language(code, code, "", "", (), letters=lambda c, s=main: bool(s) and c.isalpha() and script(c) == s,
+                    vowels=vowels, class_labels=labels)
+
+
+def ensure(code: str | None, vocab: list[str], vowels: str = "") -> None:
+    """Register (or refresh, for this model's vocabulary and vowels) the generic record of a language code that
+    has no record of its own; English and Hebrew keep theirs."""
+    if code and code not in LANGUAGE_CODES:
+        LANGUAGE[code] = generic(code, vocab, vowels)

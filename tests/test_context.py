@@ -72,3 +72,28 @@ def test_diff_of_checkpoints_on_a_users_text(tmp_path, capsys):
     assert code == 0, err
     assert "English a: capture" in err and "English b: capture" in err  # the two sides told apart
     assert json.loads((tmp_path / "d" / "diff.json").read_text())["significant"] == 0
+
+
+def test_a_language_without_a_record_gets_classes_from_its_script(tmp_path, capsys):
+    import random
+
+    random.seed(0)
+    words = "в начале сотворил бог небо и землю земля же была безвидна и пуста".split()
+    text = "".join(" ".join(random.choice(words) for _ in range(10)).capitalize() + ".\n" for _ in range(300))
+    (tmp_path / "ru.txt").write_text(text)
+    tok = CharTokenizer.from_text([text + "abc"])  # a few Latin letters in the vocabulary too
+    torch.manual_seed(0)
+    model = TransformerLM(1, 2, 16, 32, tok.vocab_size(), 32, True).eval()
+    save_checkpoint(tmp_path / "ru.pt", model, tok, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                    corpus={"name": "ru"}, seed=0, history=[])
+    base = ["analyze", "--model", str(tmp_path / "ru.pt"), "--language", "ru", "--text", str(tmp_path / "ru.txt"),
+            "--train-windows", "16"]
+    assert cli(base + ["--out", str(tmp_path / "a")]) == 0
+    classes = json.loads((tmp_path / "a" / "results.json").read_text())["models"][0]["classes"]
+    assert "vowel" not in classes and "б" in classes["letter"] and "a" not in classes["letter"]  # Latin: other
+    (tmp_path / "v.toml").write_text('vowels = { ru = "аеиоуыэюя" }\n')
+    assert cli(base + ["--config", str(tmp_path / "v.toml"), "--out", str(tmp_path / "b")]) == 0
+    classes = json.loads((tmp_path / "b" / "results.json").read_text())["models"][0]["classes"]
+    assert set(classes["vowel"]) >= set("аеиоуыя") and "И" in classes["vowel"] and "б" in classes["consonant"]
+    assert cli(["analyze", "--model", str(tmp_path / "ru.pt"), "--language", "ru", "--out", str(tmp_path / "c")]) == 2
+    assert "no default corpus" in capsys.readouterr().err
