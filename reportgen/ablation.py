@@ -16,13 +16,14 @@ import torch.nn.functional as F
 
 from .capture import natural_probes
 from .catalogue import roles_of
-from .controls import run_controls
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
-from .languages import LANGUAGE
+from .controls import run_controls
+from .evidence import Ablation, CausalAgreement, Contrast, Controls, Generation, RoleEffect
 from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
-from .results import Ablation, CausalAgreement, Contrast, Controls, Finding, Generation, RoleEffect
+from .languages import LANGUAGE
+from .results import Finding
 from .stats import bootstrap_ci, resample_counts
 
 if TYPE_CHECKING:

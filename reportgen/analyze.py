@@ -12,7 +12,6 @@ import datetime as dt
 import math
 import platform
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,10 +27,10 @@ from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
 from .detectors import SKIP
 from .errors import ReportgenError
-from .languages import LANGUAGE, ensure as ensure_language
+from .languages import LANGUAGE
+from .languages import ensure as ensure_language
 from .progress import make_progress, say
-from .results import (SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run,
-                      Timeline)
+from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run, Timeline
 from .roles import findings, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
 from .stats import add_q_values, block_length, split_stats

@@ -20,7 +20,7 @@ import torch
 from .capture import capture
 from .catalogue import ALPHA, FAMILY, ROLE_DETECTORS, roles_of
 from .detectors import SKIP
-from .results import ControlResult, Controls
+from .evidence import ControlResult, Controls
 from .stats import SplitStats, add_q_values, split_stats
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from .config import display_path
 from .errors import ReportgenError
 from .languages import LANGUAGE, LANGUAGE_CODES
+
 # Held out in both languages: narrative, poetry, prophecy and apocalyptic prose, about 7 % of
 # each corpus (the exact shares are in TextSplit.description and results.json).
 HELDOUT_BOOKS = ("Ruth", "Jonah", "Esther", "Ecclesiastes", "Lamentations", "Micah", "Daniel")

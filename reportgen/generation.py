@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import ModelBundle
-from .results import Generation, Prediction, RoleEffect
+from .evidence import Generation, Prediction, RoleEffect
 
 TEMPERATURE = 0.8  # sampling settings for generation with and without role heads
 TOP_K = 10

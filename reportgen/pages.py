@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .catalogue import ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS, linguistic_note, shown_in
 from .config import slug
-from .catalogue import (ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS,
-                        linguistic_note, shown_in)
-from .languages import LANGUAGE
 from .explain import Absent, Explanation, absent_families, explain
-from .synthesis import Criterion, Question, conclusion, criteria, key_questions, limitations, ranked
+from .languages import LANGUAGE
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .stats import BLOCK, N_BOOT
+from .synthesis import Criterion, Question, conclusion, criteria, key_questions, limitations, ranked
 
 CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
 MAX_HEADLINE_HEADS = 4  # headline cards per model

@@ -21,8 +21,7 @@ import numpy as np
 from .catalogue import DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS
 from .codec import decode, encode, optional
 from .errors import ReportgenError
-from .evidence import (Ablation, CausalAgreement, Contrast, ControlResult, Controls, Generation, Prediction,
-                       RoleEffect, Series, Timeline, WorkedExample)
+from .evidence import Ablation, CausalAgreement, Controls, Generation, RoleEffect, Timeline
 
 SCHEMA_VERSION = 3
 SPLITS = ("train", "heldout")

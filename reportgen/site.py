@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from .catalogue import FAMILIES, shown_in
 from .classes import CLASS_NAMES
 from .config import template_dir
 from .explain import num, pct, qval, signed, times
@@ -19,7 +20,6 @@ from .figures import FigureWriter, HeadFigureData
 from .languages import LANGUAGE
 from .outputs import FIGURES, OutputFolder, write_text_atomic
 from .pages import Pages, build_pages
-from .catalogue import FAMILIES, shown_in
 from .results import Run
 from .stages import FigureInputs
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .capture import capture
 from .checkpoint import checkpoint_series, load_checkpoint
-from .results import Series, Timeline
+from .evidence import Series, Timeline
 from .stats import split_stats
 
 if TYPE_CHECKING:

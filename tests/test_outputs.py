@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from reportgen.cli import cli
-from reportgen.config import build_config
 from reportgen.outputs import FIGURES, RESULTS, STATUS, OutputFolder
 from reportgen.pipeline import analysis_key, render_key
 

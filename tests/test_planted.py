@@ -16,7 +16,8 @@ import pytest
 from reportgen.catalogue import DETECTOR, ROLE_DETECTORS
 from reportgen.explain import explain, explain_ablation, num, pct, qval, times
 from reportgen.pages import build_pages, head_file
-from reportgen.results import Contrast, Run, read_run
+from reportgen.evidence import Contrast
+from reportgen.results import Run, read_run
 from reportgen.site import render
 from reportgen.stats import N_BOOT
 
