@@ -26,6 +26,10 @@ def model_file(m: ModelResult) -> str:
     return f"model-{m.slug or slug(m.label)}.html"
 
 
+def explore_file(m: ModelResult) -> str:
+    return f"explore-{m.slug or slug(m.label)}.html"
+
+
 def head_file(m: ModelResult, name: str) -> str:
     return f"head-{m.slug or slug(m.label)}-{name}.html"
 
@@ -97,9 +101,20 @@ class ModelPage:
     ablation: list[AblationRow]
     shading: list[tuple[str, float, float]]  # (character, Δ bits, shade 0..1) on the generation passage
     shading_max: float
+    explore: str | None  # the explorer page, when the run has passages for it
     cluster_threshold: float = CLUSTER_THRESHOLD
     alpha: float = ALPHA
     contrasts: tuple[tuple[str, str], ...] = tuple(CAUSAL_TARGETS.items())  # targeted-ablation columns
+
+
+@dataclass(frozen=True)
+class ExplorePage:
+    """The offline attention explorer of one model: everything its inline script shows, as JSON-ready data."""
+
+    file: str
+    model: ModelResult
+    model_file: str
+    data: dict
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,7 @@ class Pages:
     compare: ComparePage
     methods: MethodsPage
     grids: dict[str, str] = field(default_factory=dict)  # model label -> grid figure (PDF)
+    explore: list[ExplorePage] = field(default_factory=list)
     author: str = ""  # the PDF title page
     course: str = ""
     conclusion: list[str] = field(default_factory=list)  # the PDF's closing chapter, one sentence per head
@@ -219,7 +235,7 @@ def finding_view(f: Finding, m: ModelResult) -> FindingView:
     return FindingView(f, m.label, head_file(m, f.head_name), explain(f, m))
 
 
-def model_page(m: ModelResult, figs: dict) -> ModelPage:
+def model_page(m: ModelResult, figs: dict, explore: bool = False) -> ModelPage:
     """Display data for a model page."""
     findings = [finding_view(f, m) for f in m.findings]
     roles = {(f.layer, f.head): f.role for f in m.primary}  # each head's main role
@@ -233,7 +249,7 @@ def model_page(m: ModelResult, figs: dict) -> ModelPage:
     shading = [(c, d, round(max(d, 0.0) / top, 3)) for c, d in deltas]
     return ModelPage(model_file(m), m, findings, layers, absent_families(m, _rule_text()), figs[(m.label, "grid")],
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
-                     max((d for _, d in deltas), default=0.0))
+                     max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None)
 
 
 def head_page(m: ModelResult, layer: int, head: int, figs: dict) -> HeadPage:
@@ -301,14 +317,26 @@ def methods_page(run: Run) -> MethodsPage:
                        run.settings.get("n_probes", 0), ALPHA, run.reportgen_version, run.environment, run.settings)
 
 
-def build_pages(run: Run, figs: dict, diff_link: bool = False, author: str = "", course: str = "") -> Pages:
+def explore_page(m: ModelResult, passages: list[tuple[str, str, np.ndarray]]) -> ExplorePage:
+    """Explorer data: passages with attention (L, H, T, T) quantised to 0..255, head pages and role labels."""
+    data = {"layers": m.n_layers, "heads": m.n_heads,
+            "roles": [[m.role_label(l, h) for h in range(m.n_heads)] for l in range(m.n_layers)],
+            "pages": [[head_file(m, f"L{l}H{h}") for h in range(m.n_heads)] for l in range(m.n_layers)],
+            "passages": [{"caption": caption, "chars": list(text),
+                          "attn": np.rint(np.clip(attn, 0, 1) * 255).astype(int).tolist()}
+                         for caption, text, attn in sorted(passages, key=lambda e: e[0] != "held-out passage")]}
+    return ExplorePage(explore_file(m), m, model_file(m), data)
+
+
+def build_pages(run: Run, figs: dict, diff_link: bool = False, author: str = "", course: str = "",
+                passages: dict[str, list] | None = None) -> Pages:
     """Every page record of a run, given the figure file names (see site.plan_figures)."""
     models = run.models
     nav = ([("index.html", "Overview")] + [(model_file(m), m.label) for m in models] +
            [("gallery.html", "Gallery"), ("compare.html", compare_title(models)), ("methods.html", "Methods")] +
            ([("diff/diff.html", "Checkpoint diff")] if diff_link else []))
     common = Common(nav, Footer(run.generated, run.reportgen_version, run.settings.get("seed", 0)))
-    model_pages = [model_page(m, figs) for m in models]
+    model_pages = [model_page(m, figs, bool(passages and passages.get(m.label))) for m in models]
     heads = [head_page(m, h.layer, h.head, figs) for m in models for h in m.heads]
     gallery = []
     for m in models:  # the strongest head of each role (main roles only)
@@ -316,5 +344,6 @@ def build_pages(run: Run, figs: dict, diff_link: bool = False, author: str = "",
             gallery.append(GalleryItem(m.label, finding_view(f, m), figs[(m.label, f.layer, f.head)]))
     index = IndexPage(model_pages, _strongest_heads(models, MAX_HEADLINE_HEADS), key_questions(models),
                       criteria(models, model_file(models[0])), limitations(models))
+    explore = [explore_page(m, passages[m.label]) for m in models if passages and passages.get(m.label)]
     return Pages(common, index, model_pages, heads, gallery, compare_page(models, figs), methods_page(run),
-                 {m.label: figs[(m.label, "grid")] for m in models}, author, course, conclusion(models))
+                 {m.label: figs[(m.label, "grid")] for m in models}, explore, author, course, conclusion(models))

@@ -110,6 +110,8 @@ def render(pages: Pages) -> tuple[dict[str, str], str]:
     for hp in pages.heads:
         html[hp.file] = page("head.html.jinja2", hp.file, p=hp)
     html["gallery.html"] = page("gallery.html.jinja2", "gallery.html", items=pages.gallery)
+    for ep in pages.explore:
+        html[ep.file] = page("explore.html.jinja2", ep.file, p=ep)
     html["compare.html"] = page("compare.html.jinja2", "compare.html", c=pages.compare)
     html["methods.html"] = page("methods.html.jinja2", "methods.html", mth=pages.methods)
     pdf = env.get_template("report.html.jinja2").render(common=c, pages=pages, p=pages.index, c=pages.compare,
@@ -146,7 +148,8 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
         shutil.copytree(previous.path / FIGURES, out.path / FIGURES)
     with stderr.status("rendering figures and pages"):
         figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache)
-        html, pdf_html = render(build_pages(run, figs, diff_link, *title))
+        passages = {a.label: list(a.examples) for a in inputs}
+        html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=passages))
         write_pages(html, out.path)
     used = set(figs.values())
     for stale in (out.path / FIGURES).glob("*.png"):
