@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sstats
 
-from .catalogue import ALPHA
+from .catalogue import ALPHA, DETECTOR
 from .config import display_path
 from .errors import ReportgenError
 from .outputs import OutputFolder, write_json
@@ -48,6 +48,10 @@ def _pairs(a: RunData, b: RunData, force: bool) -> list[tuple[ModelResult, Model
     else:
         by_label = {m.label: m for m in mb}
         pairs = [(m, by_label[m.label]) for m in ma if m.label in by_label]
+        if not pairs:  # e.g. a checkpoint against a two-language run: pair the one model of each language
+            langs = lambda ms: {lang: [m for m in ms if m.language == lang] for lang in {m.language for m in ms}}
+            la, lb = langs(ma), langs(mb)
+            pairs = [(la[k][0], lb[k][0]) for k in la if k in lb and len(la[k]) == len(lb[k]) == 1]
     if not pairs:
         raise ReportgenError(f"{a.source} and {b.source}: no model label in common to compare")
     for x, y in pairs:
@@ -130,16 +134,20 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
                 else:
                     delta, lo, hi, p = _unpaired_change(bx, by_)
                 changes.append({"layer": key[0], "head": key[1], "head_name": hx.name, "detector": name,
+                                "role": DETECTOR[name].role if name in DETECTOR and DETECTOR[name].role else name,
                                 "a": bx.mean, "b": by_.mean, "change": delta, "ci_low": lo, "ci_high": hi,
                                 "p": p, "role_a": name in ra.get(key, set()), "role_b": name in rb.get(key, set())})
                 all_p.append(p)
         entry["changes"] = changes
-        entry["role_changes"] = [{"head_name": f"L{l}H{h}", "gained": sorted(rb.get((l, h), set()) - ra.get((l, h), set())),
-                                  "lost": sorted(ra.get((l, h), set()) - rb.get((l, h), set()))}
+        role = lambda names: sorted(DETECTOR[n].role if n in DETECTOR else n for n in names)
+        entry["role_changes"] = [{"head_name": f"L{l}H{h}", "gained": role(rb.get((l, h), set()) - ra.get((l, h), set())),
+                                  "lost": role(ra.get((l, h), set()) - rb.get((l, h), set()))}
                                  for l in range(x.n_layers) for h in range(x.n_heads)
                                  if ra.get((l, h), set()) != rb.get((l, h), set())]
         entry["ablation"] = [{"head_name": r.head_name, "a": ra_.delta_bits_per_char, "b": r.delta_bits_per_char,
-                              "change": r.delta_bits_per_char - ra_.delta_bits_per_char}
+                              "a_ci": [ra_.ci_low, ra_.ci_high], "b_ci": [r.ci_low, r.ci_high],
+                              "change": r.delta_bits_per_char - ra_.delta_bits_per_char,
+                              "separate": r.ci_low > ra_.ci_high or r.ci_high < ra_.ci_low}
                              for r in y.ablation if (ra_ := x.ablation_of(r.layer, r.head)) is not None]
         entry["prevalence"] = {s: _prevalence(m) for s, m in (("a", x), ("b", y))}
         models.append(entry)
@@ -150,8 +158,10 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
             c["q"] = float(q[k])
             k += 1
             c["status"] = _status(c)
+    summary = {status: sum(c["status"] == status for m in models for c in m["changes"])
+               for status in ("appeared", "vanished", "strengthened", "weakened")}
     return {"schema_version": SCHEMA_VERSION, "a": display_path(a.source), "b": display_path(b.source),
-            "min_change": MIN_CHANGE,
+            "summary": summary, "min_change": MIN_CHANGE,
             "alpha": ALPHA, "models": models,
             "significant": sum(c["status"] != "unchanged" for m in models for c in m["changes"])
             + sum(len(m["model_changes"]) for m in models)}
