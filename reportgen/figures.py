@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 CMAP = "magma_r"
@@ -177,6 +178,8 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
             err = np.vstack([mean - np.asarray(s["ci_low"]), np.asarray(s["ci_high"]) - mean])
             ax.errorbar(steps, mean, yerr=err, marker="o", ms=3, capsize=2, label=s["label"])
         ax.set_xscale("log")
+        ax.set_xticks(steps, [str(x) for x in steps])  # label the checkpoints themselves, nothing in between
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training step (log scale)")
         ax.set_ylabel("held-out statistic (mean, 95% CI)")
         ax.set_ylim(0, 1)
