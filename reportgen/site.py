@@ -35,7 +35,9 @@ def make_env() -> jinja2.Environment:
 
 def link_target(page: str, in_pdf: bool) -> str:
     """A link to a site page; in the PDF, where head pages are appendix figures, an in-document anchor."""
-    return "#" + page.removesuffix(".html").replace("#", "-") if in_pdf else page
+    if not in_pdf:
+        return page
+    return "#" + page.split("#", 1)[1] if "#" in page else "#" + page.removesuffix(".html")
 
 
 def _class_label(name: str, language: str) -> str:
