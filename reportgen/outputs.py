@@ -72,7 +72,12 @@ class OutputFolder:
     def inventory(self) -> dict[str, str]:
         """Relative path -> sha256 of every file the last run wrote here (and, after an interrupted install,
         of every file that install may have put here)."""
-        files = self.status().get("files", {})
+        status = self.status()
+        if status and "files" not in status:  # an output of an older reportgen: its files by name
+            return {str(p.relative_to(self.path)): "" for p in sorted(self.path.rglob("*"))
+                    if p.is_file() and p.name != STATUS and (p.parent == self.path / FIGURES or
+                                                            (p.parent == self.path and _reportgen_name(p.name)))}
+        files = status.get("files", {})
         files = dict(files) if isinstance(files, dict) else {f: "" for f in files if isinstance(f, str)}
         try:
             journal = json.loads((self.path / JOURNAL).read_text())

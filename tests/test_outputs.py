@@ -4,6 +4,7 @@ forces a rebuild; `reportgen clean` removes exactly what reportgen wrote."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -184,3 +185,12 @@ def test_an_edited_output_file_is_not_up_to_date(site_copy, capsys):
     assert cli(args) == 0
     assert "up to date" not in capsys.readouterr().err
     assert "edited" not in (copy / "index.html").read_text()
+
+
+def test_an_output_of_an_older_reportgen_is_replaced_and_user_files_kept(site_copy):
+    copy, args = site_copy
+    status = json.loads((copy / STATUS).read_text())
+    (copy / STATUS).write_text(json.dumps({k: v for k, v in status.items() if k != "files"}))  # older format
+    (copy / "notes.txt").write_text("mine")
+    assert cli(args + ["--force"]) == 0
+    assert (copy / "notes.txt").read_text() == "mine" and OutputFolder(copy).complete(["index.html"])
