@@ -9,6 +9,8 @@ comparison, and a class: appeared / vanished / strengthened / weakened / unchang
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from .catalogue import ALPHA, DETECTOR
 from .config import display_path
 from .errors import ReportgenError
 from .outputs import OutputFolder, write_json
+from .progress import say
 from .results import SCHEMA_VERSION, ModelResult, Run, read_run
 from .stats import bh, block_length, block_resample_counts, bootstrap_ci
 
@@ -225,8 +228,40 @@ def run_data(path: Path, force: bool = False, language: str | None = None, text:
     label = f"{name} {path.stem}".strip()  # the file name tells the two sides apart in progress lines
     cfg = build_config(toml, models=(ModelSpec(path, label, language, text, heldout),), out=Path("unused"),
                        timeline_windows=0)  # a diff compares two checkpoints; their emergence timelines are not needed
+    cached = _cache_folder(cfg)
+    if (cached / "results.json").is_file():  # the same checkpoint, text, settings and code were analysed before
+        say(f"{path}: analysis reused from the cache")
+        return RunData(path, read_run(cached), OutputFolder(cached).read_windows())
     analysed = analyze(cfg)
-    return RunData(path, new_run(cfg, analysed.models).normalised(), analysed.windows)
+    run = new_run(cfg, analysed.models)
+    _store(cached, run, analysed.windows)
+    return RunData(path, run.normalised(), analysed.windows)
+
+
+def cache_root() -> Path:
+    """Where analyses of checkpoints for diffs are kept: $REPORTGEN_CACHE, else the user's cache folder."""
+    if os.environ.get("REPORTGEN_CACHE"):
+        return Path(os.environ["REPORTGEN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reportgen"
+
+
+def _cache_folder(cfg) -> Path:
+    from .pipeline import analysis_key
+
+    return cache_root() / "diff" / analysis_key(cfg)[:40]
+
+
+def _store(folder: Path, run: Run, windows: dict) -> None:
+    """Keep an analysis for later diffs (written beside, then renamed: a half-written entry is never read)."""
+    try:
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        out = OutputFolder(tmp)
+        out.write_run(run)
+        out.write_windows(windows)
+        tmp.replace(folder)
+    except OSError:  # a read-only or full cache only costs time
+        shutil.rmtree(folder.with_name(f"{folder.name}.tmp-{os.getpid()}"), ignore_errors=True)
 
 
 def check_out(out: Path) -> None:

@@ -43,3 +43,17 @@ def planted_site(tmp_path_factory):
             "--out", str(out), "--train-windows", "48", "--no-pdf"]
     assert cli(args) == 0
     return out, args
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Analyses cached for diffs go to a temporary folder, never the user's cache."""
+    import os
+
+    old = os.environ.get("REPORTGEN_CACHE")
+    os.environ["REPORTGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("REPORTGEN_CACHE", None)
+    else:
+        os.environ["REPORTGEN_CACHE"] = old

@@ -72,6 +72,11 @@ def test_diff_of_checkpoints_on_a_users_text(tmp_path, capsys):
     assert code == 0, err
     assert "English a: capture" in err and "English b: capture" in err  # the two sides told apart
     assert json.loads((tmp_path / "d" / "diff.json").read_text())["significant"] == 0
+    first = json.loads((tmp_path / "d" / "diff.json").read_text())
+    assert cli(["diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--text", str(tmp_path / "t.txt"),
+                "--language", "en", "--out", str(tmp_path / "d"), "--no-pdf"]) == 0
+    assert capsys.readouterr().err.count("analysis reused from the cache") == 2  # a re-diff reuses both analyses
+    assert json.loads((tmp_path / "d" / "diff.json").read_text())["models"] == first["models"]
 
 
 def test_a_language_without_a_record_gets_classes_from_its_script(tmp_path, capsys):
