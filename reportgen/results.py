@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS
+from .catalogue import DETECTORS, FAMILIES, ROLE_DETECTORS
 from .codec import decode, encode, optional
 from .errors import ReportgenError
 from .evidence import Ablation, CausalAgreement, Controls, Generation, RoleEffect, Timeline
@@ -311,8 +311,3 @@ def read_run(path: Path) -> Run:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportgenError(f"{file}: not valid JSON ({exc})") from None
     return Run.from_json(doc, str(file))
-
-
-def detector_meaning(name: str) -> str:
-    """A detector's description (its name if unknown)."""
-    return DETECTOR[name].description if name in DETECTOR else name
