@@ -96,6 +96,7 @@ class WorkedExample:
     context: str  # up to 25 characters ending at the query
     target_mass: float  # the head's attention on its target set from this query
     keys: list[tuple[int, str, float, bool]]  # its three strongest keys: (position, character, weight, in target)
+    row: list[float] = field(default_factory=list)  # its attention on every key 0..query (for shaded text)
 
 
 @dataclass(frozen=True)

@@ -47,4 +47,5 @@ def worked_example(bundle: ModelBundle, classes: CharClasses, text: str, layer: 
     q = int(mass.argmax())
     keys = torch.argsort(a[q], descending=True)[:3].tolist()
     return WorkedExample(q, text[q], text[max(0, q - 24):q + 1], float(mass[q]),
-                         [(k, text[k], float(a[q, k]), bool(mask[q, k])) for k in keys])
+                         [(k, text[k], float(a[q, k]), bool(mask[q, k])) for k in keys],
+                         [float(w) for w in a[q, :q + 1]])

@@ -208,5 +208,6 @@ def test_worked_examples_state_the_attention_they_describe(planted_site, run):
         assert effect.passage[ex.query] == ex.char
         for k, c, w, _ in ex.keys:
             assert effect.passage[k] == c and abs(attn[ex.query, k] - w) < 1e-4
+        assert len(ex.row) == ex.query + 1 and max(abs(a - b) for a, b in zip(ex.row, attn[ex.query])) < 1e-4
         f = next(f for f in m.primary if (f.layer, f.head) == (effect.layer, effect.head))
         assert num(ex.target_mass) in explain(f, m).example
