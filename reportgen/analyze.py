@@ -21,12 +21,14 @@ from scipy.spatial.distance import squareform
 from . import __version__
 from .ablation import CausalEvidence, causal_agreement, causal_evidence
 from .capture import HeadScores, capture, encode, natural_probes, probe, random_probes
+from .catalogue import set_hypotheses
 from .checkpoint import ModelBundle, build_model, load_checkpoint
 from .classes import CLASS_NAMES, CharClasses
 from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
 from .detectors import SKIP
 from .errors import ReportgenError
+from .hypotheses import check_targets
 from .languages import LANGUAGE
 from .languages import ensure as ensure_language
 from .progress import make_progress, say
@@ -192,6 +194,10 @@ def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
             raise ReportgenError(f"{sources[s]}: {s} text has {len(ids[s])} characters, shorter than two "
                                  f"windows of {T} (the model's context); windows are the unit of every statistic")
     bundle = check_fit(bundle, spec, ids["heldout"], sources["heldout"])
+    if cfg.hypotheses:  # an empty target set is a mistake in the hypothesis, found before any work
+        sample = torch.as_tensor(ids["train"][: (len(ids["train"]) // T) * T].reshape(-1, T)[:64])
+        check_targets(cfg.hypotheses, sample, torch.as_tensor(classes.lookup())[sample], bundle.tokenizer.vocab,
+                      sources["train"])
     return Prepared(spec, bundle, split, classes, ids, sources)
 
 
@@ -206,7 +212,8 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
         n = min(n, limits[s]) if limits[s] else n
         task = progress.add_task(f"{spec.label}: capture {s} ({n} windows)", total=n)
         scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
-                            source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k))
+                            source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k),
+                            hypotheses=cfg.hypotheses)
     # Probes per split: fresh random sequences, and repeated passages from that split's own text, so a
     # probe-based role found on training text is confirmed on sequences it never saw.
     task = progress.add_task(f"{spec.label}: repeated-sequence probes", total=2 * len(SPLITS))
@@ -315,6 +322,7 @@ def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
 def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
     """Run the analysis for every model: capture and statistics, FDR over all models, causal stage, timeline."""
     torch.manual_seed(cfg.seed)
+    set_hypotheses(cfg.hypotheses)
     prepared = prepared if prepared is not None else [prepare(spec, cfg) for spec in cfg.models]
     with make_progress() as progress:
         analyses = [analyze_model(prep, cfg, index, progress) for index, prep in enumerate(prepared)]

@@ -16,6 +16,8 @@ from .checkpoint import ModelBundle
 from .classes import CharClasses
 from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, positional_null
 from .errors import ReportgenError
+from .hypotheses import positional as hypothesis_positional
+from .hypotheses import scores as hypothesis_scores
 
 LN2 = float(np.log(2.0))
 
@@ -68,7 +70,8 @@ def window_starts(n_chars: int, length: int, limit: int | None, source: str) -> 
 
 @torch.no_grad()
 def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit: int | None = None,
-            batch_size: int = 32, n_samples: int = 4, source: str = "text", on_batch=None) -> HeadScores:
+            batch_size: int = 32, n_samples: int = 4, source: str = "text", on_batch=None,
+            hypotheses: tuple = ()) -> HeadScores:
     """Run the model over windows of `ids` and score every detector per batch (memory flat in text size)."""
     model = bundle.model
     T = model.config.max_context_len
@@ -86,11 +89,13 @@ def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit
                 on_batch(len(batch))
 
     return score_windows(batches(), windows, classes, bundle.tokenizer.vocab_size(), starts,
-                         n_samples=n_samples, detok=bundle.tokenizer.detokenize)
+                         n_samples=n_samples, detok=bundle.tokenizer.detokenize, hypotheses=hypotheses,
+                         vocab=bundle.tokenizer.vocab)
 
 
 def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_size: int, starts: np.ndarray,
-                  n_samples: int = 4, detok=None) -> HeadScores:
+                  n_samples: int = 4, detok=None, hypotheses: tuple = (), vocab: list[str] | None = None
+                  ) -> HeadScores:
     """Accumulate detector statistics over batches of (attention (B, L, H, T, S), ids (B, T)).
 
     `windows` (W, T) are all windows' ids in batch order (for the positional null). Works on
@@ -106,8 +111,10 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
         if len(batch) == 1 and previous is not None:  # a lone window cannot be label-swapped: pair it
             attn, batch, keep, first = torch.cat([previous[0], attn]), torch.cat([previous[1], batch]), slice(1, 2), done - 1
         stats = batch_stats(attn, batch, lookup[batch], vocab_size)
-        parts.append(({"observed": stats.observed, "chance": stats.chance, "swap": stats.swap,
-                       "structure": stats.structure}, keep))
+        obs, chance, swap = hypothesis_scores(hypotheses, attn, batch, lookup[batch], vocab, stats.swap_partner) \
+            if hypotheses else ({}, {}, {})
+        parts.append(({"observed": {**stats.observed, **obs}, "chance": {**stats.chance, **chance},
+                       "swap": {**stats.swap, **swap}, "structure": stats.structure}, keep))
         partners.append(stats.swap_partner[keep].numpy() + first)
         done += len(stats.swap_partner[keep])
         previous = (attn[-1:], batch[-1:])
@@ -133,7 +140,10 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     query_count = torch.zeros(CLASS_C)
     for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediates small
         chunk = windows[lo:lo + 256]
-        for name, value in positional_null(mean_attn, chunk, lookup[chunk]).items():
+        nulls = positional_null(mean_attn, chunk, lookup[chunk])
+        if hypotheses:
+            nulls.update(hypothesis_positional(hypotheses, mean_attn, chunk, lookup[chunk], vocab))
+        for name, value in nulls.items():
             positional.setdefault(name, []).append(value.numpy())
         codes = class_onehot(lookup[chunk])  # (w, T, C)
         prefix = codes.cumsum(1)[:, SKIP:] / (pos.view(1, -1, 1) + 1)  # (w, T', C) uniform causal share

@@ -43,12 +43,15 @@ class Rule:
     rare_below: float | None = None
     rare_lift_ci_low_at_least: float = 2.0
     rare_gain_ci_low_at_least: float = 0.02
+    lift_ci_low_at_least: float | None = None  # kind "lift": the whole rule besides q
 
     def holds(self, f: Mapping[str, float]) -> bool:
         """Whether one head's summary fields on one split pass every threshold (NaN fails)."""
         if not _passes(f, [(self.ci_low_above, "ci_low", False), (self.mean_at_least, "mean", True),
                            (self.q_below, "q", None)]):
             return False
+        if self.lift_ci_low_at_least is not None:
+            return _passes(f, [(self.lift_ci_low_at_least, "lift_ci_low", True)])
         if _passes(f, [(self.gain_ci_low_at_least, "gain_ci_low", True)]):
             return True
         return (self.rare_below is not None and _passes(f, [(self.rare_below, "chance", None)]) and
@@ -60,6 +63,10 @@ class Rule:
         cite = f" ({self.cite})" if self.cite else ""
         if self.kind == "argmax":
             return f"{self.target} for >= {self.mean_at_least:.0%} of queries{cite}"
+        if self.kind == "lift":
+            return (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
+                    f"bound of the ratio to the stricter of them >= {self.lift_ci_low_at_least:g}, on the queries the "
+                    f"hypothesis is about{cite}")
         if self.kind == "content":
             text = (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
                     f"bound of the mass above the stricter of the positional and label-swap nulls >= "
@@ -133,6 +140,8 @@ FAMILIES: tuple[Family, ...] = (
            "rather than a linguistic pattern.", positional=True),
     Family("other class", "Attention to rare symbols usually reflects their rarity rather than a linguistic role.",
            compared=False),
+    Family("your hypotheses", "", "A hypothesis of yours is tested like the built-in detectors; its lift compares "
+           "the head with the strictest null on the queries the hypothesis is about.", compared=False),
 )
 FAMILY = {f.name: f for f in FAMILIES}
 
@@ -166,7 +175,7 @@ class Detector:
     @property
     def content(self) -> bool:
         """Scored against positional and label-swap nulls as well as uniform chance."""
-        return self.kind in ("class", "target")
+        return self.kind in ("class", "target", "hypothesis")
 
     @property
     def causal_target(self) -> str | None:
@@ -249,9 +258,36 @@ def _detectors() -> tuple[Detector, ...]:
     return tuple(ds)
 
 
-DETECTORS: tuple[Detector, ...] = _detectors()
+BUILTIN: tuple[Detector, ...] = _detectors()
+# Lists, not tuples: a run's own hypotheses (hypotheses.py) join them through `set_hypotheses`.
+DETECTORS: list[Detector] = list(BUILTIN)
 DETECTOR = {d.name: d for d in DETECTORS}
-ROLE_DETECTORS = tuple(d for d in DETECTORS if d.rule is not None)
+ROLE_DETECTORS: list[Detector] = [d for d in DETECTORS if d.rule is not None]
+_HYPOTHESIS = Rule("lift", "", lift_ci_low_at_least=2.0)  # per-query ratio: not diluted by queries it is not about
+
+
+def hypothesis_detector(h: Mapping) -> Detector:
+    """The detector of one hypothesis (given as its settings: name, description, ...)."""
+    return Detector(f"hyp_{h['name']}", "hypothesis", f"your hypothesis: {h['description']}", "your hypotheses",
+                    f"{h['name'].replace('_', ' ')} head (your hypothesis)", _HYPOTHESIS, frozenset())
+
+
+def run_detectors(settings: Mapping) -> list[Detector]:
+    """The detectors of a run: the built-in ones and the hypotheses its settings record (not the global state)."""
+    return list(BUILTIN) + [hypothesis_detector(h) for h in settings.get("hypotheses", [])]
+
+
+def set_hypotheses(hypotheses) -> None:
+    """Make a run's hypotheses detectors like the built-in ones (replacing any earlier run's)."""
+    for d in [d for d in DETECTORS if d.kind == "hypothesis"]:
+        DETECTORS.remove(d)
+        ROLE_DETECTORS.remove(d)
+        DETECTOR.pop(d.name, None)
+    for h in hypotheses:
+        d = hypothesis_detector(vars(h))
+        DETECTORS.append(d)
+        ROLE_DETECTORS.append(d)
+        DETECTOR[d.name] = d
 
 
 def family_detectors(family: str) -> tuple[str, ...]:

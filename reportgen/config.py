@@ -77,6 +77,7 @@ class RunConfig:
     pdf: bool = True
     class_overrides: dict = field(default_factory=dict)
     vowels: dict = field(default_factory=dict)  # language code -> its vowel letters, for languages without a record
+    hypotheses: tuple = ()  # your own detectors ([[hypothesis]] tables; see hypotheses.py)
     author: str = ""  # shown on the PDF's title page (rendering only: not part of the analysis)
     course: str = ""
 
@@ -85,7 +86,8 @@ class RunConfig:
         return {"seed": self.seed, "train_windows": self.train_windows, "heldout_windows": self.heldout_windows,
                 "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
                 "ablation_windows": self.ablation_windows, "control_windows": self.control_windows,
-                "timeline_windows": self.timeline_windows, **({"vowels": self.vowels} if self.vowels else {})}
+                "timeline_windows": self.timeline_windows, **({"vowels": self.vowels} if self.vowels else {}),
+                **({"hypotheses": [vars(h) for h in self.hypotheses]} if self.hypotheses else {})}
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -126,7 +128,7 @@ def read_toml(path: Path) -> dict:
         raise ReportgenError(f"{path}: invalid TOML ({exc})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportgenError(f"{path}: cannot read ({exc})") from None
-    known = {f.name for f in fields(RunConfig)} | {"model"}
+    known = ({f.name for f in fields(RunConfig)} | {"model", "hypothesis"}) - {"hypotheses"}
     unknown = set(data) - known
     if unknown:
         raise ReportgenError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -207,7 +209,11 @@ def build_config(toml: Path | None = None, **overrides) -> RunConfig:
     source = str(toml) if toml is not None else "arguments"
     if toml is not None:
         data = read_toml(toml)
-        values = {k: v for k, v in data.items() if k != "model"}
+        values = {k: v for k, v in data.items() if k not in ("model", "hypothesis")}
+        if "hypothesis" in data:
+            from .hypotheses import parse
+
+            values["hypotheses"] = parse(data["hypothesis"], str(toml))
         if "model" in data:
             if not isinstance(data["model"], list):
                 raise ReportgenError(f"{toml}: models are given as [[model]] tables")

@@ -19,8 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 CMAP = "magma_r"
 NORM = dict(vmin=0.0, vmax=1.0, gamma=0.5)

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalogue import ALPHA, CAUSAL_TARGETS, DETECTOR, DETECTORS, FAMILIES, ROLE_DETECTORS, linguistic_note, shown_in
+from .catalogue import (
+    ALPHA,
+    CAUSAL_TARGETS,
+    DETECTOR,
+    FAMILIES,
+    ROLE_DETECTORS,
+    linguistic_note,
+    run_detectors,
+    shown_in,
+)
 from .config import slug
 from .explain import Absent, Explanation, absent_families, explain
 from .languages import LANGUAGE
@@ -102,9 +111,24 @@ class ModelPage:
     shading: list[tuple[str, float, float]]  # (character, Δ bits, shade 0..1) on the generation passage
     shading_max: float
     explore: str | None  # the explorer page, when the run has passages for it
+    hypotheses: list[HypothesisRow]
     cluster_threshold: float = CLUSTER_THRESHOLD
     alpha: float = ALPHA
     contrasts: tuple[tuple[str, str], ...] = tuple(CAUSAL_TARGETS.items())  # targeted-ablation columns
+
+
+@dataclass(frozen=True)
+class HypothesisRow:
+    """One of your hypotheses on one model: its best head on held-out text and whether any head has it as a role."""
+
+    name: str
+    description: str
+    head: str
+    page: str
+    lift: float
+    lift_ci_low: float
+    q: float
+    found: list[str]  # heads with a replicated role for it
 
 
 @dataclass(frozen=True)
@@ -249,7 +273,21 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False) -> ModelPage:
     shading = [(c, d, round(max(d, 0.0) / top, 3)) for c, d in deltas]
     return ModelPage(model_file(m), m, findings, layers, absent_families(m, _rule_text()), figs[(m.label, "grid")],
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
-                     max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None)
+                     max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None,
+                     hypothesis_rows(m))
+
+
+def hypothesis_rows(m: ModelResult) -> list[HypothesisRow]:
+    """Your hypotheses on this model, each with its best head by held-out lift."""
+    rows = []
+    for name in [d for d in (m.heads[0].detectors if m.heads else {}) if d.startswith("hyp_")]:
+        best = max(m.heads, key=lambda h: _or0(h.summary(name).lift))
+        s = best.summary(name)
+        found = sorted({f.head_name for f in m.replicated if f.pattern == name})
+        description = DETECTOR[name].description.removeprefix("your hypothesis: ") if name in DETECTOR else name
+        rows.append(HypothesisRow(name[4:], description, best.name, head_file(m, best.name), s.lift, s.lift_ci_low,
+                                  s.q, found))
+    return rows
 
 
 def head_page(m: ModelResult, layer: int, head: int, figs: dict) -> HeadPage:
@@ -312,8 +350,9 @@ def _or0(x: float | None) -> float:
 
 
 def methods_page(run: Run) -> MethodsPage:
-    return MethodsPage(run.models, [(d.name, d.description, d.family or "descriptive") for d in DETECTORS],
-                       [(d.role, d.name, d.rule.text()) for d in ROLE_DETECTORS], run.skip_queries, N_BOOT, BLOCK,
+    detectors = run_detectors(run.settings)  # the run's own: built-in ones and its hypotheses
+    return MethodsPage(run.models, [(d.name, d.description, d.family or "descriptive") for d in detectors],
+                       [(d.role, d.name, d.rule.text()) for d in detectors if d.rule], run.skip_queries, N_BOOT, BLOCK,
                        run.settings.get("n_probes", 0), ALPHA, run.reportgen_version, run.environment, run.settings)
 
 

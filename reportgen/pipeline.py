@@ -99,6 +99,9 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     """Run every stage for `cfg`; return the output folder (unchanged if already up to date)."""
     clock = Clock()
     OutputFolder.check_target(cfg.out)  # before any work: never write into someone else's folder
+    from .catalogue import set_hypotheses
+
+    set_hypotheses(cfg.hypotheses)  # your hypotheses are detectors for this run, analysed or re-rendered
     cache = Cache(cfg, analyze_only, force)
     if cache.up_to_date():
         say(f"{cfg.out}: up to date (inputs unchanged); nothing to do")

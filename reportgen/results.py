@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import DETECTORS, FAMILIES, ROLE_DETECTORS
+from .catalogue import FAMILIES, run_detectors
 from .codec import decode, encode, optional
 from .errors import ReportgenError
 from .evidence import Ablation, CausalAgreement, Controls, Generation, RoleEffect, Timeline
@@ -272,10 +272,10 @@ class Run:
         return {"schema_version": SCHEMA_VERSION, "generated": self.generated,
                 "reportgen_version": self.reportgen_version, "environment": encode(self.environment),
                 "settings": encode(self.settings), "skip_queries": self.skip_queries,
-                "detectors": {d.name: d.description for d in DETECTORS},
-                "families": {d.name: d.family for d in DETECTORS},
+                "detectors": {d.name: d.description for d in run_detectors(self.settings)},
+                "families": {d.name: d.family for d in run_detectors(self.settings)},
                 "rules": [{"role": d.role, "detector": d.name, "family": d.family, "rule": d.rule.text()}
-                          for d in ROLE_DETECTORS],
+                          for d in run_detectors(self.settings) if d.rule is not None],
                 "models": encode(self.models)}
 
     @classmethod

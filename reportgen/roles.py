@@ -28,8 +28,8 @@ def findings(stats: dict[str, SplitStats], n_layers: int, n_heads: int) -> list[
                                    d.name in held, heldout.mean - heldout.strictest_null))
     out.sort(key=lambda f: (not f.replicated, -f.effect))
     seen: set[tuple[int, int]] = set()
-    for k, f in enumerate(out):  # each head's first (strongest, replicated first) finding is its main role
-        if f.replicated and (f.layer, f.head) not in seen:
+    for k, f in enumerate(out):  # each head's first (strongest, replicated first) finding is its main role;
+        if f.replicated and (f.layer, f.head) not in seen and f.family != "your hypotheses":  # yours are reported apart
             seen.add((f.layer, f.head))
             out[k] = dataclasses.replace(f, primary=True)
     return out

@@ -192,7 +192,8 @@ def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.rand
     flat = lambda a: a.reshape(a.shape[0], L * H)
     values: dict[str, dict[str, np.ndarray]] = {}
     for name, obs in scores.observed.items():
-        nulls = [flat(scores.positional[name]), flat(scores.swap[name])] if name in CONTENT_DETECTORS else []
+        content = name in CONTENT_DETECTORS or name in scores.positional  # built-in or hypothesis
+        nulls = [flat(scores.positional[name]), flat(scores.swap[name])] if content else []
         if name in scores.structure:
             nulls.append(flat(scores.structure[name]))
         values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, counts, name not in DESCRIPTIVE,

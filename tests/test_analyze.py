@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from reportgen.catalogue import DETECTOR
 from reportgen.checkpoint import save_checkpoint
 from reportgen.cli import cli
-from reportgen.catalogue import DETECTOR
 
 from .conftest import TINY_TEXT
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from reportgen.capture import score_windows
-from reportgen.classes import CharClasses
 from reportgen.catalogue import roles_of
+from reportgen.classes import CharClasses
 from reportgen.stats import add_q_values, bootstrap_ci, split_stats
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
