@@ -16,6 +16,7 @@ from reportgen.tokenizer import CharTokenizer
 from .planted import planted_text
 
 
+@pytest.mark.slow  # full runs through the CLI
 @pytest.mark.parametrize("context", [16, 64])
 def test_small_context_models_run_end_to_end(tmp_path, context):
     text = planted_text(12000).lower()

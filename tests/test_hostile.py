@@ -132,6 +132,7 @@ def test_corrupt_checkpoints_are_refused_before_anything_is_built(world, capsys)
         bad.unlink()
 
 
+@pytest.mark.slow  # a full run through the CLI
 def test_labels_that_collide_or_are_odd_get_their_own_pages(world, capsys):
     long = "A" * 300
     toml = world / "labels.toml"

@@ -91,6 +91,7 @@ def test_deleting_an_output_file_forces_a_rebuild(site_copy, capsys):
     assert "analysis unchanged" not in err and (copy / RESULTS).exists()
 
 
+@pytest.mark.slow  # a full run through the CLI
 def test_clean_removes_exactly_the_inventory(site_copy, capsys):
     copy, args = site_copy
     (copy / "notes.txt").write_text("mine")
@@ -123,6 +124,7 @@ def test_out_holding_someone_elses_files_is_refused_and_nothing_is_deleted(plant
     assert not list(tmp_path.glob(".demo.*"))
 
 
+@pytest.mark.slow  # a full run through the CLI
 def test_user_files_beside_an_output_survive_a_rebuild_and_clashes_are_refused(site_copy, capsys):
     copy, args = site_copy
     (copy / "notes.txt").write_text("mine")
@@ -134,6 +136,7 @@ def test_user_files_beside_an_output_survive_a_rebuild_and_clashes_are_refused(s
     assert (copy / "extra.html").read_text() == "<p>mine</p>"
 
 
+@pytest.mark.slow  # a full run through the CLI
 def test_a_live_lock_stops_a_second_run_and_a_dead_one_is_taken_over(site_copy, capsys):
     import subprocess
 
@@ -187,6 +190,7 @@ def test_an_edited_output_file_is_not_up_to_date(site_copy, capsys):
     assert "edited" not in (copy / "index.html").read_text()
 
 
+@pytest.mark.slow  # a full run through the CLI
 def test_an_output_of_an_older_reportgen_is_replaced_and_user_files_kept(site_copy):
     copy, args = site_copy
     status = json.loads((copy / STATUS).read_text())
