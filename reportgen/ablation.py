@@ -113,8 +113,8 @@ def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[
 
 def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
                  classes: CharClasses, rng: np.random.Generator, mode: str = "mean",
-                 on_head=None, means: dict | None = None, baseline_ci: list | None = None
-                 ) -> tuple[float, list[Ablation]]:
+                 on_head=None, means: dict | None = None, baseline_ci: list | None = None,
+                 extra_masks: dict[str, np.ndarray] | None = None) -> tuple[float, list[Ablation]]:
     """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
 
     Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head.
@@ -136,7 +136,8 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     boundary_codes = [CLASS_NAMES.index("space"), CLASS_NAMES.index("newline")]
     in_word = ~np.isin(input_codes, boundary_codes) & ~np.isin(target_codes, boundary_codes)
     in_word[:, 1:] &= ~np.isin(input_codes[:, :-1], boundary_codes)  # the input is not the word's first letter
-    masks = {"in_word": in_word, "after_punct": input_codes == CLASS_NAMES.index("punctuation")}
+    masks = {"in_word": in_word, "after_punct": input_codes == CLASS_NAMES.index("punctuation"),
+             **(extra_masks or {})}  # e.g. the queries each of your hypotheses is about
     second = np.zeros(base_probe.shape, dtype=bool)
     second[:, period:] = True  # predicting positions period+1.. : inside the second copy
     rows, values, target_means = [], {k: [] for k in [*masks, "second_copy"]}, {k: [] for k in [*masks, "second_copy"]}
@@ -181,8 +182,12 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)
     means = head_means(model, windows)
     baseline_ci: list[float] = []
+    extra = {h.detector: h.query_positions(windows[:, :-1], torch.as_tensor(classes.lookup())[windows[:, :-1]],
+                                           bundle.tokenizer.vocab).numpy()
+             for h in cfg.hypotheses if h.has_query}
     baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
-                                   on_head=lambda: progress.advance(task), means=means, baseline_ci=baseline_ci)
+                                   on_head=lambda: progress.advance(task), means=means, baseline_ci=baseline_ci,
+                                   extra_masks=extra)
     controls = run_controls(prep, cfg, index, stats, rng, progress)
     # Generation with the strongest role heads removed.
     role_heads = []

@@ -207,10 +207,11 @@ def explain_ablation(f: Finding, abl: Ablation | None) -> str:
                "the model gets measurably better" if hi < 0 else "there is no measurable change overall")
     text = (f"Without {f.head_name} (mean-ablated) held-out loss changes by {signed(abl.delta_bits_per_char)} "
             f"bits/char (95% CI {signed(lo)} to {signed(hi)}): {verdict}.")
-    target = FAMILY[f.family].causal_target
+    target = f.pattern if f.pattern in abl.targeted else FAMILY[f.family].causal_target
     t = abl.targeted.get(target) if target else None
     if t and t.specificity is not None:
-        text += (f" {CAUSAL_TARGETS[target].capitalize()} its removal costs {signed(t.delta_target)} vs "
+        where = CAUSAL_TARGETS.get(target, "after the queries your hypothesis is about")
+        text += (f" {where.capitalize()} its removal costs {signed(t.delta_target)} vs "
                  f"{signed(t.delta_rest)} elsewhere; compared with removing the other heads, that contrast is "
                  f"{signed(t.specificity)} bits/char (95% CI {signed(t.specificity_ci_low)} to "
                  f"{signed(t.specificity_ci_high)}): {specificity_verdict(t)}.")

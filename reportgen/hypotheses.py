@@ -62,6 +62,20 @@ class Hypothesis:
             return out
         return None
 
+    @property
+    def has_query(self) -> bool:
+        return any(v is not None for v in (self.query_chars, self.query_class, self.query_regex))
+
+    def query_positions(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
+        """Bool (B, T): the positions this hypothesis is about (its targeted-ablation contrast: predicting the
+        character after them)."""
+        rows = []
+        for b in range(ids.shape[0]):
+            text = "".join(vocab[int(x)] if len(vocab[int(x)]) == 1 else "\0" for x in ids[b])
+            q = self._positions(self.query_chars, self.query_class, self.query_regex, text, codes[b])
+            rows.append(torch.ones(len(text), dtype=torch.bool) if q is None else q)
+        return torch.stack(rows)
+
     def mask(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         """Target mask (B, T, S): query i is one the hypothesis is about and key j <= i one it should read."""
         B, T = ids.shape

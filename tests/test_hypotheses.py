@@ -39,6 +39,9 @@ def test_a_hypothesis_the_planted_head_fits_is_found_and_one_no_head_fits_is_not
     assert not any(p == "hyp_t_reads_three_back" for _, p in found)
     block = m["heads"][2]["detectors"]["hyp_reads_vowels"]["heldout"]
     assert block["lift_ci_low"] >= 2 and block["q"] < 0.05 and "positional" in block and "swap" in block
+    t = m["ablation"][0]["targeted"]["hyp_t_reads_three_back"]  # ablation contrast after the hypothesis' queries
+    assert {"difference", "specificity", "specificity_ci_low"} <= set(t)
+    assert all("hyp_reads_vowels" not in a["targeted"] for a in m["ablation"])  # no query: no contrast
     page = (hypothesis_run / "model-planted.html").read_text()
     assert "Your hypotheses" in page and "none: not supported" in page
 
