@@ -195,11 +195,11 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
         if roles_of(stats["train"], h.layer, h.head) and len(role_heads) < 2:
             role_heads.append((h.layer, h.head))
     lang = LANGUAGE.get(prep.split.language)
-    prompt = prompt_for(lang.prompt if lang else "", prep.spec.text is not None, prep.heldout_start(),
-                        bundle.tokenizer)
-    generation = generation_evidence(bundle, prompt, prep.heldout_start(), role_heads,
+    heldout = prep.heldout_start()  # the held-out text as the model reads it, decoded once
+    prompt = prompt_for(lang.prompt if lang else "", prep.spec.text is not None, heldout, bundle.tokenizer)
+    generation = generation_evidence(bundle, prompt, heldout, role_heads,
                                      cfg.seed, means)
-    passage = heldout_sentence(prep.heldout_start(), T)
+    passage = heldout_sentence(heldout, T)
     effects = [role_predictions(bundle, passage, f.layer, f.head, f.role, means,
                                 example=worked_example(bundle, classes, passage, f.layer, f.head, f.pattern))
                for f in [f for f in a.findings if f.primary][:MAX_ROLE_EFFECTS]]

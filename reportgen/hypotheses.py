@@ -66,31 +66,33 @@ class Hypothesis:
     def has_query(self) -> bool:
         return any(v is not None for v in (self.query_chars, self.query_class, self.query_regex))
 
+    @staticmethod
+    def _text(ids: torch.Tensor, vocab: list[str]) -> str:
+        """One window's characters (multi-character symbols such as <PAD> as NUL, so regexes never match them)."""
+        return "".join(vocab[int(x)] if len(vocab[int(x)]) == 1 else "\0" for x in ids)
+
     def query_positions(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
-        """Bool (B, T): the positions this hypothesis is about (its targeted-ablation contrast: predicting the
-        character after them)."""
+        """Bool (B, T): the positions this hypothesis is about (every position if it names no queries); also its
+        targeted-ablation contrast (predicting the character after them)."""
         rows = []
         for b in range(ids.shape[0]):
-            text = "".join(vocab[int(x)] if len(vocab[int(x)]) == 1 else "\0" for x in ids[b])
+            text = self._text(ids[b], vocab)
             q = self._positions(self.query_chars, self.query_class, self.query_regex, text, codes[b])
-            rows.append(torch.ones(len(text), dtype=torch.bool) if q is None else q)
+            rows.append(torch.ones(ids.shape[1], dtype=torch.bool) if q is None else q)
         return torch.stack(rows)
 
     def mask(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         """Target mask (B, T, S): query i is one the hypothesis is about and key j <= i one it should read."""
         B, T = ids.shape
         i, j = torch.arange(T).view(T, 1), torch.arange(T).view(1, T)
-        out = torch.zeros(B, T, T, dtype=torch.bool)
-        for b in range(B):
-            text = "".join(vocab[int(x)] if len(vocab[int(x)]) == 1 else "\0" for x in ids[b])
-            q = self._positions(self.query_chars, self.query_class, self.query_regex, text, codes[b])
-            q = torch.ones(T, dtype=torch.bool) if q is None else q
-            if self.key_offset is not None:
-                keys = j == i - self.key_offset
-            else:
-                keys = self._positions(self.key_chars, self.key_class, self.key_regex, text, codes[b]).view(1, T) & (j <= i)
-            out[b] = q.view(T, 1) & keys
-        return out
+        queries = self.query_positions(ids, codes, vocab)  # (B, T)
+        if self.key_offset is not None:
+            keys = (j == i - self.key_offset).expand(B, T, T)
+        else:
+            keys = torch.stack([self._positions(self.key_chars, self.key_class, self.key_regex,
+                                                self._text(ids[b], vocab), codes[b]) for b in range(B)])
+            keys = keys.view(B, 1, T) & (j <= i)
+        return queries.view(B, T, 1) & keys
 
 
 def parse(entries, source: str) -> tuple[Hypothesis, ...]:
