@@ -101,6 +101,8 @@ def test_every_relative_link_and_image_resolves(site):
 def test_every_page_loads_in_headless_chromium_without_errors(site):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.wait import WebDriverWait
 
     out, _ = site
     opts = webdriver.ChromeOptions()
@@ -115,8 +117,14 @@ def test_every_page_loads_in_headless_chromium_without_errors(site):
         assert pages
         for page in pages:
             driver.get(page.as_uri())
-            broken = driver.execute_script(
-                "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+            # A loaded CI machine may return from get() before every image has decoded: wait for the
+            # browser to finish (up to 20 s), then require each image to have really loaded.
+            unloaded = "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+            try:
+                WebDriverWait(driver, 20, poll_frequency=0.2).until(lambda d: d.execute_script(unloaded) == [])
+            except TimeoutException:
+                pass  # reported just below, with the images' names
+            broken = driver.execute_script(unloaded)
             assert broken == [], f"{page.name}: missing images {broken}"
             links = driver.execute_script("return Array.from(document.links).map(a => a.href)")
             for href in links:
