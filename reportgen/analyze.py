@@ -23,6 +23,7 @@ from .ablation import CausalEvidence, causal_agreement, causal_evidence
 from .capture import HeadScores, capture, encode, natural_probes, probe, random_probes
 from .catalogue import set_hypotheses
 from .checkpoint import ModelBundle, build_model, load_checkpoint
+from .device import device_of, place
 from .classes import CLASS_NAMES, CharClasses
 from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
@@ -92,7 +93,7 @@ def check_fit(bundle: ModelBundle, spec: ModelSpec, ids: np.ndarray, source: str
     if meta.get("format") == "course" and spec.with_residuals is None and \
             "with_residuals" not in meta.get("recorded", ()):
         other_cfg = replace(bundle.config, with_residuals=not bundle.config.with_residuals)
-        other = build_model(other_cfg, bundle.model.state_dict(), bundle.path)
+        other = place(build_model(other_cfg, bundle.model.state_dict(), bundle.path), device_of(bundle.model))
         alternative = _bits(other, ids)
         if alternative < measured:
             bundle, measured, alternative = replace(bundle, model=other), alternative, measured
@@ -171,7 +172,8 @@ def cluster_heads(dist: np.ndarray, n_heads: int, threshold: float = 0.5) -> lis
 def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
     """Load the checkpoint and text and check every input before any work starts (errors are one line)."""
     bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals is not False,
-                             train_text=spec.train_text, language=spec.language, meta_path=spec.meta)
+                             train_text=spec.train_text, language=spec.language, meta_path=spec.meta,
+                             device=cfg.torch_device())
     ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab,
                     cfg.vowels.get(spec.language or bundle.language or "", ""))
     check_script(bundle, spec.language)

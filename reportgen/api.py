@@ -21,14 +21,16 @@ import torch
 from .checkpoint import ModelBundle, load_checkpoint
 from .classes import CLASS_NAMES, CharClasses
 from .detectors import SKIP, batch_stats
+from .device import resolve
 from .errors import ReportgenError
 
 
 def load(path: str | Path, *, with_residuals: bool = True, train_text: str | Path | None = None,
-         meta: str | Path | None = None, language: str | None = None) -> ModelBundle:
-    """Load a checkpoint of any supported kind (file or run folder) into a `ModelBundle`."""
+         meta: str | Path | None = None, language: str | None = None, device: str = "auto") -> ModelBundle:
+    """Load a checkpoint of any supported kind (file or run folder) into a `ModelBundle`; forward passes run on
+    `device` (auto: cuda when torch sees a GPU, else cpu) and every result comes back as CPU numpy."""
     return load_checkpoint(path, with_residuals=with_residuals, train_text=train_text, language=language,
-                           meta_path=Path(meta) if meta else None)
+                           meta_path=Path(meta) if meta else None, device=resolve(device))
 
 
 def _ids(model: ModelBundle, text: str) -> torch.Tensor:

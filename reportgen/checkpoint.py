@@ -24,6 +24,7 @@ import torch
 
 from . import nanogpt
 from .config import file_sha256
+from .device import CPU, place
 from .errors import ReportgenError
 from .model import ModelConfig, TransformerLM
 from .tokenizer import CharTokenizer
@@ -144,7 +145,7 @@ def save_checkpoint(path: Path, model: TransformerLM, tokenizer: CharTokenizer, 
                     train_loss: float, heldout_bits_per_char: float, corpus: dict[str, Any],
                     seed: int, history: list[list[float]], dtype: torch.dtype = torch.float16) -> None:
     """Write a self-contained reportgen checkpoint (weights in `dtype`, mask buffers omitted)."""
-    state = {k: v.detach().to(dtype) for k, v in model.state_dict().items() if not k.endswith(".mask")}
+    state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items() if not k.endswith(".mask")}
     payload = {
         "format": FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict(),
         "vocab": tokenizer.vocab, "model_state_dict": state, "step": int(step),
@@ -213,8 +214,10 @@ def _number(x: Any) -> float | int | None:
 
 
 def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text: str | Path | None = None,
-                    language: str | None = None, meta_path: Path | None = None) -> ModelBundle:
-    """Load a reportgen or course-layout checkpoint (file or folder) into a ModelBundle."""
+                    language: str | None = None, meta_path: Path | None = None,
+                    device: torch.device | None = None) -> ModelBundle:
+    """Load a reportgen, course or nanoGPT checkpoint (file or folder) into a ModelBundle on `device`
+    (default the CPU; see device.place: inputs and outputs stay CPU tensors either way)."""
     path = _resolve(Path(path))
     payload = _safe_load(path)
     if not isinstance(payload, dict):
@@ -267,6 +270,6 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise ReportgenError(f"{path}: weights contain NaN or infinite values ({bad})")
-    model = build_model(config, state, path)
+    model = place(build_model(config, state, path), device or CPU)
     return ModelBundle(model=model, tokenizer=tokenizer, path=path, sha256=file_sha256(path),
                        language=language, metadata=meta)

@@ -37,7 +37,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       save_at=args.save_at, n_layers=args.layers, n_heads=args.heads,
                       embed_size=args.embed, max_context_len=args.context, mlp_hidden_size=args.mlp,
-                      with_residuals=not args.no_residuals, threads=args.threads, out=Path(args.out))
+                      with_residuals=not args.no_residuals, threads=args.threads, out=Path(args.out),
+                      device=args.device or "auto")
     for path in train(split, cfg):
         print(path)
     return 0
@@ -99,7 +100,8 @@ def _run_config(args: argparse.Namespace):
     return build_config(toml, models=models, out=Path(args.out) if args.out else None, seed=args.seed,
                         oov=args.oov, train_windows=args.train_windows, heldout_windows=args.heldout_windows,
                         pdf=False if getattr(args, "no_pdf", False) else None,
-                        author=getattr(args, "author", None), course=getattr(args, "course", None))
+                        author=getattr(args, "author", None), course=getattr(args, "course", None),
+                        device=args.device)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -127,7 +129,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         raise ReportgenError("--heldout needs --text (the text it is held out from)")
     options = dict(language=args.language, text=Path(args.text) if args.text else None,
                    heldout=Path(args.heldout) if args.heldout else None,
-                   toml=Path(args.config) if args.config else None)
+                   toml=Path(args.config) if args.config else None, device=args.device)
     a, b = run_data(Path(args.a), **options), run_data(Path(args.b), **options)
     doc = compare(a, b, force=args.force)
     render(doc, Path(args.out), pdf=not args.no_pdf)
@@ -143,7 +145,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .corpora import read_text
 
     model = api.load(args.model, with_residuals=not args.no_residuals, train_text=args.train_text, meta=args.meta,
-                     language=args.language)
+                     language=args.language, device=args.device or "auto")
     T = model.config.max_context_len
     passages = list(args.passage or [])
     if args.text:
@@ -196,7 +198,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-windows", type=int, help="training windows to sample for discovery (default 256)")
     p.add_argument("--heldout-windows", type=int, help="cap on held-out windows (default: all)")
     p.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
+    _add_device_option(p)
     _add_checkpoint_options(p)
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="where forward passes run: auto (default: cuda when torch sees a GPU, else "
+                                    "cpu), cpu, cuda, cuda:N or mps; statistics are computed on the CPU either way")
 
 
 def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
@@ -233,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mlp", type=int, default=512)
     t.add_argument("--no-residuals", action="store_true")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _add_device_option(t)
     t.add_argument("--out", default="checkpoints", help="output folder (default checkpoints/)")
     t.set_defaults(func=_cmd_train)
 
@@ -263,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--text", help="checkpoints: analyse both on this text (default: their language's corpus)")
     d.add_argument("--heldout", help="checkpoints: held-out text to use with --text")
     d.add_argument("--config", help="checkpoints: TOML settings for their analysis")
+    _add_device_option(d)
     d.set_defaults(func=_cmd_diff)
 
     e = sub.add_parser("export", help="write attention matrices of passages to an .npz file")
@@ -273,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--language", type=_language, help="language for the character classes")
     e.add_argument("--out", required=True, help="output .npz file")
     e.add_argument("--force", action="store_true", help="replace an existing output file")
+    _add_device_option(e)
     _add_checkpoint_options(e)
     e.set_defaults(func=_cmd_export)
 

@@ -80,6 +80,13 @@ class RunConfig:
     hypotheses: tuple = ()  # your own detectors ([[hypothesis]] tables; see hypotheses.py)
     author: str = ""  # shown on the PDF's title page (rendering only: not part of the analysis)
     course: str = ""
+    device: str = "auto"  # where forward passes run: auto (cuda if torch sees one, else cpu), cpu, cuda[:N], mps
+
+    def torch_device(self):
+        """The device forward passes run on (checked: a one-line error if this machine has none)."""
+        from .device import resolve
+
+        return resolve(self.device)
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (for results.json and the cache)."""
@@ -87,7 +94,9 @@ class RunConfig:
                 "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
                 "ablation_windows": self.ablation_windows, "control_windows": self.control_windows,
                 "timeline_windows": self.timeline_windows, **({"vowels": self.vowels} if self.vowels else {}),
-                **({"hypotheses": [vars(h) for h in self.hypotheses]} if self.hypotheses else {})}
+                **({"hypotheses": [vars(h) for h in self.hypotheses]} if self.hypotheses else {}),
+                # accelerators round differently: their numbers are cached apart (CPU keys stay as they were)
+                **({"device": self.torch_device().type} if self.torch_device().type != "cpu" else {})}
 
 
 def latest_checkpoint(folder: Path) -> Path:
@@ -174,6 +183,9 @@ def _check(cfg: RunConfig, origin) -> None:
     for key in ("author", "course"):
         if not isinstance(getattr(cfg, key), str) or len(getattr(cfg, key)) > 200:
             raise ReportgenError(f"{origin(key)}: {key} must be text of at most 200 characters")
+    from .device import resolve
+
+    resolve(cfg.device, origin("device"))
     if not isinstance(cfg.pdf, bool):
         raise ReportgenError(f"{origin('pdf')}: pdf must be true or false, not {cfg.pdf!r}")
     if not isinstance(cfg.class_overrides, dict):

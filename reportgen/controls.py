@@ -20,6 +20,7 @@ import torch
 from .capture import capture
 from .catalogue import ALPHA, FAMILY, ROLE_DETECTORS, roles_of
 from .detectors import SKIP
+from .device import device_of, place
 from .evidence import ControlResult, Controls
 from .stats import SplitStats, add_q_values, split_stats
 
@@ -100,7 +101,7 @@ def run_controls(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict, rn
     n_ctrl = len(ctrl_ids) // T
     trained = float(np.nanmedian(stats["heldout"].values["entropy"]["mean"]))
     torch.manual_seed(cfg.seed + 1000 + index)
-    random_model = type(bundle.model).from_config(bundle.config).eval()
+    random_model = place(type(bundle.model).from_config(bundle.config).eval(), device_of(bundle.model))
     probe = torch.as_tensor(ctrl_ids[: min(n_ctrl, 8) * T].reshape(-1, T))
     scale = sharpness_matched(random_model, probe, trained)
     random_bundle = type(bundle)(random_model, bundle.tokenizer, bundle.path, bundle.sha256, bundle.language, {})

@@ -209,7 +209,7 @@ def _prevalence(m: ModelResult) -> dict:
 
 
 def run_data(path: Path, force: bool = False, language: str | None = None, text: Path | None = None,
-             heldout: Path | None = None, toml: Path | None = None) -> RunData:
+             heldout: Path | None = None, toml: Path | None = None, device: str | None = None) -> RunData:
     """Results (folder or results.json) as they are; a checkpoint is analysed first (default settings, or those of
     `toml`; its own language and corpus unless `language`/`text` are given; no emergence timeline), labelled by
     its language and file name."""
@@ -227,7 +227,7 @@ def run_data(path: Path, force: bool = False, language: str | None = None, text:
     name = LANGUAGE[language].name if language in LANGUAGE else ""
     label = f"{name} {path.stem}".strip()  # the file name tells the two sides apart in progress lines
     cfg = build_config(toml, models=(ModelSpec(path, label, language, text, heldout),), out=Path("unused"),
-                       timeline_windows=0)  # a diff compares two checkpoints; their emergence timelines are not needed
+                       timeline_windows=0, device=device)  # a diff compares two checkpoints; their emergence timelines are not needed
     cached = _cache_folder(cfg)
     if (cached / "results.json").is_file():  # the same checkpoint, text, settings and code were analysed before
         say(f"{path}: analysis reused from the cache")

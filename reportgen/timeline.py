@@ -8,6 +8,7 @@ import numpy as np
 
 from .capture import capture
 from .checkpoint import checkpoint_series, load_checkpoint
+from .device import device_of
 from .evidence import Series, Timeline
 from .stats import split_stats
 
@@ -41,7 +42,8 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
     steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
     for ckpt in siblings:
         bundle = load_checkpoint(ckpt, with_residuals=prep.bundle.config.with_residuals,
-                                 train_text=prep.spec.train_text, meta_path=prep.spec.meta)
+                                 train_text=prep.spec.train_text, meta_path=prep.spec.meta,
+                                 device=device_of(prep.bundle.model))
         if bundle.config != prep.bundle.config or bundle.tokenizer.vocab != prep.bundle.tokenizer.vocab:
             progress.advance(task)
             continue

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
 from .corpora import TextSplit
+from .device import device_of, resolve
 from .model import ModelConfig, TransformerLM
 from .progress import make_progress
 from .tokenizer import CharTokenizer
@@ -39,6 +40,7 @@ class TrainConfig:
     mlp_hidden_size: int = 512
     with_residuals: bool = True
     threads: int | None = None
+    device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu (batches are drawn on the CPU either way)
     out: Path = field(default_factory=lambda: Path("checkpoints"))
 
 
@@ -59,6 +61,7 @@ def bits_per_char(model: TransformerLM, windows: torch.Tensor, batch_size: int =
     model.eval()
     total, count = 0.0, 0
     for batch in windows.split(batch_size):
+        batch = batch.to(device_of(model))
         logits = model(batch[:, :-1])  # (B, ctx, vocab)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
         total += loss.item()
@@ -85,7 +88,8 @@ def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
     ctx = cfg.max_context_len
     model_cfg = ModelConfig(cfg.n_layers, cfg.n_heads, cfg.embed_size, ctx, tokenizer.vocab_size(),
                             cfg.mlp_hidden_size, cfg.with_residuals)
-    model = TransformerLM.from_config(model_cfg)
+    device = resolve(cfg.device, "command line")
+    model = TransformerLM.from_config(model_cfg).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     eval_windows = evenly_spaced_windows(heldout_ids, ctx + 1, cfg.eval_windows)
@@ -102,7 +106,7 @@ def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
         for step in range(1, cfg.steps + 1):
             model.train()
             starts = torch.randint(0, train_ids.numel() - ctx - 1, (cfg.batch_size,), generator=gen)
-            batch = train_ids[starts[:, None] + offsets]  # (B, ctx + 1)
+            batch = train_ids[starts[:, None] + offsets].to(device)  # (B, ctx + 1)
             for group in optim.param_groups:
                 group["lr"] = _lr(step - 1, cfg)
             logits = model(batch[:, :-1])  # (B, ctx, vocab)
