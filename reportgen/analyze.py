@@ -44,7 +44,7 @@ from .timeline import emergence
 def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple[tuple[str, str, np.ndarray], ...]:
     """Attention on short illustrative inputs and a held-out passage, skipping inputs outside the vocabulary."""
     T = bundle.config.max_context_len
-    n, k = min(32, T), min(16, T // 2)  # every input fits the model's context
+    n, k = min(24, T), min(12, T // 2)  # short enough for legible character ticks; fits the model's context
     lang = LANGUAGE.get(language)
     inputs = [(f"input: {t}", t) for t in (lang.examples if lang else ())]
     inputs.append(("held-out passage", heldout[:n]))

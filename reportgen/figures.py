@@ -46,7 +46,7 @@ def _heatmap(ax, attn: np.ndarray, text: str, title: str, label_every: int = 1):
     img = ax.imshow(attn, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest", aspect="equal")
     labels = visible(text)
     ticks = np.arange(0, len(labels), label_every)
-    size = 7 if len(labels) <= 16 else 5
+    size = 9 if len(labels) <= 16 else 7 if len(labels) <= 40 else 5
     ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=size)
     ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=size)
     ax.tick_params(length=0, pad=1)
@@ -69,32 +69,27 @@ class HeadFigureData:
 
 
 def head_figure(d: HeadFigureData) -> bytes:
-    """One head: example heatmaps, mean pattern, offset profile, class-to-class ratio."""
+    """One head: example heatmaps three to a row (short passages, character ticks legible at display size),
+    the mean pattern and the class-to-class ratio, and the offset profile across the bottom."""
     with matplotlib.rc_context(FONT):
         n = len(d.examples)
-        fig = Figure(figsize=(3.1 * (n + 1), 6.4))
-        grid = fig.add_gridspec(2, n + 1, height_ratios=[1, 0.8], hspace=0.5, wspace=0.4,
-                                left=0.05, right=0.95, top=0.88, bottom=0.12)
-        img = None
+        cols = 3
+        rows = (n + 2 + cols - 1) // cols  # examples, then the mean pattern and the class matrix
+        fig = Figure(figsize=(12.0, 3.7 * rows + 2.5))
+        grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [0.55], hspace=0.5, wspace=0.6,
+                                left=0.06, right=0.94, top=1 - 0.8 / fig.get_figheight(),
+                                bottom=0.55 / fig.get_figheight())
+        slots = [grid[k // cols, k % cols] for k in range(rows * cols)]
         for k, (caption, text, attn) in enumerate(d.examples):
-            ax = fig.add_subplot(grid[0, k])
-            img = _heatmap(ax, attn, text, caption)
-        ax = fig.add_subplot(grid[0, n])
+            _heatmap(fig.add_subplot(slots[k]), attn, text, caption)
+        ax = fig.add_subplot(slots[n])
         m = d.mean_attn[:48, :48]
         img = ax.imshow(m, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")
         ax.set_title("mean over held-out windows\n(first 48 positions)", fontsize=8)
         ax.set_xlabel("key position", fontsize=7)
         ax.set_ylabel("query position", fontsize=7)
         fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04, label="attention weight (square-root scale)")
-        ax = fig.add_subplot(grid[1, : max(1, n // 2 + 1)])
-        k = np.arange(len(d.offset_profile))
-        ax.bar(k, d.offset_profile, color="#5b3f8c", width=0.8)
-        ax.set_xlabel("offset i − j (0 = itself, 1 = previous character)")
-        ax.set_ylabel("mean attention")
-        ax.set_ylim(0, max(0.05, float(d.offset_profile.max()) * 1.1))
-        ax.set_title("offset profile (held-out)")
-        ax.grid(axis="y", alpha=0.3)
-        ax = fig.add_subplot(grid[1, max(1, n // 2 + 1):])
+        ax = fig.add_subplot(slots[n + 1])
         ratio = np.log2(np.clip(d.class_ratio, 1 / 16, 16))
         im2 = ax.imshow(ratio, cmap="RdBu_r", vmin=-3, vmax=3)
         ax.set_xticks(range(len(d.class_names)), d.class_names, rotation=40, ha="right")
@@ -103,12 +98,32 @@ def head_figure(d: HeadFigureData) -> bytes:
         ax.set_ylabel("query class")
         ax.set_title("attention by class: observed / chance (cells)")
         for (i, j), v in np.ndenumerate(d.class_ratio):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
                     color="white" if abs(ratio[i, j]) > 1.8 else "black")
         cb = fig.colorbar(im2, ax=ax, fraction=0.046, pad=0.04, label="observed / chance (log scale)")
         cb.set_ticks([-3, -2, -1, 0, 1, 2, 3], labels=["⅛", "¼", "½", "1", "2", "4", "8"])
+        ax = fig.add_subplot(grid[rows, :])
+        k = np.arange(len(d.offset_profile))
+        ax.bar(k, d.offset_profile, color="#5b3f8c", width=0.8)
+        ax.set_xlabel("offset i − j (0 = itself, 1 = previous character)")
+        ax.set_ylabel("mean attention")
+        ax.set_ylim(0, max(0.05, float(d.offset_profile.max()) * 1.1))
+        ax.set_title("offset profile (held-out)")
+        ax.grid(axis="y", alpha=0.3)
         fig.suptitle(d.title, fontsize=10)
         return png_bytes(fig)
+
+
+def thumbnail(attn: np.ndarray) -> bytes:
+    """One head's attention (T, S) as a T × S pixel PNG in the heatmaps' colours (no axes: the page scales it
+    up, pixelated, inside a link to the head's page)."""
+    from matplotlib import colormaps
+    from matplotlib.image import imsave
+
+    rgba = colormaps[CMAP](PowerNorm(**NORM)(np.clip(attn, 0.0, 1.0)), bytes=True)
+    buf = io.BytesIO()
+    imsave(buf, rgba, format="png", metadata={"Software": None})
+    return buf.getvalue()
 
 
 def grid_figure(title: str, text: str, attn: np.ndarray, roles: list[list[str]]) -> bytes:

@@ -87,6 +87,7 @@ class HeadCell:
     roles: str
     entropy: float
     distance: float
+    thumb: str = ""  # the head's attention on the grid's passage, a small image linking to its page
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False) -> ModelPage:
     ablation = sorted((AblationRow(a, roles.get((a.layer, a.head), "—"), head_file(m, a.head_name))
                        for a in m.ablation), key=lambda r: -r.a.delta_bits_per_char)
     layers = [[HeadCell(h.name, head_file(m, h.name), m.role_label(h.layer, h.head),
-                        h.summary("entropy").mean, h.summary("distance").mean)
+                        h.summary("entropy").mean, h.summary("distance").mean, figs.get((m.label, "thumb", h.name), ""))
                for h in m.heads if h.layer == l] for l in range(m.n_layers)]
     deltas = m.generation.passage_delta if m.generation else []
     top = max((abs(d) for _, d in deltas), default=0.0) or 1.0

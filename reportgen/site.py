@@ -56,6 +56,9 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
         roles = [[m.role_label(l, h) for h in range(H)] for l in range(L)]
         caption, text, attn = next((e for e in a.examples if e[0] == "held-out passage"), a.examples[-1])
         idx[(m.label, "grid")] = fw.add("grid_figure", f"{m.label}: every layer × head", text, attn, roles)
+        for l in range(L):
+            for h in range(H):
+                idx[(m.label, "thumb", f"L{l}H{h}")] = fw.add("thumbnail", attn[l, h])
         ratio = np.array([[_ratio(m.head(l, h).summary(d)) for l in range(L) for h in range(H)] for d in detectors])
         marked = np.array([[any(f.pattern == d for f in m.findings_at(l, h)) for l in range(L) for h in range(H)]
                            for d in detectors])

@@ -78,6 +78,24 @@ def test_user_text_is_escaped_never_executed(site):
         assert XSS not in page.read_text(), page.name
 
 
+def test_no_output_names_the_build_folder_or_a_staging_folder(site):
+    """No absolute path of the machine that built the report in any output (pages, JSON, the PDF's text and links)."""
+    from pypdf import PdfReader
+
+    out, _ = site
+    build = str(out.parent.resolve())
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".html", ".json", ".md", ".txt", ".css")]
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert build not in text and ".staging-" not in text, path.name
+    reader = PdfReader(out / "report.pdf")
+    pdf_text = "\n".join(p.extract_text() or "" for p in reader.pages)
+    links = [str(a.get_object().get("/A", {}).get("/URI", "")) for p in reader.pages for a in p.get("/Annots") or []]
+    for text in (pdf_text, *links):
+        assert build not in text and ".staging-" not in text and "file:" not in text
+
+
 def _local_targets(page: Path, html: str) -> list[Path]:
     targets = []
     for ref in re.findall(r'(?:href|src)="([^"]+)"', html):
@@ -133,6 +151,10 @@ def test_every_page_loads_in_headless_chromium_without_errors(site):
                     assert Path(unquote(url.path)).exists(), f"{page.name}: broken link {href}"
             errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
             assert errors == [], f"{page.name}: console errors {errors}"
+            driver.set_window_size(390, 844)  # a phone: the page itself never scrolls sideways
+            wide = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+            assert wide[0] <= wide[1], f"{page.name}: {wide[0]} px wide in a {wide[1]} px viewport"
+            driver.set_window_size(1280, 900)
             if page.name.startswith("explore-"):  # the one page with a script: inline, and it works offline
                 driver.execute_script("document.querySelectorAll('#query .ch')[12].dispatchEvent("
                                       "new MouseEvent('mouseover', {bubbles: true}))")
@@ -212,3 +234,45 @@ def test_pdf_links_stay_inside_the_document(site):
     assert uris == [] or all(u.startswith(("http://", "https://")) for u in uris), uris
     names = set(reader.named_destinations)
     assert all(d in names for d in internal if not d.startswith("[")), set(internal) - names
+
+
+def _gray_pages(pdf: Path, dpi: int = 40) -> list:
+    """Every page of `pdf` as a grey-level array (pdftoppm, PGM)."""
+    import subprocess
+
+    import numpy as np
+
+    subprocess.run(["pdftoppm", "-gray", "-r", str(dpi), str(pdf), str(pdf.with_suffix(""))], check=True)
+    pages = []
+    for path in sorted(pdf.parent.glob(f"{pdf.stem}-*.pgm")):
+        data = path.read_bytes()
+        magic, width, height, maxval, rest = data.split(maxsplit=4)
+        assert magic == b"P5" and maxval == b"255"
+        pages.append(np.frombuffer(rest[: int(width) * int(height)], dtype=np.uint8).reshape(int(height), int(width)))
+    return pages
+
+
+@pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler-utils (pdftoppm) is not installed")
+@pytest.mark.parametrize("layers, heads", [(1, 1), (2, 4), (4, 4), (8, 8)])
+def test_every_pdf_page_keeps_its_content_inside_the_margins(tmp_path, layers, heads):
+    """Render each page and require blank outer margins: no figure, table or line of text runs off the page."""
+    text = TINY_TEXT * 10
+    (tmp_path / "t.txt").write_text(text)
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(layers * 10 + heads)
+    model = TransformerLM(layers, heads, 8 * heads, 32, tok.vocab_size(), 32, True).eval()
+    ckpt = tmp_path / f"m{layers}x{heads}.pt"
+    save_checkpoint(ckpt, model, tok, step=1, train_loss=3.0, heldout_bits_per_char=3.0,
+                    corpus={"name": "tiny", "language": "en"}, seed=0, history=[])
+    toml = tmp_path / "r.toml"
+    toml.write_text("train_windows = 16\nn_probes = 8\nablation_windows = 8\ncontrol_windows = 8\ntimeline_windows = 0\n")
+    out = tmp_path / "site"
+    assert cli(["run", "--config", str(toml), "--model", str(ckpt), "--language", "en", "--text",
+                str(tmp_path / "t.txt"), "--out", str(out)]) == 0
+    pages = _gray_pages(out / "report.pdf")
+    assert len(pages) >= 5
+    for n, page in enumerate(pages, 1):
+        side = round(9 / 25.4 * 40)  # the outer 9 mm of the 16 mm side margins, 18 mm top margin
+        strips = {"left": page[:, :side], "right": page[:, -side:], "top": page[:side], "bottom": page[-4:]}
+        for where, strip in strips.items():
+            assert strip.min() >= 235, f"{layers}x{heads}: page {n} has content in its {where} margin"
