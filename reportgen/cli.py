@@ -122,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     """Compare two runs or checkpoints; exit 1 with --fail-on-change if any role changed significantly."""
-    from .diff import check_out, compare, print_summary, render, run_data
+    from .diff import check_out, compare, mean_attention, print_summary, render, run_data
 
     check_out(Path(args.out))  # before any analysis
     if args.heldout and not args.text:
@@ -132,7 +132,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
                    toml=Path(args.config) if args.config else None, device=args.device)
     a, b = run_data(Path(args.a), **options), run_data(Path(args.b), **options)
     doc = compare(a, b, force=args.force)
-    render(doc, Path(args.out), pdf=not args.no_pdf)
+    render(doc, Path(args.out), pdf=not args.no_pdf, mean_attn=mean_attention(doc, a, b))
     print_summary(doc)
     say(f"wrote {Path(args.out) / 'diff.html'}")
     roles_changed = any(c["status"] in ("appeared", "vanished") for m in doc["models"] for c in m["changes"])

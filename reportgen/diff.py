@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from .errors import ReportgenError
 from .outputs import OutputFolder, write_json
 from .progress import say
 from .results import SCHEMA_VERSION, ModelResult, Run, read_run
+from .stages import FigureInputs
 from .stats import bh, block_length, block_resample_counts, bootstrap_ci
 
 MIN_CHANGE = 0.05  # smallest change in a statistic (attention mass or rate) that counts as a change
@@ -35,12 +36,18 @@ class RunData:
     source: Path
     run: Run
     windows: dict[str, dict[str, np.ndarray]]  # model label -> detector -> (W, L, H)
+    mean_attn: dict[str, np.ndarray] = field(default_factory=dict)  # model label -> (L, H, T, S) held-out mean
+
+
+def _means(items: list[FigureInputs] | None) -> dict[str, np.ndarray]:
+    return {it.label: it.mean_attn for it in items or []}
 
 
 def load_results(path: Path) -> RunData:
     """A results folder or results.json; errors name the file."""
     file = path / "results.json" if path.is_dir() else path
-    return RunData(file.parent, read_run(file), OutputFolder(file.parent).read_windows())
+    folder = OutputFolder(file.parent)
+    return RunData(file.parent, read_run(file), folder.read_windows(), _means(folder.read_figure_inputs()))
 
 
 def _pairs(a: RunData, b: RunData, force: bool) -> list[tuple[ModelResult, ModelResult]]:
@@ -100,7 +107,7 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
     all_p: list[float] = []
     for x, y in _pairs(a, b, force):
         entry = {"label": x.label, "a": {"checkpoint": x.checkpoint.path, "step": x.checkpoint.step},
-                 "b": {"checkpoint": y.checkpoint.path, "step": y.checkpoint.step},
+                 "b": {"checkpoint": y.checkpoint.path, "step": y.checkpoint.step, "label": y.label},
                  "comparable": (x.n_layers, x.n_heads) == (y.n_layers, y.n_heads), "not_compared": []}
         bpc = [m.baseline_bits_per_char or m.checkpoint.heldout_bits_per_char_at_training for m in (x, y)]
         entry["heldout_bits_per_char"] = {"a": bpc[0], "b": bpc[1],
@@ -161,6 +168,8 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
             c["q"] = float(q[k])
             k += 1
             c["status"] = _status(c)
+    for entry in models:
+        entry["heatmaps"] = _most_changed(entry)
     summary = {status: sum(c["status"] == status for m in models for c in m["changes"])
                for status in ("appeared", "vanished", "strengthened", "weakened")}
     return {"schema_version": SCHEMA_VERSION, "a": display_path(a.source), "b": display_path(b.source),
@@ -168,6 +177,18 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
             "alpha": ALPHA, "models": models,
             "significant": sum(c["status"] != "unchanged" for m in models for c in m["changes"])
             + sum(len(m["model_changes"]) for m in models)}
+
+
+def _most_changed(entry: dict, n: int = 4) -> list[dict]:
+    """Up to `n` heads whose statistics changed most (largest significant |change|), each with why it was chosen."""
+    best: dict[str, dict] = {}
+    for c in entry["changes"]:
+        if c["status"] != "unchanged" and abs(c["change"]) > abs(best.get(c["head_name"], {"change": 0.0})["change"]):
+            best[c["head_name"]] = c
+    chosen = sorted(best.values(), key=lambda c: -abs(c["change"]))[:n]
+    return [{"head_name": c["head_name"], "layer": c["layer"], "head": c["head"], "role": c["role"],
+             "detector": c["detector"], "status": c["status"], "change": c["change"], "ci_low": c["ci_low"],
+             "ci_high": c["ci_high"], "figure": None} for c in chosen]
 
 
 def _model_changes(x: ModelResult, y: ModelResult) -> list[str]:
@@ -231,11 +252,12 @@ def run_data(path: Path, force: bool = False, language: str | None = None, text:
     cached = _cache_folder(cfg)
     if (cached / "results.json").is_file():  # the same checkpoint, text, settings and code were analysed before
         say(f"{path}: analysis reused from the cache")
-        return RunData(path, read_run(cached), OutputFolder(cached).read_windows())
+        folder = OutputFolder(cached)
+        return RunData(path, read_run(cached), folder.read_windows(), _means(folder.read_figure_inputs()))
     analysed = analyze(cfg)
     run = new_run(cfg, analysed.models)
-    _store(cached, run, analysed.windows)
-    return RunData(path, run.normalised(), analysed.windows)
+    _store(cached, run, analysed.windows, analysed.figure_inputs)
+    return RunData(path, run.normalised(), analysed.windows, _means(analysed.figure_inputs))
 
 
 def cache_root() -> Path:
@@ -251,7 +273,7 @@ def _cache_folder(cfg) -> Path:
     return cache_root() / "diff" / analysis_key(cfg)[:40]
 
 
-def _store(folder: Path, run: Run, windows: dict) -> None:
+def _store(folder: Path, run: Run, windows: dict, figure_inputs: list[FigureInputs]) -> None:
     """Keep an analysis for later diffs (written beside, then renamed: a half-written entry is never read)."""
     try:
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
@@ -259,21 +281,34 @@ def _store(folder: Path, run: Run, windows: dict) -> None:
         out = OutputFolder(tmp)
         out.write_run(run)
         out.write_windows(windows)
+        out.write_figure_inputs(figure_inputs)
         tmp.replace(folder)
     except OSError:  # a read-only or full cache only costs time
         shutil.rmtree(folder.with_name(f"{folder.name}.tmp-{os.getpid()}"), ignore_errors=True)
 
 
 def check_out(out: Path) -> None:
-    """`--out` must be new, empty or a previous diff output; diff writes only its four files there."""
-    ours = {"diff.json", "diff.html", "diff.pdf", "style.css"}
+    """`--out` must be new, empty or a previous diff output; diff writes only its four files and figures/ there."""
+    ours = {"diff.json", "diff.html", "diff.pdf", "style.css", "figures"}
     if out.exists() and (not out.is_dir() or (any(p.name not in ours for p in out.iterdir())
                                               and not (out / "diff.json").exists())):
         raise ReportgenError(f"{out}: holds files reportgen diff did not write; choose a new or empty --out")
 
 
-def render(doc: dict, out: Path, pdf: bool = True) -> None:
-    """Write diff.json, diff.html and (optionally) diff.pdf into out, atomically per file."""
+def mean_attention(doc: dict, a: RunData, b: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per compared model label, the held-out mean attention (L, H, T, S) of both sides, where both have it."""
+    out = {}
+    for m in doc["models"]:
+        ma, mb = a.mean_attn.get(m["label"]), b.mean_attn.get(m["b"].get("label", m["label"]))
+        if ma is not None and mb is not None and ma.shape == mb.shape:
+            out[m["label"]] = (ma, mb)
+    return out
+
+
+def render(doc: dict, out: Path, pdf: bool = True,
+           mean_attn: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+    """Write diff.json, diff.html, heatmaps of the heads that changed most (from `mean_attn`, see
+    `mean_attention`) and (optionally) diff.pdf into out, atomically per file."""
     import datetime as dt
     import shutil
 
@@ -285,6 +320,7 @@ def render(doc: dict, out: Path, pdf: bool = True) -> None:
 
     check_out(out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_heatmaps(doc, out, mean_attn or {})
     write_json(out / "diff.json", doc)
     nav = [("../index.html", "Overview")] if (out.parent / "index.html").exists() else []
     common = Common(nav + [("diff.html", "Diff")],
@@ -294,6 +330,38 @@ def render(doc: dict, out: Path, pdf: bool = True) -> None:
     shutil.copy(template_dir() / "style.css", out / "style.css")
     if pdf:
         write_pdf(html, out, out / "diff.pdf")
+
+
+def _write_heatmaps(doc: dict, out: Path, mean_attn: dict) -> None:
+    """Side-by-side mean attention (A | B | B − A) of the heads that changed most, into out/figures/; the previous
+    diff's figures (listed in its diff.json, so written by reportgen) are removed first."""
+    import hashlib
+    import json
+
+    from .figures import diff_head_figure
+
+    figures = out / "figures"
+    try:
+        old = json.loads((out / "diff.json").read_text(encoding="utf-8"))
+        stale = [h.get("figure") for m in old.get("models", []) for h in m.get("heatmaps", [])]
+    except (OSError, ValueError, AttributeError):
+        stale = []
+    for name in stale:
+        if isinstance(name, str) and name.startswith("figures/") and "/" not in name[8:] and name.endswith(".png"):
+            (out / name).unlink(missing_ok=True)
+    for m in doc["models"]:
+        pair = mean_attn.get(m["label"])
+        for h in m.get("heatmaps", []):
+            if pair is None:
+                continue
+            blob = diff_head_figure(f"{m['label']} {h['head_name']}: {h['role']} {h['status']} "
+                                    f"({h['change']:+.3f}, 95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f})",
+                                    pair[0][h["layer"], h["head"]], pair[1][h["layer"], h["head"]],
+                                    f"A: step {m['a']['step']}", f"B: step {m['b']['step']}")
+            figures.mkdir(exist_ok=True)
+            name = f"figures/{hashlib.sha256(blob).hexdigest()[:16]}.png"
+            (out / name).write_bytes(blob)
+            h["figure"] = name
 
 
 def print_summary(doc: dict) -> None:

@@ -126,6 +126,30 @@ def thumbnail(attn: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def diff_head_figure(title: str, a: np.ndarray, b: np.ndarray, a_label: str, b_label: str,
+                     positions: int = 48) -> bytes:
+    """One head in two runs: held-out mean attention (T, S) of A and of B on the heatmaps' scale, and B − A on a
+    linear diverging scale (first `positions` query and key positions)."""
+    a, b = a[:positions, :positions], b[:positions, :positions]
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(11.0, 3.9), layout="constrained")
+        axes = fig.subplots(1, 3)
+        for ax, m, label in ((axes[0], a, a_label), (axes[1], b, b_label)):
+            img = ax.imshow(m, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")
+            ax.set_title(f"{label}: mean attention", fontsize=8)
+        fig.colorbar(img, ax=axes[:2], fraction=0.03, pad=0.02, label="attention weight (square-root scale)")
+        d = b - a
+        top = max(0.05, float(np.abs(d).max()))
+        img = axes[2].imshow(d, cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest")
+        axes[2].set_title("B − A (red: more attention in B)", fontsize=8)
+        fig.colorbar(img, ax=axes[2], fraction=0.046, pad=0.02, label="change in attention weight (linear)")
+        for ax in axes:
+            ax.set_xlabel("key position", fontsize=7)
+            ax.set_ylabel("query position", fontsize=7)
+        fig.suptitle(title, fontsize=9)
+        return png_bytes(fig)
+
+
 def grid_figure(title: str, text: str, attn: np.ndarray, roles: list[list[str]]) -> bytes:
     """Every layer x head on one input: small heatmaps (L, H, T, T) with each head's role below."""
     L, H = attn.shape[:2]

@@ -72,6 +72,15 @@ def test_altered_head_and_only_it_is_flagged(runs):
     assert code == 1
     # Consistent with the change: a sharper head is more confident (argmax shares rise somewhere).
     assert any(c["change"] > 0 for c in flagged)
+    # The page shows that head side by side (A | B | B - A), and only that head.
+    heatmaps = doc["models"][0]["heatmaps"]
+    assert [h["head_name"] for h in heatmaps] == ["L1H0"]
+    figure = root / "diffout" / heatmaps[0]["figure"]
+    assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert heatmaps[0]["figure"] in (root / "diffout" / "diff.html").read_text()
+    # Diffing again with nothing changed replaces the figures it wrote; none pile up.
+    _diff(root, paths["a"], paths["a"])
+    assert not list((root / "diffout" / "figures").glob("*.png"))
 
 
 def test_bad_pairings_give_one_line_errors(runs, tmp_path, capsys):
