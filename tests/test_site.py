@@ -169,6 +169,33 @@ def test_every_page_loads_in_headless_chromium_without_errors(site):
         driver.quit()
 
 
+@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
+                    reason="Debian chromium and chromium-driver are not installed")
+def test_pages_read_with_javascript_switched_off(site):
+    """Without JavaScript every page but the explorer is complete, and the explorer says where the numbers are."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    out, _ = site
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu"):
+        opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get((out / "explore-hebrew.html").as_uri())
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "This page needs JavaScript" in body  # the <noscript> note is shown: scripts really are off
+        driver.get((out / "model-hebrew.html").as_uri())
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "Every layer × head" in body and "L0H0" in body and "Roles" in body
+        assert "needs JavaScript" not in body
+    finally:
+        driver.quit()
+
+
 def test_pdf_has_pages_extractable_text_and_hebrew(site):
     from pypdf import PdfReader
 
