@@ -83,8 +83,7 @@ def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit
     def batches():
         for lo in range(0, len(windows), batch_size):
             batch = windows[lo:lo + batch_size]  # (B, T)
-            _, attn = model(batch, return_attention_weights=True)  # (L, B, H, T, S)
-            yield attn.permute(1, 0, 2, 3, 4), batch  # (B, L, H, T, S)
+            yield model.attention(batch), batch  # (B, L, H, T, S)
             if on_batch:
                 on_batch(len(batch))
 

@@ -130,17 +130,34 @@ def _boundary_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return recent, word
 
 
-def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, ids: torch.Tensor,
-             codes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-query masses (B, L, H, T) of every content detector, given the attention's key-feature sums.
+def _char_masks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window key masks (B, T, S) from the labels `ids`: x_j == x_i (same character; attention is zero
+    above the diagonal) and x_{j-1} == x_i (the key follows an earlier copy of the query character)."""
+    B = ids.shape[0]
+    prev_ids = torch.cat([torch.full((B, 1), -1, dtype=ids.dtype), ids[:, :-1]], dim=1)  # x_{j-1}
+    return ids.unsqueeze(2) == ids.unsqueeze(1), prev_ids.unsqueeze(1) == ids.unsqueeze(2)
 
-    `prod` (B, L, H, T, F) is attention times the key features of the labels being scored (the
-    window's own, or another window's for the label-swap null); ids and codes (B, T) are those labels.
+
+def _row_masses(attn: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per query, attention on the keys each per-window mask (B, T, S) selects -> each (B, L, H, T).
+    One permuted copy of the attention and one batched product for every mask together."""
+    B, L, H, T, S = attn.shape
+    rows = attn.permute(0, 3, 1, 2, 4).reshape(B * T, L * H, S)  # (B*T, L*H, S)
+    cols = torch.stack(masks, -1).to(attn.dtype).reshape(B * T, S, len(masks))  # (B*T, S, M)
+    out = torch.bmm(rows, cols).view(B, T, L, H, len(masks)).permute(4, 0, 2, 3, 1)  # (M, B, L, H, T)
+    return list(out.unbind(0))
+
+
+def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, ids: torch.Tensor,
+             codes: torch.Tensor, same_mass: torch.Tensor, follows_mass: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-query masses (B, L, H, T) of every content detector.
+
+    `prod` (B, L, H, T, C) is attention times the key classes of the labels being scored (the window's
+    own, or another window's for the label-swap null); ids and codes (B, T) are those labels;
+    `same_mass` and `follows_mass` (B, L, H, T) the attention on their `_char_masks`.
     """
     B, L, H, T, S = attn.shape
-    V = (prod.shape[-1] - CLASS_C) // 2
     out = {f"class_{name}": prod[..., c] for c, name in enumerate(CLASS_NAMES)}
-    q = ids.view(B, 1, 1, T, 1).expand(B, L, H, T, 1)
     self_mass = diags[0]  # (B, L, H, T): A[i, i]
     recent, word = _boundary_targets(codes)
     for name, target in (("recent_space", recent), ("word_start", word)):
@@ -148,9 +165,9 @@ def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, 
         out[name] = attn.gather(-1, idx).squeeze(-1) * (target >= 0).view(B, 1, 1, T)
     boundary = _is_boundary(codes)  # (B, T)
     recent_same = boundary & (recent >= 0) & (ids.gather(1, recent.clamp_min(0)) == ids)  # (B, T)
-    out["duplicate"] = (prod[..., CLASS_C:CLASS_C + V].gather(-1, q).squeeze(-1) - self_mass
+    out["duplicate"] = (same_mass - self_mass
                         - out["recent_space"] * recent_same.view(B, 1, 1, T))  # see target_masks
-    out["induction"] = prod[..., CLASS_C + V:].gather(-1, q).squeeze(-1) * (~boundary).view(B, 1, 1, T)
+    out["induction"] = follows_mass * (~boundary).view(B, 1, 1, T)
     punct = (codes == CLASS_NAMES.index("punctuation")).float()  # (B, T)
     near = torch.zeros_like(self_mass)
     for k in range(1, NEAR + 1):
@@ -226,21 +243,22 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
         put(f"offset_{k}", _query_mean(diags[k]), chance_row)
         put(f"argmax_{k}", _query_mean((argmax_offset == k).float()), chance_row)
 
-    # Content: one matmul of attention with key features, then gathers.
-    feats = _features(ids, codes, vocab_size)  # (B, S, F)
-    prod = attn @ feats.view(B, 1, 1, S, -1)  # (B, L, H, T, F)
+    # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
+    onehot = class_onehot(codes)  # (B, S, C)
+    prod = attn @ onehot.view(B, 1, 1, S, CLASS_C)  # (B, L, H, T, C)
+    partner = swap_partners(B)
+    masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(ids[partner]) if B > 1 else ())])
     content_chance = _content_chance(ids, codes, vocab_size)
-    content = _content(attn, diags, prod, ids, codes)
+    content = _content(attn, diags, prod, ids, codes, masses[0], masses[1])
     for name, value in content.items():
         put(name, _query_mean(value), _query_mean(content_chance[name]).view(B, 1, 1))
     structure = {name: _query_mean(v)
                  for name, v in structure_null(content["word_start"], content["recent_space"], codes).items()}
     # Label swap: this window's attention scored against its partner window's characters.
-    partner = swap_partners(B)
     if B > 1:
-        prod_r = attn @ feats[partner].view(B, 1, 1, S, -1)
-        swap = {name: _query_mean(value)
-                for name, value in _content(attn, diags, prod_r, ids[partner], codes[partner]).items()}
+        prod_r = attn @ onehot[partner].view(B, 1, 1, S, CLASS_C)
+        swap = {name: _query_mean(value) for name, value in
+                _content(attn, diags, prod_r, ids[partner], codes[partner], masses[2], masses[3]).items()}
     else:
         swap = {k: torch.full_like(obs[k], float("nan")) for k in CONTENT_DETECTORS}
 
@@ -252,8 +270,8 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     put("distance", _query_mean(distance), _query_mean(positions / 2))
     put("confidence", _query_mean(top), chance_row)
 
-    valid = feats[:, SKIP:, :CLASS_C]  # (B, T', C) query classes of valid queries
-    class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :CLASS_C], valid)  # (L, H, Cq, Ck)
+    valid = onehot[:, SKIP:]  # (B, T', C) query classes of valid queries
+    class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :], valid)  # (L, H, Cq, Ck)
     return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)), partner, structure)
 
 

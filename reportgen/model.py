@@ -229,6 +229,20 @@ class TransformerLM(nn.Module):
             return logits, torch.stack(weights)  # (L, B, H, N, N)
         return logits
 
+    @torch.no_grad()
+    def attention(self, idx: torch.Tensor) -> torch.Tensor:
+        """Attention of every layer (B, L, H, N, N), contiguous in that order, without computing logits.
+        Runs where the weights are and returns on idx's device."""
+        N = idx.shape[1]
+        if N > self.config.max_context_len:
+            raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
+        x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
+        weights = []
+        for layer in self.layers:
+            x, att = layer(x, True)
+            weights.append(att)
+        return torch.stack(weights, 1).to(idx.device)  # (B, L, H, N, N)
+
     @contextlib.contextmanager
     def ablate(
         self,

@@ -131,6 +131,17 @@ def swap_units(diff: np.ndarray, partner: np.ndarray) -> np.ndarray:
     return diff[idx[first]] + diff[partner[first]]
 
 
+TIE = 1e-6  # per-window differences this small are float32 rounding (summation order), not attention: ties
+
+
+def excess(obs: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """obs - null per window, with rounding-sized differences set to exactly 0. A head that matches a null
+    exactly (a uniform head against uniform chance) then gets p = 1 and consistency 0 on every machine and
+    device, instead of a p-value of rounding noise that flips with the order of a sum."""
+    d = obs - null
+    return np.where(np.abs(d) <= TIE, 0.0, d)
+
+
 def block_means(x: np.ndarray, block: int) -> np.ndarray:
     """Means (n_blocks, K) of consecutive non-overlapping blocks of rows of x (W, K); the last may be short."""
     if block <= 1:
@@ -154,12 +165,12 @@ def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], counts
         out["times_chance"] = obs.sum(0) / chance.sum(0)  # ratio of sums, not mean of ratios
     if not tested:
         return out
-    out["p_uniform"] = p_greater(block_means(obs - chance, block))
+    out["p_uniform"] = p_greater(block_means(excess(obs, chance), block))
     strictest = chance
     p = out["p_uniform"]
     for label, null in zip(("positional", "swap", "structure"), nulls):
         out[label] = null.mean(0)
-        diff = obs - null
+        diff = excess(obs, null)
         if label == "swap" and partner is not None:
             units = block_means(swap_units(diff, partner), block)
             out["p_swap"] = p_greater(units) if len(units) >= 2 else np.full(diff.shape[1], np.nan)
@@ -168,7 +179,7 @@ def _fields(obs: np.ndarray, chance: np.ndarray, nulls: list[np.ndarray], counts
         p = np.fmax(p, out[f"p_{label}"])  # every null must be rejected (intersection-union test)
         strictest = np.fmax(strictest, null)
     out["p"] = p
-    out["consistency"] = (obs > strictest).mean(0)
+    out["consistency"] = (excess(obs, strictest) > 0).mean(0)
     if nulls:
         null = functools.reduce(np.fmax, nulls)  # the strictest null, window by window
         g_low, g_high, _ = bootstrap_ci(obs - null, counts, bca=bca)

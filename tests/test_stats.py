@@ -125,3 +125,18 @@ def test_bootstrap_ci_covers_the_mean_and_is_percentile_for_constant_columns():
     assert low[0] < 0.3 < high[0] and high[0] - low[0] < 0.1
     assert low[1] == pytest.approx(0.7) and high[1] == pytest.approx(0.7)
     assert not bca[1] and bca[0]
+
+
+def test_a_head_equal_to_its_null_up_to_rounding_is_not_significant():
+    """float32 summation order leaves differences of ~1e-8 between a uniform head and uniform chance; they must
+    not become a significant effect (or flip with the order of a sum on another machine or device)."""
+    from reportgen.stats import TIE, _fields, excess, resample_counts
+
+    rng = np.random.default_rng(0)
+    chance = rng.uniform(0.1, 0.2, size=(64, 2))
+    obs = chance + np.abs(rng.normal(0, 1e-8, size=chance.shape))  # systematically "above" chance by rounding
+    obs[:, 1] += 0.01  # a real effect stays one
+    out = _fields(obs, chance, [chance], resample_counts(64, rng), tested=True)
+    assert out["p_uniform"][0] == 1.0 and out["consistency"][0] == 0.0
+    assert out["p_uniform"][1] < 1e-6 and out["consistency"][1] == 1.0
+    assert (excess(chance + TIE / 2, chance) == 0).all() and (excess(chance + 10 * TIE, chance) > 0).all()
