@@ -129,7 +129,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         raise ReportgenError("--heldout needs --text (the text it is held out from)")
     options = dict(language=args.language, text=Path(args.text) if args.text else None,
                    heldout=Path(args.heldout) if args.heldout else None,
-                   toml=Path(args.config) if args.config else None, device=args.device)
+                   toml=Path(args.config) if args.config else None, device=args.device, causal=args.causal)
     a, b = run_data(Path(args.a), **options), run_data(Path(args.b), **options)
     doc = compare(a, b, force=args.force)
     render(doc, Path(args.out), pdf=not args.no_pdf, mean_attn=mean_attention(doc, a, b))
@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--text", help="checkpoints: analyse both on this text (default: their language's corpus)")
     d.add_argument("--heldout", help="checkpoints: held-out text to use with --text")
     d.add_argument("--config", help="checkpoints: TOML settings for their analysis")
+    d.add_argument("--causal", action="store_true",
+                   help="checkpoints: also ablate every head (and run the controls) so ablation effects and the "
+                        "measured held-out loss with its CI are compared; slower")
     _add_device_option(d)
     d.set_defaults(func=_cmd_diff)
 

@@ -113,6 +113,11 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
         entry["heldout_bits_per_char"] = {"a": bpc[0], "b": bpc[1],
                                           "change": None if None in bpc else bpc[1] - bpc[0]}
         entry["model_changes"] = _model_changes(x, y)
+        if not x.ablation or not y.ablation:
+            entry["not_compared"].append("no ablation on both sides: ablation effects and the measured held-out loss "
+                                         "with its CI are not compared (diff checkpoints with --causal for them); "
+                                         "held-out bits/char are those recorded at training time where measured ones "
+                                         "are missing")
         if x.hyperparameters["vocab_size"] != y.hyperparameters["vocab_size"]:
             entry["not_compared"].append("vocabularies differ: class and character statistics are compared by name only")
         if not entry["comparable"]:
@@ -230,7 +235,8 @@ def _prevalence(m: ModelResult) -> dict:
 
 
 def run_data(path: Path, force: bool = False, language: str | None = None, text: Path | None = None,
-             heldout: Path | None = None, toml: Path | None = None, device: str | None = None) -> RunData:
+             heldout: Path | None = None, toml: Path | None = None, device: str | None = None,
+             causal: bool = False) -> RunData:
     """Results (folder or results.json) as they are; a checkpoint is analysed first (default settings, or those of
     `toml`; its own language and corpus unless `language`/`text` are given; no emergence timeline), labelled by
     its language and file name."""
@@ -247,8 +253,10 @@ def run_data(path: Path, force: bool = False, language: str | None = None, text:
     language = language or bundle.language
     name = LANGUAGE[language].name if language in LANGUAGE else ""
     label = f"{name} {path.stem}".strip()  # the file name tells the two sides apart in progress lines
+    # A diff compares two checkpoints: their emergence timelines are not needed, and the causal stage (ablation,
+    # controls, generation) runs only when asked for (`--causal`): without it the diff is of attention statistics.
     cfg = build_config(toml, models=(ModelSpec(path, label, language, text, heldout),), out=Path("unused"),
-                       timeline_windows=0, device=device)  # a diff compares two checkpoints; their emergence timelines are not needed
+                       timeline_windows=0, device=device, **({} if causal else {"ablation_windows": 0}))
     cached = _cache_folder(cfg)
     if (cached / "results.json").is_file():  # the same checkpoint, text, settings and code were analysed before
         say(f"{path}: analysis reused from the cache")

@@ -1,7 +1,10 @@
 """Benchmark: capture + all detectors vs a plain fused forward pass, memory vs text size, stage times.
 
 Prints figures; asserts nothing (timings on shared machines are noisy: compare ratios within one run).
-Usage: python scripts/benchmark.py [--full]   (--full also times a whole default `reportgen run`)
+Usage: python scripts/benchmark.py [--full] [--diff] [--course]
+  --full    also times a whole default `reportgen run` (cold, then cached)
+  --diff    a diff of two uncached shipped checkpoints against one model's capture, then a cached re-diff
+  --course  a full report of a course-size model (6 layers x 6 heads x 192, context 128) on 1 MB of text
 """
 
 from __future__ import annotations
@@ -90,9 +93,65 @@ def full_run() -> None:
         print(json.dumps(json.loads(timings.read_text()), indent=1))
 
 
+def _timed(args: list[str], env: dict | None = None) -> float:
+    """Seconds one `reportgen` command takes in a fresh process (its output hidden)."""
+    import os
+
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "reportgen", *args], check=True, cwd=ROOT, capture_output=True,
+                   env={**os.environ, **(env or {})})
+    return time.perf_counter() - t
+
+
+def diff_times() -> None:
+    """Diff of two uncached shipped checkpoints vs one model's capture of the same held-out text; re-diff."""
+    import tempfile
+
+    en = DEFAULT_MODELS / "en"
+    bundle = load_checkpoint(latest_checkpoint(en))
+    split = bible_split("en")
+    classes = CharClasses.for_vocab(bundle.tokenizer.vocab, "en")
+    t = time.perf_counter()
+    capture(bundle, encode(bundle, split.heldout, "heldout"), classes)
+    one = time.perf_counter() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"REPORTGEN_CACHE": str(Path(tmp) / "cache")}
+        args = ["diff", str(en / "step01000.pt"), str(en / "step05000.pt"), "--out", str(Path(tmp) / "d"), "--no-pdf"]
+        cold = _timed(args, env)
+        warm = _timed(args, env)
+    print(f"one model's held-out capture: {one:.1f} s")
+    print(f"diff of two uncached checkpoints: {cold:.1f} s = {cold / one:.1f}x one capture   (target <= 2.5x)")
+    print(f"re-diff, both analyses cached: {warm:.1f} s")
+
+
+def course_time() -> None:
+    """A full report (site + PDF) of a random-init 6 x 6 x 192 model, context 128, on 1 MB of Bible text."""
+    import tempfile
+
+    from reportgen.checkpoint import save_checkpoint
+    from reportgen.model import TransformerLM
+    from reportgen.tokenizer import CharTokenizer
+
+    split = bible_split("en")
+    text = (split.train + split.heldout)[:1_000_000]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "text.txt").write_text(text, encoding="utf-8")
+        tok = CharTokenizer.from_text([text])
+        torch.manual_seed(0)
+        model = TransformerLM(6, 6, 192, 128, tok.vocab_size(), 768, True).eval()
+        ckpt = Path(tmp) / "course.pt"
+        save_checkpoint(ckpt, model, tok, step=1, train_loss=float("nan"), heldout_bits_per_char=float("nan"),
+                        corpus={"name": "bench", "language": "en"}, seed=0, history=[])
+        took = _timed(["run", "--model", str(ckpt), "--language", "en", "--text", str(Path(tmp) / "text.txt"),
+                       "--out", str(Path(tmp) / "site")])
+    print(f"full report of a 6x6x192 context-128 model on 1 MB: {took:.1f} s   (target <= 120 s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="also time a whole default run")
+    parser.add_argument("--diff", action="store_true", help="also time a cold and a cached diff")
+    parser.add_argument("--course", action="store_true", help="also time a course-size model's full report")
     args = parser.parse_args()
     torch.manual_seed(0)
     throughput()
@@ -100,6 +159,10 @@ def main() -> None:
     print(f"this process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if args.full:
         full_run()
+    if args.diff:
+        diff_times()
+    if args.course:
+        course_time()
 
 
 if __name__ == "__main__":
