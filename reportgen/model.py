@@ -238,9 +238,11 @@ class TransformerLM(nn.Module):
             raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
         x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
         weights = []
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x, att = layer(x, True)
             weights.append(att)
+        last = self.layers[-1]  # its attention does not depend on its own MLP: skip that
+        weights.append(last.causal_attention(last.layer_norm_1(x), True)[1])
         return torch.stack(weights, 1).to(idx.device)  # (B, L, H, N, N)
 
     @contextlib.contextmanager

@@ -61,6 +61,20 @@ def test_without_residuals_paths_agree():
     torch.testing.assert_close(logits, model(idx), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("residuals", [True, False])
+def test_attention_only_pass_equals_the_full_forward_attention(residuals):
+    """`attention()` (capture's pass: no logits, no last MLP) gives exactly the forward pass's weights."""
+    torch.manual_seed(3)
+    model = TransformerLM(3, 2, 16, 24, 11, 32, residuals).eval()
+    idx = torch.randint(0, 11, (5, 24))
+    _, full = model(idx, return_attention_weights=True)  # (L, B, H, T, S)
+    fast = model.attention(idx)  # (B, L, H, T, S)
+    assert fast.is_contiguous()
+    assert torch.equal(fast, full.permute(1, 0, 2, 3, 4))
+    with model.ablate({(0, 1): "uniform"}):
+        assert torch.equal(model.attention(idx), model(idx, return_attention_weights=True)[1].permute(1, 0, 2, 3, 4))
+
+
 def test_too_long_sequence_is_rejected(tiny_model):
     with pytest.raises(ValueError, match="max_context_len"):
         tiny_model(torch.zeros(1, 33, dtype=torch.long))
