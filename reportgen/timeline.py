@@ -6,15 +6,35 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .capture import capture
+from .capture import capture, window_starts
 from .checkpoint import checkpoint_series, load_checkpoint
 from .device import device_of
 from .evidence import Series, Timeline
-from .stats import split_stats
+from .stats import block_resample_counts, bootstrap_ci, split_stats
 
 if TYPE_CHECKING:
     from .config import RunConfig
     from .stages import ModelAnalysis
+
+
+def _from_main_capture(a: ModelAnalysis, cfg: RunConfig, rng: np.random.Generator
+                       ) -> tuple[dict[str, dict[str, np.ndarray]], int] | None:
+    """The analysed checkpoint's timeline point from the run's own held-out capture (no second capture): the
+    observed values of the same windows a fresh capture would score, with the same bootstrap. None when the main
+    capture does not hold all of those windows (a `heldout_windows` cap that picked others)."""
+    main = a.scores["heldout"]
+    T = a.prep.bundle.config.max_context_len
+    wanted = window_starts(len(a.prep.ids["heldout"]), T, cfg.timeline_windows, "held-out text")
+    at = np.clip(np.searchsorted(main.window_starts, wanted), 0, len(main.window_starts) - 1)
+    if len(wanted) < 2 or not np.array_equal(main.window_starts[at], wanted):
+        return None
+    counts = block_resample_counts(len(wanted), rng, 1)  # as split_stats draws them for independent windows
+    out = {}
+    for name, obs in main.observed.items():
+        W, L, H = obs[at].shape
+        low, high, _ = bootstrap_ci(obs[at].reshape(W, L * H), counts)
+        out[name] = {"mean": obs[at].mean(0), "ci_low": low.reshape(L, H), "ci_high": high.reshape(L, H)}
+    return out, len(wanted)
 
 
 def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timeline | None:
@@ -47,15 +67,20 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
         if bundle.config != prep.bundle.config or bundle.tokenizer.vocab != prep.bundle.tokenizer.vocab:
             progress.advance(task)
             continue
-        scores = capture(bundle, prep.ids["heldout"], prep.classes, limit=cfg.timeline_windows, n_samples=0)
-        st = split_stats(scores, {}, np.random.default_rng([cfg.seed, index, 21]))
+        rng = np.random.default_rng([cfg.seed, index, 21])
+        reused = _from_main_capture(a, cfg, rng) if ckpt == path else None
+        if reused is None:
+            scores = capture(bundle, prep.ids["heldout"], prep.classes, limit=cfg.timeline_windows, n_samples=0,
+                             hypotheses=cfg.hypotheses)
+            reused = (split_stats(scores, {}, rng).values, scores.n_windows)
+        summary, n_windows = reused
         steps.append(bundle.metadata.get("step"))
         bpc.append(bundle.metadata.get("heldout_bits_per_char"))
         for det, l, h, label in series:
             for k in ("mean", "ci_low", "ci_high"):
-                values[label][k].append(float(st.values[det][k][l, h]))
+                values[label][k].append(float(summary[det][k][l, h]))
         progress.advance(task)
     if len(steps) < 3:
         return None
-    return Timeline(steps, bpc, min(cfg.timeline_windows, scores.n_windows),
+    return Timeline(steps, bpc, n_windows,
                     [Series(label, det, l, h, None, **values[label]) for det, l, h, label in series])

@@ -94,7 +94,15 @@ def test_emergence_timeline_covers_every_sibling_checkpoint(tmp_path, tiny_model
                         seed=0, history=[], dtype=torch.float32)
     text = tmp_path / "text.txt"
     text.write_text(TINY_TEXT * 6)
-    assert _analyze(folder / "step01000.pt", text, tmp_path / "site") == 0
+    from reportgen import timeline as tl
+
+    original, reused = tl._from_main_capture, []
+    tl._from_main_capture = lambda *args: reused.append(original(*args)) or reused[-1]
+    try:
+        assert _analyze(folder / "step01000.pt", text, tmp_path / "site") == 0
+    finally:
+        tl._from_main_capture = original
+    assert len(reused) == 1 and reused[0] is not None  # the latest checkpoint was not captured twice
     (model,) = json.loads((tmp_path / "site" / "results.json").read_text())["models"]
     timeline = model["timeline"]
     assert timeline["steps"] == [10, 100, 1000]
@@ -102,6 +110,14 @@ def test_emergence_timeline_covers_every_sibling_checkpoint(tmp_path, tiny_model
     assert timeline["series"] and all(len(s["mean"]) == 3 for s in timeline["series"])
     for s in timeline["series"]:
         assert all(lo <= m <= hi for lo, m, hi in zip(s["ci_low"], s["mean"], s["ci_high"]))
+    # The analysed checkpoint's point comes from the run's own capture: the same numbers a second capture gives.
+    tl._from_main_capture = lambda *args: None
+    try:
+        assert _analyze(folder / "step01000.pt", text, tmp_path / "fresh") == 0
+    finally:
+        tl._from_main_capture = original
+    (fresh,) = json.loads((tmp_path / "fresh" / "results.json").read_text())["models"]
+    assert fresh["timeline"] == timeline
 
 
 def test_character_classes_can_be_overridden_from_the_config(tiny_run, tmp_path):
