@@ -114,22 +114,33 @@ def test_every_relative_link_and_image_resolves(site):
         assert target.exists(), f"{page.name} -> {target}"
 
 
-@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
-                    reason="Debian chromium and chromium-driver are not installed")
-def test_every_page_loads_in_headless_chromium_without_errors(site):
+needs_chromium = pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
+                                    reason="Debian chromium and chromium-driver are not installed")
+
+
+def _chromium(javascript: bool = True):
+    """Headless Debian Chromium through its chromedriver, logging the console; optionally with scripts off."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.wait import WebDriverWait
 
-    out, _ = site
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    if not javascript:
+        opts.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    return webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+
+
+@needs_chromium
+def test_every_page_loads_in_headless_chromium_without_errors(site):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    out, _ = site
+    driver = _chromium()
     try:
         pages = sorted(out.glob("*.html"))
         assert pages
@@ -169,21 +180,13 @@ def test_every_page_loads_in_headless_chromium_without_errors(site):
         driver.quit()
 
 
-@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
-                    reason="Debian chromium and chromium-driver are not installed")
+@needs_chromium
 def test_pages_read_with_javascript_switched_off(site):
     """Without JavaScript every page but the explorer is complete, and the explorer says where the numbers are."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     out, _ = site
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu"):
-        opts.add_argument(flag)
-    opts.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    driver = _chromium(javascript=False)
     try:
         driver.get((out / "explore-hebrew.html").as_uri())
         body = driver.find_element(By.TAG_NAME, "body").text
