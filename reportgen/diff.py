@@ -106,7 +106,7 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
     models = []
     all_p: list[float] = []
     for x, y in _pairs(a, b, force):
-        entry = {"label": x.label, "a": {"checkpoint": x.checkpoint.path, "step": x.checkpoint.step},
+        entry = {"label": x.label, "title": x.label if x.label == y.label else f"{x.label} → {y.label}", "a": {"checkpoint": x.checkpoint.path, "step": x.checkpoint.step},
                  "b": {"checkpoint": y.checkpoint.path, "step": y.checkpoint.step, "label": y.label},
                  "comparable": (x.n_layers, x.n_heads) == (y.n_layers, y.n_heads), "not_compared": []}
         bpc = [m.baseline_bits_per_char or m.checkpoint.heldout_bits_per_char_at_training for m in (x, y)]
@@ -379,7 +379,7 @@ def print_summary(doc: dict) -> None:
 
     console = Console()
     for m in doc["models"]:
-        table = Table(title=f"{m['label']}: step {m['a']['step']} -> step {m['b']['step']}")
+        table = Table(title=f"{m.get('title', m['label'])}: step {m['a']['step']} -> step {m['b']['step']}")
         for col in ("head", "detector", "A", "B", "change [95% CI]", "q", "status"):
             table.add_column(col)
         for c in m["changes"]:
