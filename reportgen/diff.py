@@ -301,6 +301,9 @@ def check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(p.name not in ours for p in out.iterdir())
                                               and not (out / "diff.json").exists())):
         raise ReportgenError(f"{out}: holds files reportgen diff did not write; choose a new or empty --out")
+    figures = out / "figures"
+    if figures.exists() and (not figures.is_dir() or any(not p.name.endswith(".png") for p in figures.iterdir())):
+        raise ReportgenError(f"{figures}: not a folder of diff figures; choose a new or empty --out")
 
 
 def mean_attention(doc: dict, a: RunData, b: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:

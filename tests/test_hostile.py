@@ -213,3 +213,9 @@ def test_diff_refuses_an_out_folder_holding_other_files(planted_site, tmp_path, 
     (mine / "notes.txt").write_text("x")
     assert cli(["diff", str(out), str(out), "--out", str(mine), "--no-pdf"]) == 2
     assert "did not write" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "x"
+    figs = tmp_path / "figs"
+    (figs / "figures").mkdir(parents=True)
+    (figs / "figures" / "plan.txt").write_text("mine")
+    assert cli(["diff", str(out), str(out), "--out", str(figs), "--no-pdf"]) == 2
+    assert "not a folder of diff figures" in capsys.readouterr().err
+    assert (figs / "figures" / "plan.txt").read_text() == "mine" and not (figs / "diff.json").exists()
