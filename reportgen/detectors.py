@@ -219,8 +219,13 @@ def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> 
     return out
 
 
-def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> BatchStats:
-    """All detectors on one batch of attention (B, L, H, T, S) with ids and class codes (B, T)."""
+def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab_size: int,
+                partner_labels: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchStats:
+    """All detectors on one batch of attention (B, L, H, T, S) with ids and class codes (B, T).
+
+    The label-swap null scores each window's attention against another window's characters: by default its
+    `swap_partners` in this batch; `partner_labels` (ids, codes) (B, T) gives them explicitly, so a batch can be
+    scored in pieces with the pairing of the whole batch (then `swap_partner` in the result is empty)."""
     B, L, H, T, S = attn.shape
     if T <= SKIP:
         raise ValueError(f"windows of {T} characters are too short: the first {SKIP} queries are skipped")
@@ -246,8 +251,10 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
     onehot = class_onehot(codes)  # (B, S, C)
     prod = attn @ onehot.view(B, 1, 1, S, CLASS_C)  # (B, L, H, T, C)
-    partner = swap_partners(B)
-    masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(ids[partner]) if B > 1 else ())])
+    partner = swap_partners(B) if partner_labels is None else torch.zeros(0, dtype=torch.long)
+    if partner_labels is None:
+        partner_labels = (ids[partner], codes[partner]) if B > 1 else None
+    masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(partner_labels[0]) if partner_labels else ())])
     content_chance = _content_chance(ids, codes, vocab_size)
     content = _content(attn, diags, prod, ids, codes, masses[0], masses[1])
     for name, value in content.items():
@@ -255,10 +262,11 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     structure = {name: _query_mean(v)
                  for name, v in structure_null(content["word_start"], content["recent_space"], codes).items()}
     # Label swap: this window's attention scored against its partner window's characters.
-    if B > 1:
-        prod_r = attn @ onehot[partner].view(B, 1, 1, S, CLASS_C)
+    if partner_labels is not None:
+        p_ids, p_codes = partner_labels
+        prod_r = attn @ class_onehot(p_codes).view(B, 1, 1, S, CLASS_C)
         swap = {name: _query_mean(value) for name, value in
-                _content(attn, diags, prod_r, ids[partner], codes[partner], masses[2], masses[3]).items()}
+                _content(attn, diags, prod_r, p_ids, p_codes, masses[2], masses[3]).items()}
     else:
         swap = {k: torch.full_like(obs[k], float("nan")) for k in CONTENT_DETECTORS}
 

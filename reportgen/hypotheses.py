@@ -152,8 +152,9 @@ def _query_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
-           partner: torch.Tensor) -> tuple[dict, dict, dict]:
-    """Observed, chance and label-swap values (B, L, H) of every hypothesis on one batch."""
+           partner_labels: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[dict, dict, dict]:
+    """Observed, chance and label-swap values (B, L, H) of every hypothesis on one batch; the swap null scores
+    each window against its partner's (ids, codes), NaN without a partner."""
     B, L, H, T, S = attn.shape
     obs, chance, swap = {}, {}, {}
     uniform = 1.0 / torch.arange(1, T + 1, dtype=torch.float32)
@@ -161,9 +162,11 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
         m = h.mask(ids, codes, vocab).to(attn.dtype)  # (B, T, S)
         obs[h.detector] = _query_mean((attn * m.view(B, 1, 1, T, S)).sum(-1))
         chance[h.detector] = _query_mean(m.sum(-1) * uniform).view(B, 1, 1).expand(B, L, H)
-        mr = h.mask(ids[partner], codes[partner], vocab).to(attn.dtype)
-        swap[h.detector] = _query_mean((attn * mr.view(B, 1, 1, T, S)).sum(-1)) if B > 1 else \
-            torch.full_like(obs[h.detector], float("nan"))
+        if partner_labels is None:
+            swap[h.detector] = torch.full_like(obs[h.detector], float("nan"))
+        else:
+            mr = h.mask(*partner_labels, vocab).to(attn.dtype)
+            swap[h.detector] = _query_mean((attn * mr.view(B, 1, 1, T, S)).sum(-1))
     return obs, chance, swap
 
 

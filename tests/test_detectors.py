@@ -54,3 +54,29 @@ def test_uniform_attention_has_normalised_entropy_one():
     ids, codes, V = random_text(1, T)
     stats = batch_stats(attn, ids, codes, V)
     torch.testing.assert_close(stats.observed["entropy"], torch.ones(1, 1, 1))
+
+
+def test_scoring_a_batch_in_pieces_gives_the_same_values():
+    """Capture scores each batch in cache-sized pieces; per-window values, the label-swap pairing and the sums
+    must be those of scoring the whole batch at once (odd batches and a lone last window included)."""
+    import numpy as np
+
+    from reportgen.capture import score_windows
+    from reportgen.classes import CharClasses
+
+    W, T = 11, 24  # batches of 5, 5 and a lone window
+    attn = random_attention(W, 2, 3, T, seed=5)
+    ids, codes, V = random_text(W, T, seed=6)
+    vocab = ["?", " ", "a", "e", "b", "c", "d", ".", "\n", "f", "i", "g"]
+    classes = CharClasses.for_vocab(vocab, "en")
+    whole = score_windows(((attn[lo:lo + 5], ids[lo:lo + 5]) for lo in range(0, W, 5)), ids, classes, V,
+                          np.arange(W) * T)
+    split = score_windows(((iter([attn[lo:lo + 2], attn[lo + 2:lo + 5]][: 1 if lo + 2 >= W else 2]), ids[lo:lo + 5])
+                           for lo in range(0, W, 5)), ids, classes, V, np.arange(W) * T)
+    assert whole.n_windows == split.n_windows == W
+    np.testing.assert_array_equal(whole.swap_partner, split.swap_partner)
+    for field in ("observed", "chance", "swap", "structure"):
+        for name, value in getattr(whole, field).items():
+            np.testing.assert_allclose(getattr(split, field)[name], value, atol=1e-6, rtol=0, err_msg=name)
+    np.testing.assert_allclose(split.mean_attn, whole.mean_attn, atol=1e-6)
+    np.testing.assert_allclose(split.class_matrix, whole.class_matrix, atol=1e-6)
