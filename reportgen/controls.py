@@ -58,7 +58,7 @@ def median_entropy(model, windows: torch.Tensor) -> float:
     """Median over heads of the normalised attention entropy H_i / ln(i+1), averaged over queries i >= SKIP."""
     _, attn = model(windows, return_attention_weights=True)  # (L, B, H, T, S)
     T = attn.shape[-1]
-    ent = -torch.special.xlogy(attn, attn).sum(-1)[..., SKIP:] / torch.arange(SKIP + 1, T + 1).log()
+    ent = torch.special.entr(attn).sum(-1)[..., SKIP:] / torch.arange(SKIP + 1, T + 1).log()
     return float(ent.mean((1, 3)).median())
 
 

@@ -272,7 +272,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
 
     # Shape of the distribution.
     put("sink", _query_mean(attn[..., 0]), chance_row)
-    entropy = -torch.special.xlogy(attn, attn).sum(-1)[..., 1:] / (positions[1:] + 1).log()  # i >= 1: i+1 keys
+    entropy = torch.special.entr(attn).sum(-1)[..., 1:] / (positions[1:] + 1).log()  # -sum p ln p; i >= 1: i+1 keys
     put("entropy", entropy[..., SKIP - 1:].mean(-1), torch.ones(()))
     distance = positions - attn @ positions  # (B, L, H, T): sum_j A[i, j] (i - j)
     put("distance", _query_mean(distance), _query_mean(positions / 2))
