@@ -90,13 +90,14 @@ class RunConfig:
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (for results.json and the cache)."""
+        device = self.torch_device().type
         return {"seed": self.seed, "train_windows": self.train_windows, "heldout_windows": self.heldout_windows,
                 "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
                 "ablation_windows": self.ablation_windows, "control_windows": self.control_windows,
                 "timeline_windows": self.timeline_windows, **({"vowels": self.vowels} if self.vowels else {}),
                 **({"hypotheses": [vars(h) for h in self.hypotheses]} if self.hypotheses else {}),
                 # accelerators round differently: their numbers are cached apart (CPU keys stay as they were)
-                **({"device": self.torch_device().type} if self.torch_device().type != "cpu" else {})}
+                **({"device": device} if device != "cpu" else {})}
 
 
 def latest_checkpoint(folder: Path) -> Path:

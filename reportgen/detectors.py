@@ -251,8 +251,9 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
     onehot = class_onehot(codes)  # (B, S, C)
     prod = attn @ onehot.view(B, 1, 1, S, CLASS_C)  # (B, L, H, T, C)
-    partner = swap_partners(B) if partner_labels is None else torch.zeros(0, dtype=torch.long)
+    partner = torch.zeros(0, dtype=torch.long)  # pairing given from outside: none of this batch's own
     if partner_labels is None:
+        partner = swap_partners(B)
         partner_labels = (ids[partner], codes[partner]) if B > 1 else None
     masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(partner_labels[0]) if partner_labels else ())])
     content_chance = _content_chance(ids, codes, vocab_size)

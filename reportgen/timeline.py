@@ -61,19 +61,19 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
     task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
     steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
     for ckpt in siblings:
-        bundle = load_checkpoint(ckpt, with_residuals=prep.bundle.config.with_residuals,
-                                 train_text=prep.spec.train_text, meta_path=prep.spec.meta,
-                                 device=device_of(prep.bundle.model))
+        bundle = prep.bundle if ckpt == path else load_checkpoint(
+            ckpt, with_residuals=prep.bundle.config.with_residuals, train_text=prep.spec.train_text,
+            meta_path=prep.spec.meta, device=device_of(prep.bundle.model))
         if bundle.config != prep.bundle.config or bundle.tokenizer.vocab != prep.bundle.tokenizer.vocab:
             progress.advance(task)
             continue
         rng = np.random.default_rng([cfg.seed, index, 21])
-        reused = _from_main_capture(a, cfg, rng) if ckpt == path else None
-        if reused is None:
+        point = _from_main_capture(a, cfg, rng) if ckpt == path else None
+        if point is None:
             scores = capture(bundle, prep.ids["heldout"], prep.classes, limit=cfg.timeline_windows, n_samples=0,
                              hypotheses=cfg.hypotheses)
-            reused = (split_stats(scores, {}, rng).values, scores.n_windows)
-        summary, n_windows = reused
+            point = (split_stats(scores, {}, rng).values, scores.n_windows)
+        summary, n_windows = point
         steps.append(bundle.metadata.get("step"))
         bpc.append(bundle.metadata.get("heldout_bits_per_char"))
         for det, l, h, label in series:
