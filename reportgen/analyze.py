@@ -148,12 +148,13 @@ def js_distance(samples: list[tuple[str, np.ndarray]]) -> np.ndarray:
     logs = np.log2(np.where(rows > 0, rows, 1.0))
     K = L * H
     dist = np.zeros((K, K))
-    for a in range(K):
-        m = 0.5 * (rows[:, a:a + 1] + rows)  # (N, K, T', S)
+    for a in range(K - 1):  # each pair once (the divergence is symmetric), against the heads after a
+        r, lg = rows[:, a + 1:], logs[:, a + 1:]
+        m = 0.5 * (rows[:, a:a + 1] + r)  # (N, K - a - 1, T', S)
         log_m = np.log2(np.where(m > 0, m, 1.0))
-        js = 0.5 * (rows[:, a:a + 1] * (logs[:, a:a + 1] - log_m)).sum(-1) + 0.5 * (rows * (logs - log_m)).sum(-1)
-        dist[a] = np.sqrt(np.clip(js, 0, 1)).mean((0, 2))
-    return (dist + dist.T) / 2
+        js = 0.5 * (rows[:, a:a + 1] * (logs[:, a:a + 1] - log_m)).sum(-1) + 0.5 * (r * (lg - log_m)).sum(-1)
+        dist[a, a + 1:] = np.sqrt(np.clip(js, 0, 1)).mean((0, 2))
+    return dist + dist.T
 
 
 def cluster_heads(dist: np.ndarray, n_heads: int, threshold: float = 0.5) -> list[list[str]]:

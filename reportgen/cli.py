@@ -122,7 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     """Compare two runs or checkpoints; exit 1 with --fail-on-change if any role changed significantly."""
-    from .diff import check_out, compare, mean_attention, print_summary, render, run_data
+    from .diff import check_out, compare, mean_attention, print_summary, render
+    from .sides import both_sides
 
     check_out(Path(args.out))  # before any analysis
     if args.heldout and not args.text:
@@ -130,7 +131,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     options = dict(language=args.language, text=Path(args.text) if args.text else None,
                    heldout=Path(args.heldout) if args.heldout else None,
                    toml=Path(args.config) if args.config else None, device=args.device, causal=args.causal)
-    a, b = run_data(Path(args.a), **options), run_data(Path(args.b), **options)
+    a, b = both_sides(Path(args.a), Path(args.b), **options)
     doc = compare(a, b, force=args.force)
     render(doc, Path(args.out), pdf=not args.no_pdf, mean_attn=mean_attention(doc, a, b))
     print_summary(doc)

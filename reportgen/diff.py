@@ -9,9 +9,6 @@ comparison, and a class: appeared / vanished / strengthened / weakened / unchang
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,34 +17,12 @@ from scipy import stats as sstats
 from .catalogue import ALPHA, DETECTOR
 from .config import display_path
 from .errors import ReportgenError
-from .outputs import OutputFolder, write_json
-from .progress import say
-from .results import SCHEMA_VERSION, ModelResult, Run, read_run
-from .stages import FigureInputs
+from .outputs import write_json
+from .results import SCHEMA_VERSION, ModelResult
+from .sides import RunData
 from .stats import bh, block_length, block_resample_counts, bootstrap_ci
 
 MIN_CHANGE = 0.05  # smallest change in a statistic (attention mass or rate) that counts as a change
-
-
-@dataclass(frozen=True)
-class RunData:
-    """One side of a diff: the typed run and, if available, per-window held-out values."""
-
-    source: Path
-    run: Run
-    windows: dict[str, dict[str, np.ndarray]]  # model label -> detector -> (W, L, H)
-    mean_attn: dict[str, np.ndarray] = field(default_factory=dict)  # model label -> (L, H, T, S) held-out mean
-
-
-def _means(items: list[FigureInputs] | None) -> dict[str, np.ndarray]:
-    return {it.label: it.mean_attn for it in items or []}
-
-
-def load_results(path: Path) -> RunData:
-    """A results folder or results.json; errors name the file."""
-    file = path / "results.json" if path.is_dir() else path
-    folder = OutputFolder(file.parent)
-    return RunData(file.parent, read_run(file), folder.read_windows(), _means(folder.read_figure_inputs()))
 
 
 def _pairs(a: RunData, b: RunData, force: bool) -> list[tuple[ModelResult, ModelResult]]:
@@ -232,67 +207,6 @@ def _prevalence(m: ModelResult) -> dict:
     for f in m.replicated:
         fams[f.family] = fams.get(f.family, 0) + 1
     return {"per_layer": per_layer, "families": fams}
-
-
-def run_data(path: Path, force: bool = False, language: str | None = None, text: Path | None = None,
-             heldout: Path | None = None, toml: Path | None = None, device: str | None = None,
-             causal: bool = False) -> RunData:
-    """Results (folder or results.json) as they are; a checkpoint is analysed first (default settings, or those of
-    `toml`; its own language and corpus unless `language`/`text` are given; no emergence timeline), labelled by
-    its language and file name."""
-    if path.is_file() and path.suffix == ".json" or (path.is_dir() and (path / "results.json").exists()):
-        return load_results(path)
-    if not path.exists():
-        raise ReportgenError(f"{path}: not found (expected a results folder, results.json or a checkpoint)")
-    from .analyze import analyze, new_run
-    from .checkpoint import load_checkpoint
-    from .config import ModelSpec, build_config
-    from .languages import LANGUAGE
-
-    bundle = load_checkpoint(path)
-    language = language or bundle.language
-    name = LANGUAGE[language].name if language in LANGUAGE else ""
-    label = f"{name} {path.stem}".strip()  # the file name tells the two sides apart in progress lines
-    # A diff compares two checkpoints: their emergence timelines are not needed, and the causal stage (ablation,
-    # controls, generation) runs only when asked for (`--causal`): without it the diff is of attention statistics.
-    cfg = build_config(toml, models=(ModelSpec(path, label, language, text, heldout),), out=Path("unused"),
-                       timeline_windows=0, device=device, **({} if causal else {"ablation_windows": 0}))
-    cached = _cache_folder(cfg)
-    if (cached / "results.json").is_file():  # the same checkpoint, text, settings and code were analysed before
-        say(f"{path}: analysis reused from the cache")
-        folder = OutputFolder(cached)
-        return RunData(path, read_run(cached), folder.read_windows(), _means(folder.read_figure_inputs()))
-    analysed = analyze(cfg)
-    run = new_run(cfg, analysed.models)
-    _store(cached, run, analysed.windows, analysed.figure_inputs)
-    return RunData(path, run.normalised(), analysed.windows, _means(analysed.figure_inputs))
-
-
-def cache_root() -> Path:
-    """Where analyses of checkpoints for diffs are kept: $REPORTGEN_CACHE, else the user's cache folder."""
-    if os.environ.get("REPORTGEN_CACHE"):
-        return Path(os.environ["REPORTGEN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reportgen"
-
-
-def _cache_folder(cfg) -> Path:
-    from .pipeline import analysis_key
-
-    return cache_root() / "diff" / analysis_key(cfg)[:40]
-
-
-def _store(folder: Path, run: Run, windows: dict, figure_inputs: list[FigureInputs]) -> None:
-    """Keep an analysis for later diffs (written beside, then renamed: a half-written entry is never read)."""
-    try:
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        out = OutputFolder(tmp)
-        out.write_run(run)
-        out.write_windows(windows)
-        out.write_figure_inputs(figure_inputs)
-        tmp.replace(folder)
-    except OSError:  # a read-only or full cache only costs time
-        shutil.rmtree(folder.with_name(f"{folder.name}.tmp-{os.getpid()}"), ignore_errors=True)
 
 
 def check_out(out: Path) -> None:

@@ -116,3 +116,56 @@ def test_diff_page_has_no_broken_local_links(runs):
     assert refs
     for ref in refs:
         assert (page.parent / ref).exists(), ref
+
+
+def _two_checkpoints(tmp_path):
+    """Two different small checkpoints and the text they are analysed on."""
+    from reportgen.checkpoint import save_checkpoint
+    from reportgen.model import TransformerLM
+    from reportgen.tokenizer import CharTokenizer
+
+    from .planted import planted_text
+
+    text = planted_text(8000).lower()
+    (tmp_path / "t.txt").write_text(text)
+    tok = CharTokenizer.from_text([text])
+    for seed, name in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        model = TransformerLM(1, 2, 16, 32, tok.vocab_size(), 32, True).eval()
+        save_checkpoint(tmp_path / f"{name}.pt", model, tok, step=seed + 1, train_loss=3.0,
+                        heldout_bits_per_char=3.0, corpus={"name": "x"}, seed=0, history=[])
+    return tmp_path / "a.pt", tmp_path / "b.pt", dict(language="en", text=tmp_path / "t.txt")
+
+
+def test_both_sides_alongside_give_the_numbers_of_one_after_the_other(tmp_path, monkeypatch, capsys):
+    """Side B analysed in a forked process (where that runs) gives exactly what analysing it after A gives; a
+    failed child costs only time (the parent analyses B itself)."""
+    import os
+
+    from reportgen import sides
+    from reportgen.diff import compare
+
+    a, b, options = _two_checkpoints(tmp_path)
+    monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "alongside"))
+    if not sides._parallel(a, b, options):
+        pytest.skip("no fork or fewer than two torch threads here")
+    alongside = compare(*sides.both_sides(a, b, **options))
+    err = capsys.readouterr().err
+    assert f"{b}: analysis reused from the cache" in err  # the child analysed B while this process analysed A
+    assert "English a: capture" in err and "English b: capture" not in err  # the child prints nothing
+
+    monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "child-fails"))
+    parent, real = os.getpid(), sides.run_data
+
+    def fails_in_the_child(path, **kw):
+        if os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return real(path, **kw)
+
+    monkeypatch.setattr(sides, "run_data", fails_in_the_child)
+    recovered = compare(*sides.both_sides(a, b, **options))
+
+    monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "in-turn"))
+    monkeypatch.setattr(sides, "_parallel", lambda *args: False)
+    in_turn = compare(*sides.both_sides(a, b, **options))
+    assert in_turn["models"] and alongside["models"] == in_turn["models"] == recovered["models"]
