@@ -48,14 +48,33 @@ class CausalEvidence:
     baseline_ci: tuple[float, float]
 
 
+RESUME_BYTES = 256 * 2 ** 20  # most memory kept for resuming forward passes at an ablated head's layer
+
+
 @torch.no_grad()
-def nll_bits(model, windows: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Per-position loss in bits (W, T-1) of predicting windows[:, 1:] from windows[:, :-1]."""
+def nll_bits(model, windows: torch.Tensor, batch_size: int = 64,
+             resume: tuple[int, list[list[torch.Tensor]]] | None = None) -> torch.Tensor:
+    """Per-position loss in bits (W, T-1) of predicting windows[:, 1:] from windows[:, :-1]. With `resume`
+    (layer, `layer_inputs(...)` of the same windows) each batch's pass starts at that layer from its stored
+    input: an ablation at that layer leaves the layers below it unchanged, so the result is the same bit for bit."""
     out = []
-    for batch in windows.split(batch_size):
-        logits = model(batch[:, :-1])  # (B, T-1, V)
+    for k, batch in enumerate(windows.split(batch_size)):
+        if resume is None:
+            logits = model(batch[:, :-1])  # (B, T-1, V)
+        else:
+            logits = model.logits_from(resume[0], resume[1][k][resume[0]]).to(batch.device)
         out.append(F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none") / LN2)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def layer_inputs(model, windows: torch.Tensor, batch_size: int = 64) -> list[list[torch.Tensor]] | None:
+    """Per batch of `nll_bits`, the input of every layer (for `resume`); None if they would not fit RESUME_BYTES."""
+    cfg = model.config
+    size = 4 * windows.shape[0] * (windows.shape[1] - 1) * cfg.embed_size * cfg.n_layers
+    if size > RESUME_BYTES:
+        return None
+    return [model.layer_inputs(batch[:, :-1]) for batch in windows.split(batch_size)]
 
 
 @torch.no_grad()
@@ -141,11 +160,12 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     second = np.zeros(base_probe.shape, dtype=bool)
     second[:, period:] = True  # predicting positions period+1.. : inside the second copy
     rows, values, target_means = [], {k: [] for k in [*masks, "second_copy"]}, {k: [] for k in [*masks, "second_copy"]}
+    stored = layer_inputs(model, windows), layer_inputs(model, probes)  # layers below an ablated head: as they were
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
             with model.ablate({(l, h): mode}, means=means):
-                abl = nll_bits(model, windows).numpy()
-                abl_probe = nll_bits(model, probes).numpy()
+                abl = nll_bits(model, windows, resume=(l, stored[0]) if stored[0] else None).numpy()
+                abl_probe = nll_bits(model, probes, resume=(l, stored[1]) if stored[1] else None).numpy()
             delta = abl - base  # (W, T)
             per_window = delta.mean(1)
             low, high, _ = bootstrap_ci(per_window[:, None], rng)

@@ -230,6 +230,25 @@ class TransformerLM(nn.Module):
         return logits
 
     @torch.no_grad()
+    def layer_inputs(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The residual stream entering each layer, n_layers tensors (B, N, D) on the weights' device: a forward
+        pass resumed from one of them with `logits_from` gives the full pass's logits bit for bit."""
+        x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
+        inputs = []
+        for layer in self.layers:
+            inputs.append(x)
+            x, _ = layer(x)
+        return inputs
+
+    @torch.no_grad()
+    def logits_from(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N, vocab) of a forward pass resumed at `layer` from its input x (see `layer_inputs`); an
+        ablation below `layer` is not seen, one at or above it is."""
+        for block in self.layers[layer:]:
+            x, _ = block(x)
+        return self.word_prediction(self.layer_norm(x))
+
+    @torch.no_grad()
     def attention(self, idx: torch.Tensor) -> torch.Tensor:
         """Attention of every layer (B, L, H, N, N), contiguous in that order, without computing logits.
         Runs where the weights are and returns on idx's device."""

@@ -214,3 +214,27 @@ def test_generate_is_deterministic_for_a_seed_and_respects_top_k(tiny_model):
     assert torch.equal(a, b) and a.shape == (43,)
     greedy = tiny_model.generate(prefix, 5, temperature=0)
     assert torch.equal(greedy, tiny_model.generate(prefix, 5, temperature=0))
+
+
+@pytest.mark.parametrize("residuals", [True, False])
+def test_a_forward_pass_resumed_at_an_ablated_heads_layer_gives_the_full_pass_bit_for_bit(residuals):
+    """Ablation scores resume each pass at the ablated head's layer from the stored residual stream; every mode
+    at every layer must give exactly the losses of the full pass (a change that breaks this changes results)."""
+    from reportgen.ablation import head_means, layer_inputs, nll_bits
+
+    torch.manual_seed(0)
+    model = TransformerLM(3, 2, 16, 24, 11, 32, residuals).eval()
+    windows = torch.randint(0, 11, (70, 25))  # two batches of nll_bits, the second short
+    stored = layer_inputs(model, windows)
+    assert stored is not None and len(stored) == 2 and len(stored[0]) == 3
+    means = head_means(model, windows)
+    checked = 0
+    for mode in ("zero", "mean", "uniform"):
+        for layer in range(3):
+            with model.ablate({(layer, 1): mode}, means=means):
+                full = nll_bits(model, windows)
+                resumed = nll_bits(model, windows, resume=(layer, stored))
+            assert torch.equal(full, resumed), (mode, layer)
+            assert not torch.equal(full, nll_bits(model, windows))  # the ablation did change the losses
+            checked += 1
+    assert checked == 9
