@@ -123,15 +123,16 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
             chunks, batch, keep, first = itertools.chain([previous[0]], chunks), torch.cat([previous[1], batch]), 1, done - 1
         B, codes = len(batch), lookup[batch]
         perm = swap_partners(B)  # pairs of the whole batch, whichever piece each window is scored in
-        pieces, lo = [], 0
+        lo = 0
         for attn in chunks:
             hi = lo + len(attn)
             labels = (batch[perm[lo:hi]], codes[perm[lo:hi]]) if B > 1 else None
             stats = batch_stats(attn, batch[lo:hi], codes[lo:hi], vocab_size, labels)
             obs, chance, swap = hypothesis_scores(hypotheses, attn, batch[lo:hi], codes[lo:hi], vocab, labels) \
                 if hypotheses else ({}, {}, {})
-            pieces.append({"observed": {**stats.observed, **obs}, "chance": {**stats.chance, **chance},
-                           "swap": {**stats.swap, **swap}, "structure": stats.structure})
+            scored = {"observed": {**stats.observed, **obs}, "chance": {**stats.chance, **chance},
+                      "swap": {**stats.swap, **swap}, "structure": stats.structure}
+            parts.append((scored, slice(max(keep - lo, 0), None)))  # rows of new windows, concatenated once at the end
             for b in range(max(lo, keep), hi):
                 if len(samples) < n_samples and (keep == 0 or b == keep):
                     text = detok(batch[b].tolist()) if detok else ""
@@ -143,12 +144,10 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
                 class_count = stats.class_count if class_count is None else class_count + stats.class_count
             previous = (attn[-1:], batch[-1:])
             lo = hi
-        merged = {f: {n: torch.cat([piece[f][n] for piece in pieces]) for n in pieces[0][f]} for f in pieces[0]}
-        parts.append((merged, slice(keep, None)))
         partners.append(perm[keep:].numpy() + first)
         done += B - keep
 
-    def gather(field_name):  # only per-window (B, L, H) values are kept per batch: memory grows by KBs/window
+    def gather(field_name):  # only per-window (b, L, H) values are kept per piece: memory grows by KBs/window
         names = parts[0][0][field_name].keys()
         return {n: torch.cat([s[field_name][n][k] for s, k in parts]).numpy() for n in names}
 
