@@ -148,6 +148,19 @@ def _row_masses(attn: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Ten
     return list(out.unbind(0))
 
 
+def _row_entropy(attn: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """-sum_j A[i, j] ln A[i, j] for queries i >= SKIP: (B, L, H, T, S) -> (B, L, H, T - SKIP). Rows are taken in
+    blocks that end at a multiple of `block` keys, each over the keys up to its end only (the rest are causal
+    zeros): ~40 % fewer logarithms at context 128, and the same sums bit for bit (tested)."""
+    T = attn.shape[-2]
+    parts, lo = [], SKIP
+    while lo < T:
+        hi = min(T, (lo // block + 1) * block)
+        parts.append(torch.special.entr(attn[..., lo:hi, :hi]).sum(-1))
+        lo = hi
+    return torch.cat(parts, -1)
+
+
 def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, ids: torch.Tensor,
              codes: torch.Tensor, same_mass: torch.Tensor, follows_mass: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-query masses (B, L, H, T) of every content detector.
@@ -273,8 +286,8 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
 
     # Shape of the distribution.
     put("sink", _query_mean(attn[..., 0]), chance_row)
-    entropy = torch.special.entr(attn).sum(-1)[..., 1:] / (positions[1:] + 1).log()  # -sum p ln p; i >= 1: i+1 keys
-    put("entropy", entropy[..., SKIP - 1:].mean(-1), torch.ones(()))
+    entropy = _row_entropy(attn) / (positions[SKIP:] + 1).log()  # (B, L, H, T') normalised: query i has i+1 keys
+    put("entropy", entropy.mean(-1), torch.ones(()))
     distance = positions - attn @ positions  # (B, L, H, T): sum_j A[i, j] (i - j)
     put("distance", _query_mean(distance), _query_mean(positions / 2))
     put("confidence", _query_mean(top), chance_row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from reportgen.classes import CLASS_NAMES
@@ -80,3 +81,18 @@ def test_scoring_a_batch_in_pieces_gives_the_same_values():
             np.testing.assert_allclose(getattr(split, field)[name], value, atol=1e-6, rtol=0, err_msg=name)
     np.testing.assert_allclose(split.mean_attn, whole.mean_attn, atol=1e-6)
     np.testing.assert_allclose(split.class_matrix, whole.class_matrix, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [9, 16, 33, 100, 128, 256])
+def test_row_entropy_in_blocks_equals_the_full_rows_bit_for_bit(T):
+    """Entropy skips the causal zeros by taking rows in blocks; the sums must be those of whole rows exactly
+    (entropy values and p-values of the shipped results depend on it)."""
+    from reportgen.detectors import _row_entropy
+
+    torch.manual_seed(T)
+    scores = torch.randn(3, 2, 2, T, T) * 3
+    attn = torch.softmax(scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")), -1)
+    full = torch.special.entr(attn).sum(-1)[..., SKIP:]
+    blocked = _row_entropy(attn)
+    assert blocked.shape == full.shape == (3, 2, 2, T - SKIP)
+    assert torch.equal(blocked, full)
