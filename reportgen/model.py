@@ -86,16 +86,8 @@ class CausalSelfAttention(nn.Module):
         """Attend over x (B, N, D); return the output (B, N, D) and, if asked, weights (B, H, N, N)."""
         B, N, D = x.shape
         q, k, v = self._qkv(x)  # each (B, H, N, hs)
-        uniform = [h for h, (mode, _) in self._ablation.items() if mode == "uniform"]
-        if need_weights or uniform:
-            scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.transpose(-2, -1)  # (B, H, N, N)
-            causal = self.mask[:, :N, :N] == 0  # (1, N, N)
-            scores.masked_fill_(causal.unsqueeze(0), float("-inf"))  # in place: scores is a fresh tensor
-            att = torch.softmax(scores, dim=-1)  # (B, H, N, N)
-            if uniform:
-                flat = (~causal).to(att.dtype) / (~causal).sum(-1, keepdim=True)  # (1, N, N)
-                att = att.clone()
-                att[:, uniform] = flat
+        if need_weights or any(mode == "uniform" for mode, _ in self._ablation.values()):
+            att = self._weights(q, k)  # (B, H, N, N)
             y = self.dropout(att) @ v  # (B, H, N, hs)
         else:
             att = None
@@ -109,6 +101,26 @@ class CausalSelfAttention(nn.Module):
                 y[:, h] = mean.to(y.dtype)
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, H*hs)
         return self.proj(y), att
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, H, N, N) from q, k (B, H, N, hs), uniform-ablated heads included."""
+        N = q.shape[-2]
+        scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.transpose(-2, -1)  # (B, H, N, N)
+        causal = self.mask[:, :N, :N] == 0  # (1, N, N)
+        scores.masked_fill_(causal.unsqueeze(0), float("-inf"))  # in place: scores is a fresh tensor
+        att = torch.softmax(scores, dim=-1)  # (B, H, N, N)
+        uniform = [h for h, (mode, _) in self._ablation.items() if mode == "uniform"]
+        if uniform:
+            flat = (~causal).to(att.dtype) / (~causal).sum(-1, keepdim=True)  # (1, N, N)
+            att = att.clone()
+            att[:, uniform] = flat
+        return att
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Only the attention weights (B, H, N, N) of x (B, N, D): what `forward(x, True)` returns, without
+        the weighted sum of values and the projection."""
+        q, k, _ = self._qkv(x)
+        return self._weights(q, k)
 
     def head_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head outputs before the projection, (B, H, N, hs), for mean-ablation statistics."""
@@ -260,8 +272,8 @@ class TransformerLM(nn.Module):
         for layer in self.layers[:-1]:
             x, att = layer(x, True)
             weights.append(att)
-        last = self.layers[-1]  # its attention does not depend on its own MLP: skip that
-        weights.append(last.causal_attention(last.layer_norm_1(x), True)[1])
+        last = self.layers[-1]  # its weights need neither its output nor its MLP: skip both
+        weights.append(last.causal_attention.weights(last.layer_norm_1(x)))
         return torch.stack(weights, 1).to(idx.device)  # (B, L, H, N, N)
 
     @contextlib.contextmanager
