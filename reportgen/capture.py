@@ -155,7 +155,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     mean_attn = attn_sum / W  # (L, H, T, S)
     positional: dict[str, list[np.ndarray]] = {}
     pos = torch.arange(T, dtype=torch.float32)[SKIP:]
-    chance_sum = torch.zeros(CLASS_C, CLASS_C)
+    chance_sum = torch.zeros(CLASS_C, CLASS_C, dtype=torch.float64)  # float64: the same sum at any thread count
     query_count = torch.zeros(CLASS_C)
     for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediates small
         chunk = windows[lo:lo + 256]
@@ -166,7 +166,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
             positional.setdefault(name, []).append(value.numpy())
         codes = class_onehot(lookup[chunk])  # (w, T, C)
         prefix = codes.cumsum(1)[:, SKIP:] / (pos.view(1, -1, 1) + 1)  # (w, T', C) uniform causal share
-        chance_sum += torch.einsum("wiq,wic->qc", codes[:, SKIP:], prefix)
+        chance_sum += torch.einsum("wiq,wic->qc", codes[:, SKIP:].double(), prefix.double())
         query_count += codes[:, SKIP:].sum((0, 1))
     class_chance = chance_sum / query_count.clamp_min(1).view(-1, 1)
     counts = class_count.clamp_min(1).view(1, 1, -1, 1)

@@ -293,7 +293,8 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     put("confidence", _query_mean(top), chance_row)
 
     valid = onehot[:, SKIP:]  # (B, T', C) query classes of valid queries
-    class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :], valid)  # (L, H, Cq, Ck)
+    # summed in float64: a float32 sum over windows and queries differs with the thread count in its 7th digit
+    class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :].double(), valid.double())  # (L, H, Cq, Ck)
     return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)), partner, structure)
 
 

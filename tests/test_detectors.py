@@ -96,3 +96,41 @@ def test_row_entropy_in_blocks_equals_the_full_rows_bit_for_bit(T):
     blocked = _row_entropy(attn)
     assert blocked.shape == full.shape == (3, 2, 2, T - SKIP)
     assert torch.equal(blocked, full)
+
+
+def test_capture_gives_the_same_numbers_at_one_and_two_threads():
+    """A diff analyses its sides at one thread each, a run at two: per-window values must be identical and the
+    class matrices (sums over every window) equal far below their printed digits."""
+    import numpy as np
+
+    from reportgen.capture import capture
+    from reportgen.checkpoint import ModelBundle
+    from reportgen.classes import CharClasses
+    from reportgen.model import TransformerLM
+    from reportgen.tokenizer import CharTokenizer
+
+    text = "the cat sat on the mat. a dog ran in the fog, and the cat ran too!\n" * 40
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(0)
+    model = TransformerLM(2, 4, 32, 48, tok.vocab_size(), 64, True).eval()
+    bundle = ModelBundle(model, tok, None, "", "en", {})
+    ids = np.array(tok.tokenize(text))
+    classes = CharClasses.for_vocab(tok.vocab, "en")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = capture(bundle, ids, classes)
+        torch.set_num_threads(1)
+        one = capture(bundle, ids, classes)
+    finally:
+        torch.set_num_threads(threads)
+    checked = 0
+    for field in ("observed", "chance", "swap", "structure", "positional"):
+        a, b = getattr(one, field), getattr(two, field)
+        assert a.keys() == b.keys() and a
+        for name in a:
+            assert np.array_equal(a[name], b[name], equal_nan=True), (field, name)
+            checked += 1
+    assert checked > 50 and np.array_equal(one.mean_attn, two.mean_attn)
+    np.testing.assert_allclose(one.class_matrix, two.class_matrix, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(one.class_chance, two.class_chance, rtol=1e-12, atol=1e-15)
