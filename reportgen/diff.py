@@ -260,10 +260,9 @@ def render(doc: dict, out: Path, pdf: bool = True,
 def _write_heatmaps(doc: dict, out: Path, mean_attn: dict) -> None:
     """Side-by-side mean attention (A | B | B − A) of the heads that changed most, into out/figures/; the previous
     diff's figures (listed in its diff.json, so written by reportgen) are removed first."""
-    import hashlib
     import json
 
-    from .figures import diff_head_figure
+    from .figures import FigureWriter
 
     figures = out / "figures"
     try:
@@ -274,19 +273,19 @@ def _write_heatmaps(doc: dict, out: Path, mean_attn: dict) -> None:
     for name in stale:
         if isinstance(name, str) and name.startswith("figures/") and "/" not in name[8:] and name.endswith(".png"):
             (out / name).unlink(missing_ok=True)
+    writer, shown = FigureWriter(figures), []
     for m in doc["models"]:
         pair = mean_attn.get(m["label"])
-        for h in m.get("heatmaps", []):
-            if pair is None:
-                continue
-            blob = diff_head_figure(f"{m['label']} {h['head_name']}: {h['role']} {h['status']} "
-                                    f"({h['change']:+.3f}, 95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f})",
-                                    pair[0][h["layer"], h["head"]], pair[1][h["layer"], h["head"]],
-                                    f"A: step {m['a']['step']}", f"B: step {m['b']['step']}")
-            figures.mkdir(exist_ok=True)
-            name = f"figures/{hashlib.sha256(blob).hexdigest()[:16]}.png"
-            (out / name).write_bytes(blob)
-            h["figure"] = name
+        for h in m.get("heatmaps", []) if pair is not None else []:
+            shown.append((h, writer.add("diff_head_figure",
+                                        f"{m['label']} {h['head_name']}: {h['role']} {h['status']} "
+                                        f"({h['change']:+.3f}, 95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f})",
+                                        pair[0][h["layer"], h["head"]], pair[1][h["layer"], h["head"]],
+                                        f"A: step {m['a']['step']}", f"B: step {m['b']['step']}")))
+    if shown:  # drawn in parallel, written under content-hashed names
+        names = writer.run()
+        for h, k in shown:
+            h["figure"] = f"figures/{names[k]}"
 
 
 def print_summary(doc: dict) -> None:

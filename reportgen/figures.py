@@ -282,7 +282,7 @@ class FigureWriter:
         keys = [_job_key(j) for j in self.jobs]
         todo = [k for k, key in enumerate(keys) if not (key in cache and (self.folder / cache[key]).exists())]
         jobs = [self.jobs[k] for k in todo]
-        if self.workers > 1 and len(jobs) > 4:
+        if self.workers > 1 and len(jobs) > 2:  # a diff's four heatmaps too
             with ProcessPoolExecutor(self.workers) as pool:
                 blobs = list(pool.map(_render, jobs, chunksize=2))
         else:
