@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import stats as sstats
 
 from .catalogue import ALPHA, DETECTOR
 from .config import display_path
@@ -20,7 +19,7 @@ from .errors import ReportgenError
 from .outputs import write_json
 from .results import SCHEMA_VERSION, ModelResult
 from .sides import RunData
-from .stats import bh, block_length, block_resample_counts, bootstrap_ci
+from .stats import bh, block_length, block_resample_counts, bootstrap_ci, normal_sf, t_sf
 
 MIN_CHANGE = 0.05  # smallest change in a statistic (attention mass or rate) that counts as a change
 
@@ -64,7 +63,7 @@ def _paired_change(d: np.ndarray, counts: dict) -> tuple[float, float, float, fl
     if sd == 0:
         p = 1.0 if d.mean() == 0 else 0.0
     else:
-        p = float(2 * sstats.t.sf(abs(d.mean()) / (sd / np.sqrt(len(d))), len(d) - 1))
+        p = float(2 * t_sf(abs(d.mean()) / (sd / np.sqrt(len(d))), len(d) - 1))
     return float(d.mean()), float(low[0]), float(high[0]), p
 
 
@@ -72,7 +71,7 @@ def _unpaired_change(bx, by_) -> tuple[float, float, float, float]:
     """Change of means with a normal CI built from each run's own CI (conservative when windows differ)."""
     delta = by_.mean - bx.mean
     se = np.hypot((bx.ci_high - bx.ci_low) / 3.92, (by_.ci_high - by_.ci_low) / 3.92)
-    p = float(2 * sstats.norm.sf(abs(delta) / se)) if se > 0 else (1.0 if delta == 0 else 0.0)
+    p = float(2 * normal_sf(abs(delta) / se)) if se > 0 else (1.0 if delta == 0 else 0.0)
     return delta, delta - 1.96 * se, delta + 1.96 * se, p
 
 

@@ -140,3 +140,24 @@ def test_a_head_equal_to_its_null_up_to_rounding_is_not_significant():
     assert out["p_uniform"][0] == 1.0 and out["consistency"][0] == 0.0
     assert out["p_uniform"][1] < 1e-6 and out["consistency"][1] == 1.0
     assert (excess(chance + TIE / 2, chance) == 0).all() and (excess(chance + 10 * TIE, chance) > 0).all()
+
+
+def test_tail_probabilities_and_bh_equal_scipy_stats_exactly():
+    """reportgen computes these without importing scipy.stats (half a second of every command); the numbers must
+    be scipy.stats' own, bit for bit, ties, NaN and infinities included."""
+    from scipy import stats as sstats
+
+    from reportgen.stats import _bh_adjust, normal_sf, t_sf
+
+    rng = np.random.default_rng(0)
+    t = np.concatenate([rng.normal(0, 3, 500), [0.0, np.inf, -np.inf, np.nan, 1e-300, 40.0]])
+    for df in (1, 7, 63, 1362):
+        assert np.array_equal(t_sf(t, df), sstats.t.sf(t, df), equal_nan=True)
+    assert np.array_equal(normal_sf(t), sstats.norm.sf(t), equal_nan=True)
+    checked = 0
+    for n in (1, 2, 17, 1000):
+        p = rng.uniform(0, 1, n) ** 3
+        p[: n // 4] = p[0]  # ties
+        assert np.array_equal(_bh_adjust(p), sstats.false_discovery_control(p, method="bh"))
+        checked += 1
+    assert checked == 4
