@@ -230,8 +230,6 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
 def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) -> CausalAgreement | None:
     """Spearman ρ between each head's strongest replicated effect (0 if none) and its ablation Δ, with a
     bootstrap CI over heads; None when there are too few heads or no variation."""
-    from scipy.stats import rankdata, spearmanr
-
     strength: dict[tuple[int, int], float] = {}
     for f in found:
         if f.replicated:
@@ -241,9 +239,9 @@ def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) 
     y = np.array([h.delta_bits_per_char for h in ablation])
     if len(ablation) < 4 or x.std() == 0 or y.std() == 0:
         return None
-    rho = float(spearmanr(x, y).statistic)
+    rho = spearman(x, y)
     k = np.random.default_rng([seed, 5]).integers(0, len(x), (2000, len(x)))  # resample heads
-    rx, ry = rankdata(x[k], axis=1), rankdata(y[k], axis=1)  # (R, heads) ranks with ties averaged
+    rx, ry = average_ranks(x[k]), average_ranks(y[k])  # (R, heads) ranks with ties averaged
     rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
     denom = np.sqrt((rx ** 2).sum(1) * (ry ** 2).sum(1))
     boots = (rx * ry).sum(1) / np.where(denom > 0, denom, np.nan)
@@ -252,3 +250,32 @@ def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) 
     return CausalAgreement(rho, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), len(ablation),
                            "largest held-out effect among the head's replicated roles (0 if none)",
                            "Δ bits/char when the head is mean-ablated", degenerate)
+
+
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, tied values given their average rank; a row holding NaN is all NaN
+    (scipy.stats.rankdata's defaults; ranks are half-integers, so the values are exact, tested equal)."""
+    a = np.asarray(a, dtype=float)
+    n = a.shape[-1]
+    order = np.argsort(a, axis=-1, kind="stable")
+    s = np.take_along_axis(a, order, -1)
+    idx = np.broadcast_to(np.arange(n), s.shape)
+    first = np.ones(s.shape, bool)
+    first[..., 1:] = s[..., 1:] != s[..., :-1]
+    last = np.ones(s.shape, bool)
+    last[..., :-1] = s[..., :-1] != s[..., 1:]
+    start = np.maximum.accumulate(np.where(first, idx, 0), axis=-1)  # first index of each value's tie group
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, idx, n - 1), -1), axis=-1), -1)  # its last index
+    ranks = np.empty(s.shape)
+    np.put_along_axis(ranks, order, (start + end) / 2 + 1, -1)
+    return np.where(np.isnan(a).any(-1, keepdims=True), np.nan, ranks)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of two 1-D arrays as scipy.stats.spearmanr computes it (Pearson's r of the
+    average ranks via np.corrcoef); NaN if either holds NaN or is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.isnan(x).any() or np.isnan(y).any() or (x == x[0]).all() or (y == y[0]).all():
+        return float("nan")
+    ranked = np.column_stack((average_ranks(x), average_ranks(y)))
+    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
