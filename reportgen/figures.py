@@ -35,9 +35,17 @@ def visible(text: str) -> list[str]:
 
 
 def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
-    """Render a figure to PNG bytes with no timestamp or software metadata (deterministic)."""
+    """Render a figure to an RGB PNG (the figure is opaque: no alpha channel, which WeasyPrint would split off and
+    encode again for the PDF) with no timestamp or software metadata (deterministic)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, pil_kwargs={"compress_level": 3})
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="png", compress_level=3)
     return buf.getvalue()
 
 
