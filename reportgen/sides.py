@@ -92,9 +92,13 @@ def run_data(path: Path, **options) -> RunData:
 
 
 def both_sides(a: Path, b: Path, **options) -> tuple[RunData, RunData]:
-    """Side A and side B (see `run_data`); B analysed in a forked process alongside A where that helps."""
+    """Side A and side B (see `run_data`); B analysed in a forked process alongside A where that helps. Both
+    checkpoints are opened first, so a missing or bad B is reported before A is analysed."""
     import torch
 
+    for path in (a, b):
+        if not _is_results(path):
+            _plan(path, **options)  # raises the one-line error of a missing or unreadable checkpoint or setting
     if not _parallel(a, b, options):
         return run_data(a, **options), run_data(b, **options)
     import multiprocessing

@@ -169,3 +169,15 @@ def test_both_sides_alongside_give_the_numbers_of_one_after_the_other(tmp_path, 
     monkeypatch.setattr(sides, "_parallel", lambda *args: False)
     in_turn = compare(*sides.both_sides(a, b, **options))
     assert in_turn["models"] and alongside["models"] == in_turn["models"] == recovered["models"]
+
+
+def test_a_bad_side_b_is_reported_before_side_a_is_analysed(tmp_path, monkeypatch, capsys):
+    a, b, options = _two_checkpoints(tmp_path)
+    b.write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "cache"))
+    code = cli(["diff", str(a), str(b), "--text", str(options["text"]), "--language", "en",
+                "--out", str(tmp_path / "d"), "--no-pdf"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(b) in err and len([l for l in err.splitlines() if l.startswith("error:")]) == 1
+    assert "capture" not in err and not (tmp_path / "cache").exists()  # A was never analysed
+    assert not (tmp_path / "d").exists()  # nothing half-written
