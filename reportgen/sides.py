@@ -149,9 +149,10 @@ def _analyse_quietly(path: Path, options: dict, threads: int) -> None:
     stderr.quiet = True
     try:
         run_data(path, **options)
+        stored = (_plan(path, **options)[1] / "results.json").is_file()  # False: the cache could not be written
     except BaseException:  # noqa: BLE001 - reported by the parent, which analyses this side again
         os._exit(1)
-    os._exit(0)
+    os._exit(0 if stored else 1)
 
 
 def cache_root() -> Path:
