@@ -88,7 +88,9 @@ def run_data(path: Path, **options) -> RunData:
     analysed = analyze(cfg)
     run = new_run(cfg, analysed.models)
     _store(cached, run, analysed.windows, analysed.figure_inputs)
-    return RunData(path, run.normalised(), analysed.windows, _means(analysed.figure_inputs))
+    stored = cached / "results.json"  # read back: the run as results.json holds it, without encoding it again
+    return RunData(path, read_run(stored) if stored.is_file() else run.normalised(), analysed.windows,
+                   _means(analysed.figure_inputs))
 
 
 def both_sides(a: Path, b: Path, **options) -> tuple[RunData, RunData]:
