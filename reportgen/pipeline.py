@@ -118,13 +118,13 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
         analysed = clock.lap("analyze", analyze(cfg, prepared))
         run, windows, inputs = new_run(cfg, analysed.models), analysed.windows, analysed.figure_inputs
     with OutputFolder.staged(cfg.out) as out:
-        out.write_run(run)
+        out.write_run(run)  # the pages are built from it as written (floats at 6 significant digits)
         out.write_windows(windows)
         out.write_figure_inputs(inputs)
         figures = {}
         if not analyze_only:
             figures = cache.figures()
-            write_site(run.normalised(), inputs, out, figures, pdf=cfg.pdf, previous=cache.folder, clock=clock,
+            write_site(out.read_run(), inputs, out, figures, pdf=cfg.pdf, previous=cache.folder, clock=clock,
                        diff_link=(cfg.out / "diff" / "diff.html").exists(), title=(cfg.author, cfg.course))
         write_json(out.path / "timings.json", clock.totals())
         out.record(key=cache.key, analysis=cache.analysis, figures=figures)
