@@ -98,15 +98,15 @@ def both_sides(a: Path, b: Path, **options) -> tuple[RunData, RunData]:
     checkpoints are opened first, so a missing or bad B is reported before A is analysed."""
     import torch
 
-    for path in (a, b):
-        if not _is_results(path):
-            _plan(path, **options)  # raises the one-line error of a missing or unreadable checkpoint or setting
-    if not _parallel(a, b, options):
+    # the one-line error of a missing or unreadable checkpoint or setting comes here, before any analysis
+    cached = {path: _plan(path, **options)[1] for path in (a, b) if not _is_results(path)}
+    if not _parallel(a, b, cached, options):
         return run_data(a, **options), run_data(b, **options)
     import multiprocessing
 
     threads = torch.get_num_threads()
-    child = multiprocessing.get_context("fork").Process(target=_analyse_quietly, args=(b, options, threads // 2))
+    child = multiprocessing.get_context("fork").Process(target=_analyse_quietly,
+                                                        args=(b, options, threads // 2, cached[b]))
     torch.set_num_threads(threads - threads // 2)
     started = time.perf_counter()
     child.start()
@@ -124,25 +124,24 @@ def both_sides(a: Path, b: Path, **options) -> tuple[RunData, RunData]:
     return first, run_data(b, **options)  # from the cache B's process filled, or analysed here if it failed
 
 
-def _parallel(a: Path, b: Path, options: dict) -> bool:
-    """Both sides are CPU analyses still to do, on Linux (fork) with two or more torch threads."""
+def _parallel(a: Path, b: Path, cached: dict[Path, Path], options: dict) -> bool:
+    """Both sides are CPU analyses still to do (`cached`: checkpoint -> its cache folder), on Linux (fork) with
+    two or more torch threads."""
     import torch
 
     from .device import resolve
 
-    if sys.platform != "linux" or torch.get_num_threads() < 2 or _is_results(a) or _is_results(b):
+    if sys.platform != "linux" or torch.get_num_threads() < 2 or len(cached) < 2 or a.resolve() == b.resolve():
         return False
-    try:
-        if resolve(options.get("device")).type != "cpu" or a.resolve() == b.resolve():
-            return False
-        return not any((_plan(p, **options)[1] / "results.json").is_file() for p in (a, b))
-    except (ReportgenError, OSError):
-        return False  # run_data reports the problem with its one-line error
+    if resolve(options.get("device")).type != "cpu":
+        return False
+    return not any((folder / "results.json").is_file() for folder in cached.values())
 
 
-def _analyse_quietly(path: Path, options: dict, threads: int) -> None:
-    """Forked child: analyse one side into the cache with `threads` torch threads, printing nothing (the parent
-    prints its own progress; an error here is reported by the parent, which then analyses this side itself)."""
+def _analyse_quietly(path: Path, options: dict, threads: int, cached: Path) -> None:
+    """Forked child: analyse one side into its cache folder `cached` with `threads` torch threads, printing
+    nothing (the parent prints its own progress; an error here is reported by the parent, which then analyses this
+    side itself)."""
     import torch
 
     from .progress import stderr
@@ -151,7 +150,7 @@ def _analyse_quietly(path: Path, options: dict, threads: int) -> None:
     stderr.quiet = True
     try:
         run_data(path, **options)
-        stored = (_plan(path, **options)[1] / "results.json").is_file()  # False: the cache could not be written
+        stored = (cached / "results.json").is_file()  # False: the cache could not be written
     except BaseException:  # noqa: BLE001 - reported by the parent, which analyses this side again
         os._exit(1)
     os._exit(0 if stored else 1)

@@ -147,7 +147,7 @@ def test_both_sides_alongside_give_the_numbers_of_one_after_the_other(tmp_path, 
 
     a, b, options = _two_checkpoints(tmp_path)
     monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "alongside"))
-    if not sides._parallel(a, b, options):
+    if not sides._parallel(a, b, {p: sides._plan(p, **options)[1] for p in (a, b)}, options):
         pytest.skip("no fork or fewer than two torch threads here")
     alongside = compare(*sides.both_sides(a, b, **options))
     err = capsys.readouterr().err
