@@ -24,7 +24,7 @@ from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
 from .languages import LANGUAGE
 from .results import Finding
-from .stats import bootstrap_ci, resample_counts
+from .stats import average_ranks, bootstrap_ci, resample_counts, spearman
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -250,32 +250,3 @@ def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) 
     return CausalAgreement(rho, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), len(ablation),
                            "largest held-out effect among the head's replicated roles (0 if none)",
                            "Δ bits/char when the head is mean-ablated", degenerate)
-
-
-def average_ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along the last axis, tied values given their average rank; a row holding NaN is all NaN
-    (scipy.stats.rankdata's defaults; ranks are half-integers, so the values are exact, tested equal)."""
-    a = np.asarray(a, dtype=float)
-    n = a.shape[-1]
-    order = np.argsort(a, axis=-1, kind="stable")
-    s = np.take_along_axis(a, order, -1)
-    idx = np.broadcast_to(np.arange(n), s.shape)
-    first = np.ones(s.shape, bool)
-    first[..., 1:] = s[..., 1:] != s[..., :-1]
-    last = np.ones(s.shape, bool)
-    last[..., :-1] = s[..., :-1] != s[..., 1:]
-    start = np.maximum.accumulate(np.where(first, idx, 0), axis=-1)  # first index of each value's tie group
-    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, idx, n - 1), -1), axis=-1), -1)  # its last index
-    ranks = np.empty(s.shape)
-    np.put_along_axis(ranks, order, (start + end) / 2 + 1, -1)
-    return np.where(np.isnan(a).any(-1, keepdims=True), np.nan, ranks)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation of two 1-D arrays as scipy.stats.spearmanr computes it (Pearson's r of the
-    average ranks via np.corrcoef); NaN if either holds NaN or is constant."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or np.isnan(x).any() or np.isnan(y).any() or (x == x[0]).all() or (y == y[0]).all():
-        return float("nan")
-    ranked = np.column_stack((average_ranks(x), average_ranks(y)))
-    return float(np.corrcoef(ranked, rowvar=False)[1, 0])

@@ -135,6 +135,35 @@ def _bh_adjust(p: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, tied values given their average rank; a row holding NaN is all NaN
+    (scipy.stats.rankdata's defaults; ranks are half-integers, so the values are exact, tested equal)."""
+    a = np.asarray(a, dtype=float)
+    n = a.shape[-1]
+    order = np.argsort(a, axis=-1, kind="stable")
+    s = np.take_along_axis(a, order, -1)
+    idx = np.broadcast_to(np.arange(n), s.shape)
+    first = np.ones(s.shape, bool)
+    first[..., 1:] = s[..., 1:] != s[..., :-1]
+    last = np.ones(s.shape, bool)
+    last[..., :-1] = s[..., :-1] != s[..., 1:]
+    start = np.maximum.accumulate(np.where(first, idx, 0), axis=-1)  # first index of each value's tie group
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, idx, n - 1), -1), axis=-1), -1)  # its last index
+    ranks = np.empty(s.shape)
+    np.put_along_axis(ranks, order, (start + end) / 2 + 1, -1)
+    return np.where(np.isnan(a).any(-1, keepdims=True), np.nan, ranks)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of two 1-D arrays as scipy.stats.spearmanr computes it (Pearson's r of the
+    average ranks via np.corrcoef); NaN if either holds NaN or is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or np.isnan(x).any() or np.isnan(y).any() or (x == x[0]).all() or (y == y[0]).all():
+        return float("nan")
+    ranked = np.column_stack((average_ranks(x), average_ranks(y)))
+    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
+
+
 @dataclass(frozen=True)
 class SplitStats:
     """Per detector name, arrays (L, H) of mean, chance, CI, p-values, gain and consistency for one split."""

@@ -167,7 +167,7 @@ def test_ranks_and_spearman_equal_scipy_stats_exactly():
     """The causal agreement's ranks and Spearman ρ, computed without scipy.stats, are scipy's bit for bit."""
     from scipy import stats as sstats
 
-    from reportgen.ablation import average_ranks, spearman
+    from reportgen.stats import average_ranks, spearman
 
     rng = np.random.default_rng(1)
     rows = np.round(rng.normal(0, 1, (300, 16)), 1)  # many ties
