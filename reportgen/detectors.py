@@ -95,6 +95,21 @@ def target_masks(ids: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tens
     }
 
 
+def _layer_major(attn: torch.Tensor) -> bool:
+    """Whether attention (B, L, H, T, S) is a view of a contiguous (L, B, H, T, S) tensor (as `TransformerLM.attention`
+    returns it) rather than contiguous itself."""
+    return not attn.is_contiguous() and attn.transpose(0, 1).is_contiguous()
+
+
+def _keys_product(attn: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """sum_j A[i, j] keys[j, f] per window: attention (B, L, H, T, S) times per-window key values (B, S, F) ->
+    (B, L, H, T, F), batch-major or layer-major as the attention is (a matmul on either needs no copy)."""
+    B, S, F = keys.shape
+    if _layer_major(attn):
+        return (attn.transpose(0, 1) @ keys.view(1, B, 1, S, F)).transpose(0, 1)
+    return attn @ keys.view(B, 1, 1, S, F)
+
+
 def _query_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over valid queries (last dim, i >= SKIP): (..., T) -> (...)."""
     return x[..., SKIP:].mean(-1)
@@ -242,7 +257,9 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     B, L, H, T, S = attn.shape
     if T <= SKIP:
         raise ValueError(f"windows of {T} characters are too short: the first {SKIP} queries are skipped")
-    attn = attn.float().contiguous()  # matmuls on a permuted view are several times slower
+    attn = attn.float()
+    if not (attn.is_contiguous() or _layer_major(attn)):
+        attn = attn.contiguous()  # matmuls on a permuted view are several times slower
     positions = torch.arange(T, dtype=torch.float32)
     chance_row = _query_mean(1.0 / (positions + 1))  # scalar: mean of 1/(i+1)
     obs: dict[str, torch.Tensor] = {}
@@ -263,7 +280,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
 
     # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
     onehot = class_onehot(codes)  # (B, S, C)
-    prod = attn @ onehot.view(B, 1, 1, S, CLASS_C)  # (B, L, H, T, C)
+    prod = _keys_product(attn, onehot)  # (B, L, H, T, C)
     partner = torch.zeros(0, dtype=torch.long)  # pairing given from outside: none of this batch's own
     if partner_labels is None:
         partner = swap_partners(B)
@@ -278,7 +295,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     # Label swap: this window's attention scored against its partner window's characters.
     if partner_labels is not None:
         p_ids, p_codes = partner_labels
-        prod_r = attn @ class_onehot(p_codes).view(B, 1, 1, S, CLASS_C)
+        prod_r = _keys_product(attn, class_onehot(p_codes))
         swap = {name: _query_mean(value) for name, value in
                 _content(attn, diags, prod_r, p_ids, p_codes, masses[2], masses[3]).items()}
     else:
@@ -288,7 +305,8 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     put("sink", _query_mean(attn[..., 0]), chance_row)
     entropy = _row_entropy(attn) / (positions[SKIP:] + 1).log()  # (B, L, H, T') normalised: query i has i+1 keys
     put("entropy", entropy.mean(-1), torch.ones(()))
-    distance = positions - attn @ positions  # (B, L, H, T): sum_j A[i, j] (i - j)
+    lm = _layer_major(attn)  # a matrix-vector product per row, on the contiguous order: no copy
+    distance = positions - ((attn.transpose(0, 1) @ positions).transpose(0, 1) if lm else attn @ positions)  # (B, L, H, T)
     put("distance", _query_mean(distance), _query_mean(positions / 2))
     put("confidence", _query_mean(top), chance_row)
 

@@ -134,3 +134,21 @@ def test_capture_gives_the_same_numbers_at_one_and_two_threads():
     assert checked > 50 and np.array_equal(one.mean_attn, two.mean_attn)
     np.testing.assert_allclose(one.class_matrix, two.class_matrix, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(one.class_chance, two.class_chance, rtol=1e-12, atol=1e-15)
+
+
+def test_layer_major_attention_gives_the_same_values_bit_for_bit():
+    """`TransformerLM.attention` returns a (B, L, H, T, S) view of layer-major memory (the layers are never
+    stacked); every detector value must equal scoring the same attention laid out batch-major."""
+    from reportgen.model import TransformerLM
+
+    torch.manual_seed(11)
+    model = TransformerLM(3, 2, 16, 24, 12, 32, True).eval()
+    ids, codes, V = random_text(6, 24, seed=12)
+    attn = model.attention(ids)
+    assert attn.transpose(0, 1).is_contiguous() and not attn.is_contiguous()
+    viewed, copied = batch_stats(attn, ids, codes, V), batch_stats(attn.contiguous(), ids, codes, V)
+    for field in ("observed", "chance", "swap", "structure"):
+        assert getattr(copied, field)
+        for name, value in getattr(copied, field).items():
+            assert torch.equal(getattr(viewed, field)[name], value), (field, name)
+    assert torch.equal(viewed.class_matrix, copied.class_matrix)
