@@ -163,17 +163,73 @@ def _row_masses(attn: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Ten
     return list(out.unbind(0))
 
 
-def _row_entropy(attn: torch.Tensor, block: int = 32) -> torch.Tensor:
-    """-sum_j A[i, j] ln A[i, j] for queries i >= SKIP: (B, L, H, T, S) -> (B, L, H, T - SKIP). Rows are taken in
-    blocks that end at a multiple of `block` keys, each over the keys up to its end only (the rest are causal
-    zeros): ~40 % fewer logarithms at context 128, and the same sums bit for bit (tested)."""
-    T = attn.shape[-2]
-    parts, lo = [], SKIP
+def _causal_blocks(T: int, block: int = 32) -> list[tuple[int, int]]:
+    """Query ranges [lo, hi) covering SKIP..T, each ending at a multiple of `block`: the rows of a block need the
+    keys up to hi only (the rest are causal zeros), ~40 % of a context-128 matrix skipped."""
+    out, lo = [], SKIP
     while lo < T:
         hi = min(T, (lo // block + 1) * block)
-        parts.append(torch.special.entr(attn[..., lo:hi, :hi]).sum(-1))
+        out.append((lo, hi))
         lo = hi
-    return torch.cat(parts, -1)
+    return out
+
+
+def _row_entropy(attn: torch.Tensor) -> torch.Tensor:
+    """-sum_j A[i, j] ln A[i, j] for queries i >= SKIP: (B, L, H, T, S) -> (B, L, H, T - SKIP), over each block's
+    causal keys only (`_causal_blocks`): the same sums bit for bit (tested)."""
+    return torch.cat([torch.special.entr(attn[..., lo:hi, :hi]).sum(-1)
+                      for lo, hi in _causal_blocks(attn.shape[-2])], -1)
+
+
+def _row_max(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest weight and its key index per query i >= SKIP, (B, L, H, T - SKIP) each, over each block's causal
+    keys only: the same values and indices as `max` over whole rows (the skipped keys are zeros after the
+    row's positive maximum; tested)."""
+    parts = [attn[..., lo:hi, :hi].max(-1) for lo, hi in _causal_blocks(attn.shape[-2])]
+    return torch.cat([p.values for p in parts], -1), torch.cat([p.indices for p in parts], -1)
+
+
+def _far_max(attn: torch.Tensor) -> torch.Tensor:
+    """max_{j < i - MAX_OFFSET} A[i, j] per query i >= SKIP -> (B, L, H, T - SKIP); 0 where there is no such key.
+
+    Read through a skewed view of each causal (T, T) matrix: row i of the view holds A[i, i - T + 1 .. i -
+    MAX_OFFSET - 1]; its first keys, j < 0, fall on row i - 1 past its diagonal, which are causal zeros."""
+    *batch, T, S = attn.shape
+    width = T - MAX_OFFSET - 1
+    if width <= 0:
+        return attn.new_zeros(*batch, T - SKIP)
+    skewed = attn.as_strided((*batch, T - SKIP, width), (*attn.stride()[:-2], S + 1, 1),
+                             attn.storage_offset() + SKIP * (S + 1) - (T - 1))
+    return skewed.amax(-1)
+
+
+def _argmax_offsets(attn: torch.Tensor, diags: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per query i >= SKIP: the largest weight (B, L, H, T - SKIP) and, for k = 0..MAX_OFFSET, whether the row's
+    first largest key (`max`'s index: ties go to the lowest key) is i - k, as floats.
+
+    `max` with indices costs ~4x `amax`; the indicators follow from the maximum alone: offset k is the
+    argmax when A[i, i - k] is the maximum and no earlier key (k' > k nearby, or any key beyond MAX_OFFSET)
+    reaches it. Rows that are not causal softmax rows (a maximum of 0 or NaN) take `max` itself."""
+    T, S = attn.shape[-2:]
+    if S != T or attn.stride(-1) != 1 or attn.stride(-2) != S:
+        return _indicators_from_max(attn)
+    top = torch.cat([attn[..., lo:hi, :hi].amax(-1) for lo, hi in _causal_blocks(T)], -1)
+    if not bool((top > 0).all()):
+        return _indicators_from_max(attn)
+    earlier = _far_max(attn) == top  # a key before i - MAX_OFFSET ties the maximum
+    indicators = [None] * (MAX_OFFSET + 1)
+    for k in range(MAX_OFFSET, -1, -1):
+        hit = diags[k][..., SKIP:] == top
+        indicators[k] = (hit & ~earlier).float()
+        earlier = earlier | hit
+    return top, indicators
+
+
+def _indicators_from_max(attn: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`_argmax_offsets` by `max` with indices (any attention)."""
+    top, argmax = _row_max(attn)
+    offset = torch.arange(SKIP, attn.shape[-2], dtype=torch.float32) - argmax.float()
+    return top, [(offset == k).float() for k in range(MAX_OFFSET + 1)]
 
 
 def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, ids: torch.Tensor,
@@ -272,11 +328,10 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     # Fixed offsets: mass A[i, i-k] (zero-padded for i < k) and argmax rate.
     diags = [torch.nn.functional.pad(attn.diagonal(offset=-k, dim1=-2, dim2=-1), (k, 0))
              for k in range(max(MAX_OFFSET, NEAR) + 1)]  # each (B, L, H, T)
-    top, argmax = attn.max(-1)  # (B, L, H, T)
-    argmax_offset = positions - argmax.float()
+    top, at_offset = _argmax_offsets(attn, diags)  # (B, L, H, T - SKIP), MAX_OFFSET + 1 of the same shape
     for k in range(MAX_OFFSET + 1):
         put(f"offset_{k}", _query_mean(diags[k]), chance_row)
-        put(f"argmax_{k}", _query_mean((argmax_offset == k).float()), chance_row)
+        put(f"argmax_{k}", at_offset[k].mean(-1), chance_row)
 
     # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
     onehot = class_onehot(codes)  # (B, S, C)
@@ -308,7 +363,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     lm = _layer_major(attn)  # a matrix-vector product per row, on the contiguous order: no copy
     distance = positions - ((attn.transpose(0, 1) @ positions).transpose(0, 1) if lm else attn @ positions)  # (B, L, H, T)
     put("distance", _query_mean(distance), _query_mean(positions / 2))
-    put("confidence", _query_mean(top), chance_row)
+    put("confidence", top.mean(-1), chance_row)
 
     valid = onehot[:, SKIP:]  # (B, T', C) query classes of valid queries
     # summed in float64: a float32 sum over windows and queries differs with the thread count in its 7th digit

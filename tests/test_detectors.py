@@ -152,3 +152,34 @@ def test_layer_major_attention_gives_the_same_values_bit_for_bit():
         for name, value in getattr(copied, field).items():
             assert torch.equal(getattr(viewed, field)[name], value), (field, name)
     assert torch.equal(viewed.class_matrix, copied.class_matrix)
+
+
+@pytest.mark.parametrize("T", [9, 10, 24, 40, 128])
+def test_argmax_offsets_from_the_maximum_equal_max_with_indices(T):
+    """The argmax detectors read the maximum (`amax`) and decide ties as `max` does (lowest key first); on rows
+    full of exact ties (integer scores, uniform rows, a far key tying a near one) they must give `max`'s answer."""
+    import torch.nn.functional as F
+
+    from reportgen.catalogue import MAX_OFFSET
+    from reportgen.detectors import _argmax_offsets, _indicators_from_max
+
+    g = torch.Generator().manual_seed(T)
+    scores = torch.randint(0, 3, (4, 2, 3, T, T), generator=g).float()  # few distinct values: ties everywhere
+    scores[0, 0, 0] = 0.0  # uniform rows
+    scores[1, 0, 0, :, :] = 0.0
+    scores[1, 0, 0, :, 0] = 5.0  # the first key ties... itself only: the far argmax
+    scores[1, 0, 1, :, :] = 0.0
+    scores[1, 0, 1, torch.arange(T), torch.arange(T)] = 5.0  # the diagonal (offset 0) wins
+    scores[1, 0, 1, T - 1, 0] = 5.0  # ...except in the last row, where a far key ties it and comes first
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+    attn = torch.softmax(scores.masked_fill(causal, float("-inf")), -1)
+    layer_major = attn.transpose(0, 1).contiguous().transpose(0, 1)
+    for a in (attn, layer_major):
+        diags = [F.pad(a.diagonal(offset=-k, dim1=-2, dim2=-1), (k, 0)) for k in range(MAX_OFFSET + 1)]
+        top, fast = _argmax_offsets(a, diags)
+        top_ref, ref = _indicators_from_max(a)
+        assert torch.equal(top, top_ref)
+        assert len(fast) == len(ref) == MAX_OFFSET + 1
+        for k in range(MAX_OFFSET + 1):
+            assert torch.equal(fast[k], ref[k]), k
+        assert sum(r.sum() for r in ref) > 0  # some rows do have their argmax nearby
