@@ -89,9 +89,14 @@ def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit
     unit = max(1, SUM_FLOATS // (cfg.n_layers * cfg.n_heads * T * T))
     piece = unit * max(1, PIECE_FLOATS // SUM_FLOATS)
 
-    def pieces(batch):  # computed as they are scored: a piece's attention stays in the CPU cache
+    device = model.word_prediction.weight.device
+    buffer = torch.empty(cfg.n_layers, min(piece, len(windows)), cfg.n_heads, T, T, device=device)
+
+    def pieces(batch):  # each piece is scored before the next overwrites the buffer
         for lo in range(0, len(batch), piece):
-            yield model.attention(batch[lo:lo + piece])  # (b, L, H, T, S)
+            b = len(batch[lo:lo + piece])
+            out = buffer if b == buffer.shape[1] else buffer[:, :b].contiguous()  # a short last piece: its own
+            yield model.attention(batch[lo:lo + piece], out)  # (b, L, H, T, S)
 
     def batches():
         for lo in range(0, len(windows), batch_size):
@@ -148,7 +153,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
             if keep == 0:
                 class_matrix = stats.class_matrix if class_matrix is None else class_matrix + stats.class_matrix
                 class_count = stats.class_count if class_count is None else class_count + stats.class_count
-            previous = (attn[-1:], batch[-1:])
+            previous = (attn[-1:].clone(), batch[-1:])  # attn may be a reused buffer
             lo = hi
         partners.append(perm[keep:].numpy() + first)
         done += B - keep

@@ -268,15 +268,16 @@ class TransformerLM(nn.Module):
         return self.word_prediction(self.layer_norm(x))
 
     @torch.no_grad()
-    def attention(self, idx: torch.Tensor) -> torch.Tensor:
+    def attention(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of every layer (B, L, H, N, N), without computing logits: a view of a layer-major
-        (L, B, H, N, N) tensor (`.transpose(0, 1)` is contiguous). Runs where the weights are and returns on
-        idx's device."""
+        (L, B, H, N, N) tensor (`.transpose(0, 1)` is contiguous), `out` if given (a caller scoring many batches
+        reuses one buffer: a fresh 32 MB tensor per batch costs page faults). Runs where the weights are and
+        returns on idx's device."""
         B, N = idx.shape
         if N > self.config.max_context_len:
             raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
         x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
-        weights = self._weight_buffer(B, N, x)
+        weights = self._weight_buffer(B, N, x) if out is None else out
         for layer, block in enumerate(self.layers[:-1]):
             x, _ = block(x, True, weights[layer])
         last = self.layers[-1]  # its weights need neither its output nor its MLP: skip both
