@@ -107,7 +107,9 @@ class CausalSelfAttention(nn.Module):
         """Attention weights (B, H, N, N) from q, k (B, H, N, hs), uniform-ablated heads included; written into
         `out` (contiguous) when given, so a caller can stack layers without copying them."""
         N = q.shape[-2]
-        scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.transpose(-2, -1)  # (B, H, N, N)
+        # k is a strided slice of the fused projection; a contiguous copy (1/4 of the scores' size at hs = 32)
+        # makes the batched product ~1.5x faster, with the same scores (the shipped models' attention is unchanged)
+        scores = (q * (1.0 / math.sqrt(self.head_size))) @ k.contiguous().transpose(-2, -1)  # (B, H, N, N)
         causal = self.mask[:, :N, :N] == 0  # (1, N, N)
         # Masked by adding 0 / -inf in place (scores is a fresh tensor): the same weights bit for bit as
         # masked_fill, at ~2/3 of its cost (a broadcast add streams; a masked fill reads the mask per element).
