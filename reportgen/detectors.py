@@ -343,11 +343,14 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
 
     # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
     onehot = class_onehot(codes)  # (B, S, C)
-    prod = _keys_product(attn, onehot)  # (B, L, H, T, C)
     partner = torch.zeros(0, dtype=torch.long)  # pairing given from outside: none of this batch's own
     if partner_labels is None:
         partner = swap_partners(B)
         partner_labels = (ids[partner], codes[partner]) if B > 1 else None
+    # The window's own key classes and its label-swap partner's in one product (the same numbers as two)
+    keys = onehot if partner_labels is None else torch.cat([onehot, class_onehot(partner_labels[1])], -1)
+    both = _keys_product(attn, keys)  # (B, L, H, T, C or 2C)
+    prod, prod_r = both[..., :CLASS_C], both[..., CLASS_C:]
     masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(partner_labels[0]) if partner_labels else ())])
     content_chance = _content_chance(ids, codes, vocab_size)
     content = _content(attn, diags, prod, ids, codes, masses[0], masses[1])
@@ -358,7 +361,6 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     # Label swap: this window's attention scored against its partner window's characters.
     if partner_labels is not None:
         p_ids, p_codes = partner_labels
-        prod_r = _keys_product(attn, class_onehot(p_codes))
         swap = {name: _query_mean(value) for name, value in
                 _content(attn, diags, prod_r, p_ids, p_codes, masses[2], masses[3]).items()}
     else:
