@@ -15,8 +15,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from scipy.cluster import hierarchy
-from scipy.spatial.distance import squareform
 
 from . import __version__
 from .ablation import CausalEvidence, causal_agreement, causal_evidence
@@ -160,14 +158,55 @@ def js_distance(samples: list[tuple[str, np.ndarray]]) -> np.ndarray:
 def cluster_heads(dist: np.ndarray, n_heads: int, threshold: float = 0.5) -> list[list[str]]:
     """Average-linkage clusters of heads whose JS distance is below `threshold`; labels 'L0H1'."""
     names = [f"L{k // n_heads}H{k % n_heads}" for k in range(len(dist))]
-    if len(dist) < 2:
-        return [names]
-    np.fill_diagonal(dist, 0.0)
-    labels = hierarchy.fcluster(hierarchy.linkage(squareform(dist, checks=False), "average"), threshold, "distance")
+    root = list(range(len(names)))  # union-find over heads: merges within the threshold join their clusters
+
+    def find(k):
+        while root[k] != k:
+            k = root[k]
+        return k
+
+    for x, y, height in _average_linkage(dist):
+        if height <= threshold:  # average linkage never merges below a child's height: cutting here is fcluster's
+            root[find(y)] = find(x)
     groups: dict[int, list[str]] = {}
-    for name, lab in zip(names, labels):
-        groups.setdefault(int(lab), []).append(name)
+    for k, name in enumerate(names):
+        groups.setdefault(find(k), []).append(name)
     return sorted(groups.values(), key=lambda g: (-len(g), g))
+
+
+def _average_linkage(dist: np.ndarray) -> list[tuple[int, int, float]]:
+    """The merges (x, y, height) of average linkage (UPGMA) on a square distance matrix, found by the nearest-
+    neighbour chain as scipy's `linkage(..., "average")` finds them (the same ties broken the same way, the same
+    updates in the same floating-point order): its flat clusters equal scipy's (tested), without importing
+    scipy.cluster (~0.3 s of every command). Clusters live at the index of their larger member."""
+    n = len(dist)
+    d = [[float(v) for v in row] for row in dist]
+    size = [1] * n
+    chain: list[int] = []
+    merges = []
+    for _ in range(n - 1):
+        if not chain:
+            chain = [next(i for i in range(n) if size[i] > 0)]
+        while True:
+            x = chain[-1]
+            y, current = (chain[-2], d[x][chain[-2]]) if len(chain) > 1 else (-1, float("inf"))
+            for i in range(n):
+                if size[i] and i != x and d[x][i] < current:
+                    current, y = d[x][i], i
+            if y < 0:  # no comparable neighbour left (NaN distances): no further merges
+                return merges
+            if len(chain) > 1 and y == chain[-2]:
+                break
+            chain.append(y)
+        del chain[-2:]
+        x, y = min(x, y), max(x, y)
+        nx, ny = size[x], size[y]
+        merges.append((x, y, current))
+        size[x], size[y] = 0, nx + ny
+        for i in range(n):
+            if size[i] and i != y:
+                d[i][y] = d[y][i] = (nx * d[i][x] + ny * d[i][y]) / (nx + ny)
+    return merges
 
 
 def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:

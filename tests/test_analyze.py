@@ -139,3 +139,31 @@ def test_unknown_setting_in_config_is_a_one_line_error(tmp_path, capsys):
     assert cli(["analyze", "--config", str(toml)]) == 2
     err = capsys.readouterr().err
     assert "bad.toml" in err and "sede" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_head_clusters_equal_scipy_average_linkage(seed):
+    """`cluster_heads` cuts an average-linkage tree at the threshold without importing scipy.cluster; its groups
+    must be scipy's fcluster groups, on random distances, on clustered ones and on ones full of exact ties."""
+    import numpy as np
+    from scipy.cluster import hierarchy
+    from scipy.spatial.distance import squareform
+
+    from reportgen.analyze import cluster_heads
+
+    rng = np.random.default_rng(seed)
+    n_heads = [1, 2, 4, 4, 8, 8][seed]
+    K = n_heads * [2, 2, 4, 3, 6, 8][seed]
+    centres = rng.random((rng.integers(1, K + 1), 3))
+    points = centres[rng.integers(0, len(centres), K)] + rng.normal(0, 0.08, (K, 3))
+    cases = [np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1)),  # clustered
+             (lambda m: (m + m.T) / 2)(rng.random((K, K)))]  # unstructured
+    cases.append(np.round(cases[0] * 4) / 4)  # exact ties, some at the threshold itself
+    for dist in cases:
+        np.fill_diagonal(dist, 0.0)
+        labels = hierarchy.fcluster(hierarchy.linkage(squareform(dist, checks=False), "average"), 0.5, "distance")
+        names = [f"L{k // n_heads}H{k % n_heads}" for k in range(K)]
+        expected = {frozenset(n for n, lab in zip(names, labels) if lab == x) for x in set(labels)}
+        got = cluster_heads(dist.copy(), n_heads)
+        assert sorted(sum(got, [])) == sorted(names)
+        assert {frozenset(g) for g in got} == expected
