@@ -221,10 +221,12 @@ def _argmax_offsets(attn: torch.Tensor, diags: list[torch.Tensor]) -> tuple[torc
     T, S = attn.shape[-2:]
     if S != T or attn.stride(-1) != 1 or attn.stride(-2) != S:
         return _indicators_from_max(attn)
-    top = torch.cat([attn[..., lo:hi, :hi].amax(-1) for lo, hi in _causal_blocks(T)], -1)
+    far = _far_max(attn)
+    near = torch.stack([d[..., SKIP:] for d in diags[:MAX_OFFSET + 1]]).amax(0)  # keys i - MAX_OFFSET .. i
+    top = torch.maximum(far, near)  # the row's maximum over its causal keys (a maximum has no rounding)
     if not bool((top > 0).all()):
         return _indicators_from_max(attn)
-    earlier = _far_max(attn) == top  # a key before i - MAX_OFFSET ties the maximum
+    earlier = far == top  # a key before i - MAX_OFFSET ties the maximum
     indicators = [None] * (MAX_OFFSET + 1)
     for k in range(MAX_OFFSET, -1, -1):
         hit = diags[k][..., SKIP:] == top
