@@ -118,7 +118,9 @@ class CausalSelfAttention(nn.Module):
         uniform = [h for h, (mode, _) in self._ablation.items() if mode == "uniform"]
         if uniform:
             flat = (~causal).to(att.dtype) / (~causal).sum(-1, keepdim=True)  # (1, N, N)
-            att[:, uniform] = flat  # att is this call's own tensor (or the caller's `out`)
+            if out is None:
+                att = att.clone()  # the softmax's own output may be needed by autograd
+            att[:, uniform] = flat
         return att
 
     def weights(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,12 +239,16 @@ class TransformerLM(nn.Module):
         if N > self.config.max_context_len:
             raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
         x = self.embed(idx)  # (B, N, D)
-        weights = self._weight_buffer(B, N, x) if return_attention_weights else None
+        # Without autograd each layer writes its weights into one (L, B, H, N, N) buffer (no stacking copy);
+        # with autograd (out= has no gradient) they are stacked.
+        buffer = self._weight_buffer(B, N, x) if return_attention_weights and not torch.is_grad_enabled() else None
+        weights = []
         for layer, block in enumerate(self.layers):
-            x, _ = block(x, return_attention_weights, None if weights is None else weights[layer])
+            x, att = block(x, return_attention_weights, None if buffer is None else buffer[layer])
+            weights.append(att)
         logits = self.word_prediction(self.layer_norm(x))  # (B, N, vocab)
         if return_attention_weights:
-            return logits, weights  # (L, B, H, N, N)
+            return logits, buffer if buffer is not None else torch.stack(weights)  # (L, B, H, N, N)
         return logits
 
     def _weight_buffer(self, B: int, N: int, x: torch.Tensor) -> torch.Tensor:

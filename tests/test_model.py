@@ -238,3 +238,20 @@ def test_a_forward_pass_resumed_at_an_ablated_heads_layer_gives_the_full_pass_bi
             assert not torch.equal(full, nll_bits(model, windows))  # the ablation did change the losses
             checked += 1
     assert checked == 9
+
+
+def test_attention_weights_keep_their_gradient():
+    """Outside no_grad the weights are stacked, not written into a buffer (out= has no gradient), and a
+    uniform-ablated head's weights are a copy: the course's training code can still backpropagate through them."""
+    torch.manual_seed(5)
+    model = TransformerLM(2, 2, 16, 12, 9, 32, True)
+    idx = torch.randint(0, 9, (3, 12))
+    logits, attn = model(idx, return_attention_weights=True)
+    (logits.sum() + attn.pow(2).sum()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.equal(model(idx, return_attention_weights=True)[1], attn.detach())
+    model.zero_grad()
+    with model.ablate({(1, 0): "uniform"}):
+        logits, attn = model(idx, return_attention_weights=True)
+        attn.sum().backward()
