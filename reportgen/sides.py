@@ -174,7 +174,7 @@ def _store(folder: Path, run: Run, windows: dict, figure_inputs: list[FigureInpu
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        out = OutputFolder(tmp)
+        out = OutputFolder(tmp, compress=False)  # written once per checkpoint, read by every later diff
         out.write_run(run)
         out.write_windows(windows)
         out.write_figure_inputs(figure_inputs)
