@@ -183,3 +183,44 @@ def test_argmax_offsets_from_the_maximum_equal_max_with_indices(T):
         for k in range(MAX_OFFSET + 1):
             assert torch.equal(fast[k], ref[k]), k
         assert sum(r.sum() for r in ref) > 0  # some rows do have their argmax nearby
+
+
+def test_capture_through_one_reused_buffer_equals_scoring_fresh_attention():
+    """Capture writes every piece's attention into one buffer and pairs a lone last window with the previous
+    window (kept as a copy); the values must be those of scoring freshly computed attention batch by batch."""
+    import numpy as np
+
+    from reportgen import capture as capture_module
+    from reportgen.capture import capture, score_windows, window_starts
+    from reportgen.checkpoint import ModelBundle
+    from reportgen.classes import CharClasses
+    from reportgen.model import TransformerLM
+    from reportgen.tokenizer import CharTokenizer
+
+    text = "the cat sat on the mat. a dog ran in the fog, and the cat ran too!\n" * 30
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(2)
+    model = TransformerLM(2, 2, 16, 24, tok.vocab_size(), 32, True).eval()
+    bundle = ModelBundle(model, tok, None, "", "en", {})
+    ids = np.array(tok.tokenize(text))
+    classes = CharClasses.for_vocab(tok.vocab, "en")
+    starts = window_starts(len(ids), 24, 9, "text")  # batches of 4, 4 and a lone window
+    windows = torch.as_tensor(np.stack([ids[s:s + 24] for s in starts]))
+    with torch.no_grad():
+        fresh = score_windows(((model.attention(windows[lo:lo + 4]).clone(), windows[lo:lo + 4])
+                               for lo in range(0, 9, 4)), windows, classes, tok.vocab_size(), starts, sum_unit=1)
+    old = capture_module.SUM_FLOATS, capture_module.PIECE_FLOATS
+    try:  # sums of one window, pieces of two: the buffer is overwritten five times
+        capture_module.SUM_FLOATS, capture_module.PIECE_FLOATS = 2 * 2 * 24 * 24, 2 * 2 * 2 * 24 * 24
+        reused = capture(bundle, ids, classes, limit=9, batch_size=4)
+    finally:
+        capture_module.SUM_FLOATS, capture_module.PIECE_FLOATS = old
+    assert reused.n_windows == fresh.n_windows == 9
+    np.testing.assert_array_equal(reused.swap_partner, fresh.swap_partner)
+    compared = 0
+    for field in ("observed", "chance", "swap", "structure", "positional"):
+        for name, value in getattr(fresh, field).items():
+            np.testing.assert_allclose(getattr(reused, field)[name], value, rtol=0, atol=1e-6, err_msg=name)
+            compared += 1
+    assert compared > 50
+    np.testing.assert_allclose(reused.mean_attn, fresh.mean_attn, rtol=0, atol=1e-6)
