@@ -25,6 +25,23 @@ def random_text(B, T, V=12, seed=1):
     return ids, lookup[ids], V
 
 
+def _tiny_capture_inputs(repeats, heads, embed, context, hidden, seed):
+    """A seeded 2-layer model on a repeated English sentence: (bundle, ids (N,), classes) for `capture`."""
+    import numpy as np
+
+    from reportgen.checkpoint import ModelBundle
+    from reportgen.classes import CharClasses
+    from reportgen.model import TransformerLM
+    from reportgen.tokenizer import CharTokenizer
+
+    text = "the cat sat on the mat. a dog ran in the fog, and the cat ran too!\n" * repeats
+    tok = CharTokenizer.from_text([text])
+    torch.manual_seed(seed)
+    model = TransformerLM(2, heads, embed, context, tok.vocab_size(), hidden, True).eval()
+    bundle = ModelBundle(model, tok, None, "", "en", {})
+    return bundle, np.array(tok.tokenize(text)), CharClasses.for_vocab(tok.vocab, "en")
+
+
 def test_fast_content_masses_equal_explicit_mask_sums():
     attn = random_attention(4, 2, 3, 24)
     ids, codes, V = random_text(4, 24)
@@ -104,18 +121,8 @@ def test_capture_gives_the_same_numbers_at_one_and_two_threads():
     import numpy as np
 
     from reportgen.capture import capture
-    from reportgen.checkpoint import ModelBundle
-    from reportgen.classes import CharClasses
-    from reportgen.model import TransformerLM
-    from reportgen.tokenizer import CharTokenizer
 
-    text = "the cat sat on the mat. a dog ran in the fog, and the cat ran too!\n" * 40
-    tok = CharTokenizer.from_text([text])
-    torch.manual_seed(0)
-    model = TransformerLM(2, 4, 32, 48, tok.vocab_size(), 64, True).eval()
-    bundle = ModelBundle(model, tok, None, "", "en", {})
-    ids = np.array(tok.tokenize(text))
-    classes = CharClasses.for_vocab(tok.vocab, "en")
+    bundle, ids, classes = _tiny_capture_inputs(40, heads=4, embed=32, context=48, hidden=64, seed=0)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -192,18 +199,9 @@ def test_capture_through_one_reused_buffer_equals_scoring_fresh_attention():
 
     from reportgen import capture as capture_module
     from reportgen.capture import capture, score_windows, window_starts
-    from reportgen.checkpoint import ModelBundle
-    from reportgen.classes import CharClasses
-    from reportgen.model import TransformerLM
-    from reportgen.tokenizer import CharTokenizer
 
-    text = "the cat sat on the mat. a dog ran in the fog, and the cat ran too!\n" * 30
-    tok = CharTokenizer.from_text([text])
-    torch.manual_seed(2)
-    model = TransformerLM(2, 2, 16, 24, tok.vocab_size(), 32, True).eval()
-    bundle = ModelBundle(model, tok, None, "", "en", {})
-    ids = np.array(tok.tokenize(text))
-    classes = CharClasses.for_vocab(tok.vocab, "en")
+    bundle, ids, classes = _tiny_capture_inputs(30, heads=2, embed=16, context=24, hidden=32, seed=2)
+    model, tok = bundle.model, bundle.tokenizer
     starts = window_starts(len(ids), 24, 9, "text")  # batches of 4, 4 and a lone window
     windows = torch.as_tensor(np.stack([ids[s:s + 24] for s in starts]))
     with torch.no_grad():
