@@ -158,7 +158,7 @@ def _row_masses(attn: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Ten
     One permuted copy of the attention and one batched product for every mask together, block by block over the
     causal keys (`_causal_blocks`; rows below SKIP in one block of their own): the same sums bit for bit (tested
     on both shipped models)."""
-    B, L, H, T, S = attn.shape
+    B, L, H, T = attn.shape[:4]
     M = len(masks)
     parts = []
     for lo, hi in [(0, SKIP), *_causal_blocks(T)]:  # each block's causal keys only: 40 % less to copy at T = 128
