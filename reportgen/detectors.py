@@ -372,8 +372,9 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     put("sink", _query_mean(attn[..., 0]), chance_row)
     entropy = _row_entropy(attn) / (positions[SKIP:] + 1).log()  # (B, L, H, T') normalised: query i has i+1 keys
     put("entropy", entropy.mean(-1), torch.ones(()))
-    lm = _layer_major(attn)  # a matrix-vector product per row, on the contiguous order: no copy
-    distance = positions - ((attn.transpose(0, 1) @ positions).transpose(0, 1) if lm else attn @ positions)  # (B, L, H, T)
+    # sum_j A[i, j] (i - j), (B, L, H, T): a matrix-vector product per row, in the contiguous order (no copy)
+    weighted = (attn.transpose(0, 1) @ positions).transpose(0, 1) if _layer_major(attn) else attn @ positions
+    distance = positions - weighted
     put("distance", _query_mean(distance), _query_mean(positions / 2))
     put("confidence", top.mean(-1), chance_row)
 

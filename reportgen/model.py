@@ -113,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         causal = self.mask[:, :N, :N] == 0  # (1, N, N)
         # Masked by adding 0 / -inf in place (scores is a fresh tensor): the same weights bit for bit as
         # masked_fill, at ~2/3 of its cost (a broadcast add streams; a masked fill reads the mask per element).
-        scores += torch.zeros(causal.shape, dtype=scores.dtype, device=scores.device).masked_fill_(causal, float("-inf"))
+        scores += torch.zeros_like(causal, dtype=scores.dtype).masked_fill_(causal, float("-inf"))
         att = torch.softmax(scores, dim=-1) if out is None else torch.softmax(scores, dim=-1, out=out)
         uniform = [h for h, (mode, _) in self._ablation.items() if mode == "uniform"]
         if uniform:
