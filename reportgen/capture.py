@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .checkpoint import ModelBundle
 from .classes import CharClasses
-from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, positional_null, swap_partners
+from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, content_chance, positional_null, swap_partners
 from .errors import ReportgenError
 from .hypotheses import positional as hypothesis_positional
 from .hypotheses import scores as hypothesis_scores
@@ -136,7 +136,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
         for attn in chunks:
             hi = lo + len(attn)
             labels = (batch[perm[lo:hi]], codes[perm[lo:hi]]) if B > 1 else None
-            stats = batch_stats(attn, batch[lo:hi], codes[lo:hi], vocab_size, labels)
+            stats = batch_stats(attn, batch[lo:hi], codes[lo:hi], vocab_size, labels, with_content_chance=False)
             obs, chance, swap = hypothesis_scores(hypotheses, attn, batch[lo:hi], codes[lo:hi], vocab, labels) \
                 if hypotheses else ({}, {}, {})
             scored = {"observed": {**stats.observed, **obs}, "chance": {**stats.chance, **chance},
@@ -168,8 +168,11 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     pos = torch.arange(T, dtype=torch.float32)[SKIP:]
     chance_sum = torch.zeros(CLASS_C, CLASS_C, dtype=torch.float64)  # float64: the same sum at any thread count
     query_count = torch.zeros(CLASS_C)
+    chances: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediates small
         chunk = windows[lo:lo + 256]
+        for name, value in content_chance(chunk, lookup[chunk], vocab_size).items():  # labels only: once per window
+            chances.setdefault(name, []).append(value)
         nulls = positional_null(mean_attn, chunk, lookup[chunk])
         if hypotheses:
             nulls.update(hypothesis_positional(hypotheses, mean_attn, chunk, lookup[chunk], vocab))
@@ -181,8 +184,11 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
         query_count += codes[:, SKIP:].sum((0, 1))
     class_chance = chance_sum / query_count.clamp_min(1).view(-1, 1)
     counts = class_count.clamp_min(1).view(1, 1, -1, 1)
+    observed, chance = gather("observed"), gather("chance")
+    L, H = mean_attn.shape[:2]
+    chance.update({n: torch.cat(v).view(W, 1, 1).expand(W, L, H).numpy().copy() for n, v in chances.items()})
     return HeadScores(
-        observed=gather("observed"), chance=gather("chance"), swap=gather("swap"), structure=gather("structure"),
+        observed=observed, chance={n: chance[n] for n in observed}, swap=gather("swap"), structure=gather("structure"),
         positional={n: np.concatenate(v) for n, v in positional.items()},
         mean_attn=mean_attn.numpy(), class_matrix=(class_matrix / counts).numpy(),
         class_chance=class_chance.numpy(), class_count=class_count.numpy(),

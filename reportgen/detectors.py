@@ -313,13 +313,21 @@ def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> 
     return out
 
 
+def content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Chance value (B,) of every content detector per window: labels only, so capture takes it for all windows
+    at once after the pass (the same numbers as per batch)."""
+    return {name: _query_mean(v) for name, v in _content_chance(ids, codes, vocab_size).items()}
+
+
 def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab_size: int,
-                partner_labels: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchStats:
+                partner_labels: tuple[torch.Tensor, torch.Tensor] | None = None,
+                with_content_chance: bool = True) -> BatchStats:
     """All detectors on one batch of attention (B, L, H, T, S) with ids and class codes (B, T).
 
     The label-swap null scores each window's attention against another window's characters: by default its
     `swap_partners` in this batch; `partner_labels` (ids, codes) (B, T) gives them explicitly, so a batch can be
-    scored in pieces with the pairing of the whole batch (then `swap_partner` in the result is empty)."""
+    scored in pieces with the pairing of the whole batch (then `swap_partner` in the result is empty). Without
+    `with_content_chance` the content detectors have no chance values here (see `content_chance`)."""
     B, L, H, T, S = attn.shape
     if T <= SKIP:
         raise ValueError(f"windows of {T} characters are too short: the first {SKIP} queries are skipped")
@@ -354,10 +362,13 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     both = _keys_product(attn, keys)  # (B, L, H, T, C or 2C)
     prod, prod_r = both[..., :CLASS_C], both[..., CLASS_C:]
     masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(partner_labels[0]) if partner_labels else ())])
-    content_chance = _content_chance(ids, codes, vocab_size)
     content = _content(attn, diags, prod, ids, codes, masses[0], masses[1])
+    chances = content_chance(ids, codes, vocab_size) if with_content_chance else {}
     for name, value in content.items():
-        put(name, _query_mean(value), _query_mean(content_chance[name]).view(B, 1, 1))
+        if with_content_chance:
+            put(name, _query_mean(value), chances[name].view(B, 1, 1))
+        else:
+            obs[name] = _query_mean(value)
     structure = {name: _query_mean(v)
                  for name, v in structure_null(content["word_start"], content["recent_space"], codes).items()}
     # Label swap: this window's attention scored against its partner window's characters.
