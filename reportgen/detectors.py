@@ -332,7 +332,10 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     if T <= SKIP:
         raise ValueError(f"windows of {T} characters are too short: the first {SKIP} queries are skipped")
     attn = attn.float()
-    if not (attn.is_contiguous() or _layer_major(attn)):
+    if attn.is_contiguous():
+        attn = attn.view(attn.shape)  # standard strides: a size-1 dim (one layer, one window) may carry any stride,
+        # and a matmul on such a tensor takes another path with other roundings
+    elif not _layer_major(attn):
         attn = attn.contiguous()  # matmuls on a permuted view are several times slower
     positions = torch.arange(T, dtype=torch.float32)
     chance_row = _query_mean(1.0 / (positions + 1))  # scalar: mean of 1/(i+1)
