@@ -147,8 +147,9 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
                     text = detok(batch[b].tolist()) if detok else ""
                     samples.append((text, attn[b - lo].numpy().copy()))
             new = attn[max(keep - lo, 0):]
-            for u in range(0, len(new), sum_unit or max(len(new), 1)):
-                summed = new[u:u + (sum_unit or len(new))].float().sum(0)
+            step = sum_unit or max(len(new), 1)
+            for u in range(0, len(new), step):
+                summed = new[u:u + step].float().sum(0)
                 attn_sum = summed if attn_sum is None else attn_sum + summed
             if keep == 0:
                 class_matrix = stats.class_matrix if class_matrix is None else class_matrix + stats.class_matrix
