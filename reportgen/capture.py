@@ -15,10 +15,11 @@ import torch.nn.functional as F
 
 from .checkpoint import ModelBundle
 from .classes import CharClasses
-from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, content_chance, positional_null, swap_partners
+from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, content_chance, swap_partners
 from .errors import ReportgenError
 from .hypotheses import positional as hypothesis_positional
 from .hypotheses import scores as hypothesis_scores
+from .nulls import positional_null
 
 LN2 = float(np.log(2.0))
 SUM_FLOATS = 16 * 16 * 128 * 128  # attention values per partial sum of the mean attention (16 windows of a 4 x 4-head,

@@ -9,7 +9,8 @@ import torch
 from .catalogue import DETECTOR
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
-from .detectors import SKIP, target_masks
+from .detectors import SKIP
+from .nulls import target_masks
 from .evidence import WorkedExample
 
 

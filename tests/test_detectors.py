@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from reportgen.classes import CLASS_NAMES
-from reportgen.detectors import SKIP, batch_stats, positional_null, target_masks
+from reportgen.detectors import SKIP, batch_stats
+from reportgen.nulls import positional_null, target_masks
 
 
 def random_attention(B, L, H, T, seed=0):
@@ -63,6 +64,21 @@ def test_positional_null_of_a_window_own_attention_equals_its_observed_value():
     assert null
     for name, value in null.items():
         torch.testing.assert_close(value, stats.observed[name], atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("L, H, T, W", [(1, 1, 9, 1), (2, 3, 24, 5), (4, 4, 128, 40)])
+def test_positional_null_of_one_key_targets_equals_the_mask_product_bit_for_bit(L, H, T, W):
+    """The last boundary and the word's first character are gathered, not multiplied by a mask: the values (and
+    the order of the mean over queries) must be those of the explicit mask product exactly."""
+    from reportgen.detectors import query_mean
+
+    mean = random_attention(1, L, H, T, seed=T)[0] * 0.7  # rows not summing to one: renormalised inside
+    ids, codes, _ = random_text(W, T, seed=W)
+    null = positional_null(mean, ids, codes)
+    rows = mean / mean.sum(-1, keepdim=True).clamp_min(1e-12)
+    for name, mask in target_masks(ids, codes, ("recent_space", "word_start")).items():
+        assert bool(mask.any())
+        assert torch.equal(null[name], query_mean(torch.einsum("lhis,wis->wlhi", rows, mask.float()))), name
 
 
 def test_uniform_attention_has_normalised_entropy_one():
