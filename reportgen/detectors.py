@@ -191,9 +191,10 @@ def _far_max(attn: torch.Tensor) -> torch.Tensor:
     return skewed.amax(-1)
 
 
-def _argmax_offsets(attn: torch.Tensor, diags: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _argmax_offsets(attn: torch.Tensor, diags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query i >= SKIP: the largest weight (B, L, H, T - SKIP) and, for k = 0..MAX_OFFSET, whether the row's
-    first largest key (`max`'s index: ties go to the lowest key) is i - k, as floats.
+    first largest key (`max`'s index: ties go to the lowest key) is i - k, as floats (MAX_OFFSET + 1, B, L, H,
+    T - SKIP); `diags` are the diagonals (`diagonals`).
 
     `max` with indices costs ~4x `amax`; the indicators follow from the maximum alone: offset k is the
     argmax when A[i, i - k] is the maximum and no earlier key (k' > k nearby, or any key beyond MAX_OFFSET)
@@ -202,27 +203,36 @@ def _argmax_offsets(attn: torch.Tensor, diags: list[torch.Tensor]) -> tuple[torc
     if S != T or attn.stride(-1) != 1 or attn.stride(-2) != S:
         return _indicators_from_max(attn)
     far = _far_max(attn)
-    near = torch.stack([d[..., SKIP:] for d in diags[:MAX_OFFSET + 1]]).amax(0)  # keys i - MAX_OFFSET .. i
+    near = diags[:MAX_OFFSET + 1, ..., SKIP:].amax(0)  # keys i - MAX_OFFSET .. i
     top = torch.maximum(far, near)  # the row's maximum over its causal keys (a maximum has no rounding)
     if not bool((top > 0).all()):
         return _indicators_from_max(attn)
+    hits = diags[:MAX_OFFSET + 1, ..., SKIP:] == top  # (K, B, L, H, T')
+    first = torch.empty_like(hits)
     earlier = far == top  # a key before i - MAX_OFFSET ties the maximum
-    indicators = [None] * (MAX_OFFSET + 1)
     for k in range(MAX_OFFSET, -1, -1):
-        hit = diags[k][..., SKIP:] == top
-        indicators[k] = (hit & ~earlier).float()
-        earlier = earlier | hit
-    return top, indicators
+        torch.logical_and(hits[k], ~earlier, out=first[k])
+        earlier |= hits[k]
+    return top, as_float(first)
 
 
-def _indicators_from_max(attn: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _indicators_from_max(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`_argmax_offsets` by `max` with indices (any attention)."""
     top, argmax = _row_max(attn)
-    offset = torch.arange(SKIP, attn.shape[-2], dtype=torch.float32) - argmax.float()
-    return top, [(offset == k).float() for k in range(MAX_OFFSET + 1)]
+    offset = torch.arange(SKIP, attn.shape[-2]) - argmax  # (B, L, H, T')
+    return top, as_float(offset == torch.arange(MAX_OFFSET + 1).view(-1, *[1] * offset.dim()))
 
 
-def _content(attn: torch.Tensor, diags: list[torch.Tensor], prod: torch.Tensor, ids: torch.Tensor,
+def diagonals(attn: torch.Tensor) -> torch.Tensor:
+    """A[i, i - k] for k = 0..max(MAX_OFFSET, NEAR), zero where i < k: (K, B, L, H, T), one tensor."""
+    B, L, H, T, _ = attn.shape
+    out = attn.new_zeros(max(MAX_OFFSET, NEAR) + 1, B, L, H, T)
+    for k in range(min(len(out), T)):
+        out[k, ..., k:] = attn.diagonal(offset=-k, dim1=-2, dim2=-1)
+    return out
+
+
+def _content(attn: torch.Tensor, diags: torch.Tensor, prod: torch.Tensor, ids: torch.Tensor,
              codes: torch.Tensor, same_mass: torch.Tensor, follows_mass: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-query masses (B, L, H, T) of every content detector.
 
@@ -327,12 +337,12 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
         chance[name] = expected.expand(B, L, H)
 
     # Fixed offsets: mass A[i, i-k] (zero-padded for i < k) and argmax rate.
-    diags = [torch.nn.functional.pad(attn.diagonal(offset=-k, dim1=-2, dim2=-1), (k, 0))
-             for k in range(max(MAX_OFFSET, NEAR) + 1)]  # each (B, L, H, T)
-    top, at_offset = _argmax_offsets(attn, diags)  # (B, L, H, T - SKIP), MAX_OFFSET + 1 of the same shape
+    diags = diagonals(attn)  # (K, B, L, H, T)
+    top, at_offset = _argmax_offsets(attn, diags)  # (B, L, H, T - SKIP), (MAX_OFFSET + 1, B, L, H, T - SKIP)
+    offset_mass, argmax_rate = query_mean(diags[:MAX_OFFSET + 1]), at_offset.mean(-1)  # (MAX_OFFSET + 1, B, L, H)
     for k in range(MAX_OFFSET + 1):
-        put(f"offset_{k}", query_mean(diags[k]), chance_row)
-        put(f"argmax_{k}", at_offset[k].mean(-1), chance_row)
+        put(f"offset_{k}", offset_mass[k], chance_row)
+        put(f"argmax_{k}", argmax_rate[k], chance_row)
 
     # Content: one matmul of attention with the keys' class one-hots, gathers, and row-wise masks.
     onehot = class_onehot(codes)  # (B, S, C)
