@@ -53,18 +53,24 @@ def _roles(m: ModelResult) -> dict[tuple[int, int], set[str]]:
     return out
 
 
-def _paired_change(d: np.ndarray, counts: dict) -> tuple[float, float, float, float]:
-    """Mean of paired per-window differences, its moving-block bootstrap CI and a two-sided paired t-test p."""
-    if len(d) not in counts:  # one resample matrix per length, shared by its detectors
-        counts[len(d)] = block_resample_counts(len(d), np.random.default_rng([counts["seed"], len(d)]),
-                                               block_length(len(d)))  # held-out windows are contiguous
-    low, high, _ = bootstrap_ci(d[:, None], counts[len(d)], bca=False)
-    sd = d.std(ddof=1)
-    if sd == 0:
-        p = 1.0 if d.mean() == 0 else 0.0
-    else:
-        p = float(2 * t_sf(abs(d.mean()) / (sd / np.sqrt(len(d))), len(d) - 1))
-    return float(d.mean()), float(low[0]), float(high[0]), p
+def _paired_changes(diffs: list[np.ndarray], seed: int) -> list[tuple[float, float, float, float]]:
+    """Per array of paired per-window differences: its mean, moving-block bootstrap CI and two-sided paired t-test
+    p. Arrays of one length share one resample matrix and one product (one matrix product for every
+    comparison instead of one per comparison)."""
+    out: list = [None] * len(diffs)
+    for n in sorted({len(d) for d in diffs}):
+        which = [k for k, d in enumerate(diffs) if len(d) == n]
+        counts = block_resample_counts(n, np.random.default_rng([seed, n]), block_length(n))  # contiguous windows
+        low, high, _ = bootstrap_ci(np.stack([diffs[k] for k in which], 1), counts, bca=False)
+        for k, lo, hi in zip(which, low, high):
+            d = diffs[k]
+            sd = d.std(ddof=1)
+            if sd == 0:
+                p = 1.0 if d.mean() == 0 else 0.0
+            else:
+                p = float(2 * t_sf(abs(d.mean()) / (sd / np.sqrt(n)), n - 1))
+            out[k] = (float(d.mean()), float(lo), float(hi), p)
+    return out
 
 
 def _unpaired_change(bx, by_) -> tuple[float, float, float, float]:
@@ -109,24 +115,26 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
                                          "(from each run's own CI), which is conservative")
         entry["paired"] = paired
         ra, rb = _roles(x), _roles(y)
-        counts: dict = {"seed": seed}
-        changes = []
+        changes, paired_diffs = [], []
         for hx, hy in zip(x.heads, y.heads):
             key = (hx.layer, hx.head)
             for name, dx in hx.detectors.items():
                 bx, by_ = dx["heldout"], hy.detectors.get(name, {}).get("heldout")
                 if by_ is None or bx.p is None or not np.isfinite(bx.mean) or not np.isfinite(by_.mean):
                     continue
-                if paired and name in wa and name in wb:
-                    d = wb[name][:, key[0], key[1]].astype(np.float64) - wa[name][:, key[0], key[1]]
-                    delta, lo, hi, p = _paired_change(d, counts)
+                if paired and name in wa and name in wb:  # its change and CI come below, with all the others
+                    paired_diffs.append((len(changes), wb[name][:, key[0], key[1]].astype(np.float64)
+                                         - wa[name][:, key[0], key[1]]))
+                    delta = lo = hi = p = float("nan")
                 else:
                     delta, lo, hi, p = _unpaired_change(bx, by_)
                 changes.append({"layer": key[0], "head": key[1], "head_name": hx.name, "detector": name,
                                 "role": DETECTOR[name].role if name in DETECTOR and DETECTOR[name].role else name,
                                 "a": bx.mean, "b": by_.mean, "change": delta, "ci_low": lo, "ci_high": hi,
                                 "p": p, "role_a": name in ra.get(key, set()), "role_b": name in rb.get(key, set())})
-                all_p.append(p)
+        for (k, _), values in zip(paired_diffs, _paired_changes([d for _, d in paired_diffs], seed)):
+            changes[k].update(zip(("change", "ci_low", "ci_high", "p"), values))
+        all_p.extend(c["p"] for c in changes)
         entry["changes"] = changes
         role = lambda names: sorted(DETECTOR[n].role if n in DETECTOR else n for n in names)
         entry["role_changes"] = [{"head_name": f"L{l}H{h}", "gained": role(rb.get((l, h), set()) - ra.get((l, h), set())),
