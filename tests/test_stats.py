@@ -181,3 +181,26 @@ def test_ranks_and_spearman_equal_scipy_stats_exactly():
         checked += 1
     assert checked == 50
     assert np.isnan(spearman(np.ones(5), np.arange(5.0))) and np.isnan(spearman(np.array([1.0, np.nan, 2]), np.arange(3.0)))
+
+
+
+def test_commands_run_openblas_on_one_thread_unless_the_user_chose(monkeypatch):
+    """With a thread per core OpenBLAS splits the bootstrap's sums by the core count (its CIs then differ between
+    machines in their last bits), so the command line pins one thread before numpy loads; a user's own
+    OPENBLAS_NUM_THREADS stays."""
+    import os
+    import subprocess
+    import sys
+
+    from reportgen.cli import _one_blas_thread
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    _one_blas_thread()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    _one_blas_thread()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+    # the CLI does it before anything imports numpy (otherwise the setting would come too late)
+    code = "import sys; import reportgen.cli; sys.exit('numpy' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
