@@ -180,15 +180,20 @@ def _row_max(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _far_max(attn: torch.Tensor) -> torch.Tensor:
     """max_{j < i - MAX_OFFSET} A[i, j] per query i >= SKIP -> (B, L, H, T - SKIP); 0 where there is no such key.
 
-    Read through a skewed view of each causal (T, T) matrix: row i of the view holds A[i, i - T + 1 .. i -
-    MAX_OFFSET - 1]; its first keys, j < 0, fall on row i - 1 past its diagonal, which are causal zeros."""
+    Read block by block (`_causal_blocks`) through a skewed view of each causal (T, T) matrix: row i of a block
+    [lo, hi) holds A[i, i - hi + 1 .. i - MAX_OFFSET - 1]; its first keys, j < 0, fall on row i - 1 past its
+    diagonal, which are causal zeros (so each block reads only as far back as its last row needs)."""
     *batch, T, S = attn.shape
-    width = T - MAX_OFFSET - 1
-    if width <= 0:
-        return attn.new_zeros(*batch, T - SKIP)
-    skewed = attn.as_strided((*batch, T - SKIP, width), (*attn.stride()[:-2], S + 1, 1),
-                             attn.storage_offset() + SKIP * (S + 1) - (T - 1))
-    return skewed.amax(-1)
+    parts = []
+    for lo, hi in _causal_blocks(T):
+        width = hi - MAX_OFFSET - 1
+        if width <= 0:
+            parts.append(attn.new_zeros(*batch, hi - lo))
+            continue
+        skewed = attn.as_strided((*batch, hi - lo, width), (*attn.stride()[:-2], S + 1, 1),
+                                 attn.storage_offset() + lo * (S + 1) - (hi - 1))
+        parts.append(skewed.amax(-1))
+    return torch.cat(parts, -1)
 
 
 def _argmax_offsets(attn: torch.Tensor, diags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,8 +267,17 @@ def _content(attn: torch.Tensor, diags: torch.Tensor, prod: torch.Tensor, ids: t
     return out
 
 
-def structure_null(word_mass: torch.Tensor, recent_mass: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-query class masses (B, L, H, T) explained by word structure: the head's own mass on the current
+def _query_means(values: dict[str, torch.Tensor], classes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`query_mean` of per-query class masses `classes` (B, L, H, T, C) in one reduction (the same sums as one class
+    at a time, tested), then of the other `values` (B, L, H, T); class detectors first."""
+    by_class = classes[..., SKIP:, :].mean(-2)  # (B, L, H, C)
+    out = {f"class_{name}": by_class[..., c] for c, name in enumerate(CLASS_NAMES)}
+    out.update({name: query_mean(v) for name, v in values.items() if name not in out})
+    return out
+
+
+def structure_null(word_mass: torch.Tensor, recent_mass: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Per-query class masses (B, L, H, T, C) explained by word structure: the head's own mass on the current
     word's first character and on the most recent boundary, counted by those keys' classes, plus the rest of
     its mass spread uniformly over the other keys. A head that reads word starts (mostly consonants in
     English) or the last space is not a consonant or space head unless it exceeds this."""
@@ -278,7 +292,7 @@ def structure_null(word_mass: torch.Tensor, recent_mass: torch.Tensor, codes: to
     rest = (1 - word_mass - recent_mass).unsqueeze(-1)  # (B, L, H, T, 1)
     null = (word_mass.unsqueeze(-1) * word_cls.view(B, 1, 1, T, CLASS_C)
             + recent_mass.unsqueeze(-1) * recent_cls.view(B, 1, 1, T, CLASS_C) + rest * share.view(B, 1, 1, T, CLASS_C))
-    return {f"class_{name}": null[..., c] for c, name in enumerate(CLASS_NAMES)}
+    return null
 
 
 def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> dict[str, torch.Tensor]:
@@ -357,18 +371,16 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(partner_labels[0]) if partner_labels else ())])
     content = _content(attn, diags, prod, ids, codes, masses[0], masses[1])
     chances = content_chance(ids, codes, vocab_size) if with_content_chance else {}
-    for name, value in content.items():
+    for name, value in _query_means(content, prod).items():
         if with_content_chance:
-            put(name, query_mean(value), chances[name].view(B, 1, 1))
+            put(name, value, chances[name].view(B, 1, 1))
         else:
-            obs[name] = query_mean(value)
-    structure = {name: query_mean(v)
-                 for name, v in structure_null(content["word_start"], content["recent_space"], codes).items()}
+            obs[name] = value
+    structure = _query_means({}, structure_null(content["word_start"], content["recent_space"], codes))
     # Label swap: this window's attention scored against its partner window's characters.
     if partner_labels is not None:
         p_ids, p_codes = partner_labels
-        swap = {name: query_mean(value) for name, value in
-                _content(attn, diags, prod_r, p_ids, p_codes, masses[2], masses[3]).items()}
+        swap = _query_means(_content(attn, diags, prod_r, p_ids, p_codes, masses[2], masses[3]), prod_r)
     else:
         swap = {k: torch.full_like(obs[k], float("nan")) for k in CONTENT_DETECTORS}
 

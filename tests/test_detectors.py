@@ -255,3 +255,19 @@ def test_capture_through_one_reused_buffer_equals_scoring_fresh_attention():
             compared += 1
     assert compared > 50
     np.testing.assert_allclose(reused.mean_attn, fresh.mean_attn, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [9, 33, 128])
+def test_class_means_in_one_reduction_equal_one_class_at_a_time(T):
+    """Class masses are averaged over queries in one call; the sums must be those of one class at a time,
+    for a tensor of its own and for a slice of a wider one (the own and label-swap classes share one product)."""
+    from reportgen.detectors import CLASS_C, _query_means, query_mean
+
+    wide = torch.rand(3, 2, 2, T, 2 * CLASS_C, generator=torch.Generator().manual_seed(T))
+    for classes in (wide[..., :CLASS_C], wide[..., CLASS_C:], wide[..., :CLASS_C].contiguous()):
+        extra = classes[..., 0] * 3
+        means = _query_means({"other": extra}, classes)
+        assert list(means)[-1] == "other" and len(means) == CLASS_C + 1
+        for c, name in enumerate(CLASS_NAMES):
+            assert torch.equal(means[f"class_{name}"], query_mean(classes[..., c])), name
+        assert torch.equal(means["other"], query_mean(extra))
