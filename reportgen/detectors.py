@@ -22,6 +22,7 @@ from .catalogue import MAX_OFFSET, NEAR
 from .classes import CLASS_NAMES
 
 SKIP = 8  # queries 0..SKIP-1 see tiny prefixes that inflate every statistic
+_TINY = 2.0 ** -149  # the smallest positive float32 (subnormal): where entropy reads a zero weight
 CLASS_C = len(CLASS_NAMES)
 
 # Detector families: how each is tested and what kind of role it can support.
@@ -164,9 +165,6 @@ def _row_entropy(attn: torch.Tensor) -> torch.Tensor:
         terms = block.clamp_min(_TINY).log_().mul_(block)  # A ln A, one temporary
         parts.append(terms.sum(-1).neg_())
     return torch.cat(parts, -1)
-
-
-_TINY = float(torch.finfo(torch.float32).smallest_normal) * float(torch.finfo(torch.float32).eps)  # 2^-149
 
 
 def _row_max(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,8 @@ from .classes import CLASS_NAMES
 from .detectors import CLASS_DETECTORS, TARGET_DETECTORS, as_float, boundary_targets, class_onehot, is_boundary, \
     query_mean
 
+ONE_KEY = ("recent_space", "word_start")  # target sets of one key per query, in `boundary_targets` order
+
 
 def target_masks(ids: torch.Tensor, codes: torch.Tensor,
                  names: tuple[str, ...] = TARGET_DETECTORS) -> dict[str, torch.Tensor]:
@@ -62,10 +64,10 @@ def positional_null(mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Ten
     # out query-major as the einsum lays out its sums (W, L, H, T) with strides (LH, H, 1, W LH), so the mean over
     # queries adds the same numbers in the same order: the values the mask product gives, bit for bit (tested).
     by_key = rows.permute(2, 3, 0, 1).reshape(T * T, -1)  # (i * S + j, L * H)
-    for name, target in zip(("recent_space", "word_start"), boundary_targets(codes)):
+    for name, target in zip(ONE_KEY, boundary_targets(codes)):
         at = (torch.arange(T) * T).view(T, 1) + target.t().clamp_min(0)  # (T, W): row i * S + key
         weight = by_key[at.reshape(-1)].view(T, W, -1) * (target.t() >= 0).unsqueeze(-1)  # (T, W, L * H)
         out[name] = query_mean(weight.permute(1, 2, 0).view(W, *rows.shape[:2], T))
-    for name, mask in target_masks(ids, codes, TARGET_DETECTORS[2:]).items():
+    for name, mask in target_masks(ids, codes, tuple(n for n in TARGET_DETECTORS if n not in ONE_KEY)).items():
         out[name] = query_mean(torch.einsum("lhis,wis->wlhi", rows, as_float(mask)))
     return {name: out[name] for name in (*CLASS_DETECTORS, *TARGET_DETECTORS)}
