@@ -11,8 +11,15 @@ import torch
 
 from .catalogue import NEAR
 from .classes import CLASS_NAMES
-from .detectors import CLASS_DETECTORS, TARGET_DETECTORS, as_float, boundary_targets, class_onehot, is_boundary, \
-    query_mean
+from .detectors import (
+    CLASS_DETECTORS,
+    TARGET_DETECTORS,
+    as_float,
+    boundary_targets,
+    class_onehot,
+    is_boundary,
+    query_mean,
+)
 
 ONE_KEY = ("recent_space", "word_start")  # target sets of one key per query, in `boundary_targets` order
 
