@@ -55,13 +55,15 @@ def _roles(m: ModelResult) -> dict[tuple[int, int], set[str]]:
 
 def _paired_changes(diffs: list[np.ndarray], seed: int) -> list[tuple[float, float, float, float]]:
     """Per array of paired per-window differences: its mean, moving-block bootstrap CI and two-sided paired t-test
-    p. Arrays of one length share one resample matrix and one product (one matrix product for every
-    comparison instead of one per comparison)."""
+    p. Arrays of one length share one resample matrix, and their CIs come from one matrix product per 256 of them
+    (not one per comparison; the chunks bound the memory of long texts)."""
     out: list = [None] * len(diffs)
     for n in sorted({len(d) for d in diffs}):
         which = [k for k, d in enumerate(diffs) if len(d) == n]
         counts = block_resample_counts(n, np.random.default_rng([seed, n]), block_length(n))  # contiguous windows
-        low, high, _ = bootstrap_ci(np.stack([diffs[k] for k in which], 1), counts, bca=False)
+        cis = [bootstrap_ci(np.stack([diffs[k] for k in which[lo:lo + 256]], 1), counts, bca=False)[:2]
+               for lo in range(0, len(which), 256)]
+        low, high = np.concatenate([c[0] for c in cis]), np.concatenate([c[1] for c in cis])
         for k, lo, hi in zip(which, low, high):
             d = diffs[k]
             sd = d.std(ddof=1)

@@ -181,3 +181,24 @@ def test_a_bad_side_b_is_reported_before_side_a_is_analysed(tmp_path, monkeypatc
     assert code == 2 and str(b) in err and len([l for l in err.splitlines() if l.startswith("error:")]) == 1
     assert "capture" not in err and not (tmp_path / "cache").exists()  # A was never analysed
     assert not (tmp_path / "d").exists()  # nothing half-written
+
+
+def test_paired_changes_in_chunks_equal_one_comparison_at_a_time():
+    """The diff bootstraps every paired comparison of one window count through one resample matrix in chunks of
+    256 columns; each CI, mean and p must be what that comparison alone gives (two window counts, > 256 each)."""
+    import numpy as np
+
+    from reportgen.diff import _paired_changes
+    from reportgen.stats import block_length, block_resample_counts, bootstrap_ci, t_sf
+
+    rng = np.random.default_rng(0)
+    diffs = [rng.normal(0.01 * (k % 7), 0.1, size=90 if k % 3 else 60) for k in range(700)]
+    diffs[5] = np.zeros(90)  # no change at all: p = 1
+    got = _paired_changes(diffs, seed=3)
+    for k in (0, 1, 5, 255, 256, 257, 511, 699):
+        d = diffs[k]
+        counts = block_resample_counts(len(d), np.random.default_rng([3, len(d)]), block_length(len(d)))
+        low, high, _ = bootstrap_ci(d[:, None], counts, bca=False)
+        p = 1.0 if d.std(ddof=1) == 0 else 2 * t_sf(abs(d.mean()) / (d.std(ddof=1) / np.sqrt(len(d))), len(d) - 1)
+        np.testing.assert_allclose(got[k], (d.mean(), low[0], high[0], p), rtol=1e-12, atol=0, err_msg=str(k))
+    assert got[5][3] == 1.0 and len(got) == 700
