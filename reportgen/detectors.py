@@ -265,11 +265,16 @@ def _content(attn: torch.Tensor, diags: torch.Tensor, prod: torch.Tensor, ids: t
     return out
 
 
+def class_query_means(classes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`query_mean` of per-query class masses (..., T, C) for every class detector, in one reduction: the same sums
+    as one class at a time (tested), ~7x faster than eight strided ones."""
+    by_class = classes[..., SKIP:, :].mean(-2)  # (..., C)
+    return {f"class_{name}": by_class[..., c] for c, name in enumerate(CLASS_NAMES)}
+
+
 def _query_means(values: dict[str, torch.Tensor], classes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`query_mean` of per-query class masses `classes` (B, L, H, T, C) in one reduction (the same sums as one class
-    at a time, tested), then of the other `values` (B, L, H, T); class detectors first."""
-    by_class = classes[..., SKIP:, :].mean(-2)  # (B, L, H, C)
-    out = {f"class_{name}": by_class[..., c] for c, name in enumerate(CLASS_NAMES)}
+    """`class_query_means` of `classes` (B, L, H, T, C), then `query_mean` of the other `values` (B, L, H, T)."""
+    out = class_query_means(classes)
     out.update({name: query_mean(v) for name, v in values.items() if name not in out})
     return out
 

@@ -17,6 +17,7 @@ from .detectors import (
     as_float,
     boundary_targets,
     class_onehot,
+    class_query_means,
     is_boundary,
     query_mean,
 )
@@ -62,11 +63,7 @@ def positional_null(mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Ten
     """
     W, T = ids.shape
     rows = mean_attn / mean_attn.sum(-1, keepdim=True).clamp_min(1e-12)  # (L, H, T, S)
-    out: dict[str, torch.Tensor] = {}
-    onehot = class_onehot(codes)  # (W, T, C)
-    per_class = torch.einsum("lhis,wsc->wlhic", rows, onehot)  # (W, L, H, T, C)
-    for c, name in enumerate(CLASS_NAMES):
-        out[f"class_{name}"] = query_mean(per_class[..., c])
+    out = class_query_means(torch.einsum("lhis,wsc->wlhic", rows, class_onehot(codes)))  # from (W, L, H, T, C)
     # One-key targets (the last boundary, the word's first character): the weight on that key, gathered, laid
     # out query-major as the einsum lays out its sums (W, L, H, T) with strides (LH, H, 1, W LH), so the mean over
     # queries adds the same numbers in the same order: the values the mask product gives, bit for bit (tested).

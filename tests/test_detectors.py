@@ -259,12 +259,16 @@ def test_capture_through_one_reused_buffer_equals_scoring_fresh_attention():
 
 @pytest.mark.parametrize("T", [9, 33, 128])
 def test_class_means_in_one_reduction_equal_one_class_at_a_time(T):
-    """Class masses are averaged over queries in one call; the sums must be those of one class at a time,
-    for a tensor of its own and for a slice of a wider one (the own and label-swap classes share one product)."""
+    """Class masses are averaged over queries in one call; the sums must be those of one class at a time, for a
+    tensor of its own, a slice of a wider one (the own and label-swap classes share one product) and the
+    positional null's einsum output (its own strides)."""
     from reportgen.detectors import CLASS_C, _query_means, query_mean
 
-    wide = torch.rand(3, 2, 2, T, 2 * CLASS_C, generator=torch.Generator().manual_seed(T))
-    for classes in (wide[..., :CLASS_C], wide[..., CLASS_C:], wide[..., :CLASS_C].contiguous()):
+    g = torch.Generator().manual_seed(T)
+    wide = torch.rand(3, 2, 2, T, 2 * CLASS_C, generator=g)
+    keys = torch.nn.functional.one_hot(torch.randint(0, CLASS_C, (3, T), generator=g), CLASS_C).float()
+    positional = torch.einsum("lhis,wsc->wlhic", torch.rand(2, 2, T, T, generator=g), keys)  # the null's layout
+    for classes in (wide[..., :CLASS_C], wide[..., CLASS_C:], wide[..., :CLASS_C].contiguous(), positional):
         extra = classes[..., 0] * 3
         means = _query_means({"other": extra}, classes)
         assert list(means)[-1] == "other" and len(means) == CLASS_C + 1
