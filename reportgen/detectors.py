@@ -237,14 +237,14 @@ def diagonals(attn: torch.Tensor) -> torch.Tensor:
 
 def _content(attn: torch.Tensor, diags: torch.Tensor, prod: torch.Tensor, ids: torch.Tensor,
              codes: torch.Tensor, same_mass: torch.Tensor, follows_mass: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-query masses (B, L, H, T) of every content detector.
+    """Per-query masses (B, L, H, T) of every target-set content detector (the class detectors' are `prod` itself).
 
     `prod` (B, L, H, T, C) is attention times the key classes of the labels being scored (the window's
     own, or another window's for the label-swap null); ids and codes (B, T) are those labels;
     `same_mass` and `follows_mass` (B, L, H, T) the attention on their `_char_masks`.
     """
     B, L, H, T, S = attn.shape
-    out = {f"class_{name}": prod[..., c] for c, name in enumerate(CLASS_NAMES)}
+    out: dict[str, torch.Tensor] = {}
     self_mass = diags[0]  # (B, L, H, T): A[i, i]
     recent, word = boundary_targets(codes)
     for name, target in (("recent_space", recent), ("word_start", word)):
@@ -274,9 +274,7 @@ def class_query_means(classes: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _query_means(values: dict[str, torch.Tensor], classes: torch.Tensor) -> dict[str, torch.Tensor]:
     """`class_query_means` of `classes` (B, L, H, T, C), then `query_mean` of the other `values` (B, L, H, T)."""
-    out = class_query_means(classes)
-    out.update({name: query_mean(v) for name, v in values.items() if name not in out})
-    return out
+    return {**class_query_means(classes), **{name: query_mean(v) for name, v in values.items()}}
 
 
 def structure_null(word_mass: torch.Tensor, recent_mass: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -379,7 +377,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
             put(name, value, chances[name].view(B, 1, 1))
         else:
             obs[name] = value
-    structure = _query_means({}, structure_null(content["word_start"], content["recent_space"], codes))
+    structure = class_query_means(structure_null(content["word_start"], content["recent_space"], codes))
     # Label swap: this window's attention scored against its partner window's characters.
     if partner_labels is not None:
         p_ids, p_codes = partner_labels
