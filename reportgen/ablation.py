@@ -7,6 +7,7 @@ T positions, L layers, H heads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,16 +15,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .capture import natural_probes
+from .capture import natural_probes, random_probes
 from .catalogue import roles_of
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .controls import run_controls
-from .evidence import Ablation, CausalAgreement, Contrast, Controls, Generation, RoleEffect
+from .circuits import composition
+from .evidence import Ablation, CausalAgreement, Circuit, Contrast, Controls, Generation, RoleEffect, Writes
 from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
 from .languages import LANGUAGE
 from .results import Finding
+from .writes import head_writes
 from .stats import average_ranks, bootstrap_ci, resample_counts, spearman
 
 if TYPE_CHECKING:
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 LN2 = float(np.log(2.0))
 MAX_ROLE_EFFECTS = 8  # role heads whose single ablation is shown prediction by prediction
+COMPOSITION_WINDOWS = 24  # held-out windows (and probes) on which each earlier head is removed for composition
+RESAMPLE_DRAWS = 2  # donor windows per resample ablation (paired: each window's Δ averages its draws)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class CausalEvidence:
     generation: Generation | None
     role_effects: list[RoleEffect]
     baseline_ci: tuple[float, float]
+    writes: list[Writes]
+    circuit: Circuit | None
 
 
 RESUME_BYTES = 256 * 2 ** 20  # most memory kept for resuming forward passes at an ablated head's layer
@@ -58,7 +65,7 @@ def nll_bits(model, windows: torch.Tensor, batch_size: int = 64,
     (layer, `layer_inputs(...)` of the same windows) each batch's pass starts at that layer from its stored
     input: an ablation at that layer leaves the layers below it unchanged, so the result is the same bit for bit."""
     out = []
-    for k, batch in enumerate(windows.split(batch_size)):
+    for k, batch in enumerate(batches(windows, batch_size)):
         if resume is None:
             logits = model(batch[:, :-1])  # (B, T-1, V)
         else:
@@ -74,7 +81,13 @@ def layer_inputs(model, windows: torch.Tensor, batch_size: int = 64) -> list[lis
     size = 4 * windows.shape[0] * (windows.shape[1] - 1) * cfg.embed_size * cfg.n_layers
     if size > RESUME_BYTES:
         return None
-    return [model.layer_inputs(batch[:, :-1]) for batch in windows.split(batch_size)]
+    return [model.layer_inputs(batch[:, :-1]) for batch in batches(windows, batch_size)]
+
+
+def batches(windows: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, ...]:
+    """Windows in near-equal batches of at most `batch_size` (never a lone window after a full batch: resample
+    ablation takes a window's donor from its own batch)."""
+    return torch.tensor_split(windows, max(1, -(-len(windows) // batch_size)))
 
 
 @torch.no_grad()
@@ -91,7 +104,7 @@ def head_means(model, windows: torch.Tensor, batch_size: int = 64) -> dict[tuple
             sums[l] = sums.get(l, 0) + out.sum((0, 2))
         hooks.append(attn.register_forward_pre_hook(hook))
     try:
-        for batch in windows.split(batch_size):
+        for batch in batches(windows, batch_size):
             model(batch[:, :-1])
             count += batch[:, :-1].numel()
     finally:
@@ -106,11 +119,29 @@ def _contrast_values(delta: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return (delta * mask).sum(1) / mask.sum(1) - (delta * ~mask).sum(1) / (~mask).sum(1)
 
 
+def median_other(d: np.ndarray) -> np.ndarray:
+    """Per head, window by window, the contrast of the median *other* head (heads ranked by mean contrast; the
+    mean of the two middle ones for an even count): (heads, W) from d (heads, W). Two layer-0 heads whose removal
+    breaks everything cannot drag a median the way they drag a mean."""
+    n = len(d)
+    order = np.argsort(d.mean(1), kind="stable")
+    out = np.empty_like(d)
+    for h in range(n):
+        others = order[order != h]
+        if len(others) == 0:
+            out[h] = np.nan
+            continue
+        mid = (len(others) - 1) / 2
+        out[h] = 0.5 * (d[others[int(np.floor(mid))]] + d[others[int(np.ceil(mid))]])
+    return out
+
+
 def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[float, float]]],
                rng: np.random.Generator) -> list[dict[str, Contrast]]:
-    """Per head, each targeted contrast with a paired CI and its specificity: the head's contrast minus the
-    mean contrast of all heads, window by window, with a CI. Any ablation hurts more at hard positions; a
-    role predicts that *this* head's ablation does so more than the others'."""
+    """Per head, each targeted contrast (Δ where the role predicts minus Δ elsewhere, per window) with a paired CI,
+    and its specificity: the head's contrast minus the median other head's, window by window, with a CI. Any
+    ablation hurts more at hard positions; a role predicts that *this* head's ablation does so more than a
+    typical other head's."""
     n_heads = len(next(iter(values.values())))
     out: list[dict[str, Contrast]] = [{} for _ in range(n_heads)]
     for name, per_head in values.items():
@@ -119,10 +150,10 @@ def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[
         if ok.sum() < 5:
             continue
         d = d[:, ok]
-        spec = d - d.mean(0)
+        spec = d - median_other(d) if n_heads > 1 else np.full_like(d, np.nan)
         counts = resample_counts(d.shape[1], rng)
         low, high, _ = bootstrap_ci(d.T, counts)
-        s_low, s_high, _ = bootstrap_ci(spec.T, counts)
+        s_low, s_high, _ = bootstrap_ci(spec.T, counts) if n_heads > 1 else (low * np.nan, high * np.nan, None)
         for h in range(n_heads):
             target, rest = means[name][h]
             out[h][name] = Contrast(target, rest, float(d[h].mean()), float(low[h]), float(high[h]), int(ok.sum()),
@@ -130,22 +161,43 @@ def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[
     return out
 
 
+def standout(c: Contrast | None) -> bool:
+    """The rule for "specific": the raw contrast's CI lies above 0 and so does the paired difference from the
+    median other head's contrast."""
+    return (c is not None and c.ci_low > 0 and c.specificity_ci_low is not None
+            and math.isfinite(c.specificity_ci_low) and c.specificity_ci_low > 0)
+
+
+def _ablated(model, key: tuple[int, int], mode: str, data: torch.Tensor, stored, means, draws: int) -> np.ndarray:
+    """Per-position loss (W, T) with one head ablated; a resample is averaged over `draws` donors (shifts 1..)."""
+    shifts = range(1, draws + 1) if mode == "resample" else (1,)
+    total = 0.0
+    for shift in shifts:
+        with model.ablate({key: mode}, means=means, shift=shift):
+            total = total + nll_bits(model, data, resume=(key[0], stored) if stored else None).numpy()
+    return total / len(shifts)
+
+
 def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
-                 classes: CharClasses, rng: np.random.Generator, mode: str = "mean",
+                 classes: CharClasses, rng: np.random.Generator, mode: str = "resample",
                  on_head=None, means: dict | None = None, baseline_ci: list | None = None,
-                 extra_masks: dict[str, np.ndarray] | None = None) -> tuple[float, list[Ablation]]:
+                 extra_masks: dict[str, np.ndarray] | None = None, second: str | None = None,
+                 draws: int = RESAMPLE_DRAWS) -> tuple[float, list[Ablation]]:
     """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
 
-    Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head.
-    The baseline's 95% CI over windows is appended to `baseline_ci` when one is passed.
+    Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head. `mode` gives
+    the primary Δ, its CI, per-class changes and targeted contrasts ('resample': the head's output from `draws`
+    other windows at the same positions, averaged; paired with the unablated loss window by window); `second`
+    (e.g. 'mean') adds that mode's overall Δ with its CI as a second column. The baseline's 95% CI over windows
+    is appended to `baseline_ci` when one is passed.
     Targeted contrasts: `in_word` (predicting letters inside a word after its first: where knowing the word
     start helps), `after_punct` (predicting right after punctuation), `second_copy` (the second copy of a
-    repeated passage).
+    repeated passage), and per predicted class `class:<name>` (is this class where the head matters most?).
     """
     model = bundle.model
     cfg = model.config
     baseline_ci = [] if baseline_ci is None else baseline_ci
-    if mode == "mean" and means is None:
+    if "mean" in (mode, second) and means is None:
         means = head_means(model, windows)
     base = nll_bits(model, windows).numpy()  # (W, T)
     base_probe = nll_bits(model, probes).numpy()  # (P, T-1)
@@ -157,33 +209,46 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     in_word[:, 1:] &= ~np.isin(input_codes[:, :-1], boundary_codes)  # the input is not the word's first letter
     masks = {"in_word": in_word, "after_punct": input_codes == CLASS_NAMES.index("punctuation"),
              **(extra_masks or {})}  # e.g. the queries each of your hypotheses is about
-    second = np.zeros(base_probe.shape, dtype=bool)
-    second[:, period:] = True  # predicting positions period+1.. : inside the second copy
-    rows, values, target_means = [], {k: [] for k in [*masks, "second_copy"]}, {k: [] for k in [*masks, "second_copy"]}
+    class_masks = {f"class:{CLASS_NAMES[c]}": target_codes == c for c in range(len(CLASS_NAMES))
+                   if (target_codes == c).sum() >= 20}
+    copy = np.zeros(base_probe.shape, dtype=bool)
+    copy[:, period:] = True  # predicting positions period+1.. : inside the second copy
+    names = [*masks, "second_copy", *class_masks]
+    rows, values, target_means = [], {k: [] for k in names}, {k: [] for k in names}
     stored = layer_inputs(model, windows), layer_inputs(model, probes)  # layers below an ablated head: as they were
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
-            with model.ablate({(l, h): mode}, means=means):
-                abl = nll_bits(model, windows, resume=(l, stored[0]) if stored[0] else None).numpy()
-                abl_probe = nll_bits(model, probes, resume=(l, stored[1]) if stored[1] else None).numpy()
-            delta = abl - base  # (W, T)
+            delta = _ablated(model, (l, h), mode, windows, stored[0], means, draws) - base  # (W, T)
+            delta_probe = _ablated(model, (l, h), mode, probes, stored[1], means, draws) - base_probe
             per_window = delta.mean(1)
             low, high, _ = bootstrap_ci(per_window[:, None], rng)
             by_class = {CLASS_NAMES[c]: float(delta[target_codes == c].mean())
                         for c in range(len(CLASS_NAMES)) if (target_codes == c).sum() >= 20}
-            for name, (dl, mask) in {**{k: (delta, m) for k, m in masks.items()},
-                                     "second_copy": (abl_probe - base_probe, second)}.items():
+            for name, (dl, mask) in {**{k: (delta, m) for k, m in {**masks, **class_masks}.items()},
+                                     "second_copy": (delta_probe, copy)}.items():
                 values[name].append(_contrast_values(dl, mask))
                 target_means[name].append((float(dl[mask].mean()) if mask.any() else float("nan"),
                                            float(dl[~mask].mean()) if (~mask).any() else float("nan")))
-            rows.append((l, h, float(per_window.mean()), float(low[0]), float(high[0]), by_class))
+            alt = None
+            if second:
+                alt_window = (_ablated(model, (l, h), second, windows, stored[0], means, draws) - base).mean(1)
+                alt_low, alt_high, _ = bootstrap_ci(alt_window[:, None], rng)
+                alt = (float(alt_window.mean()), float(alt_low[0]), float(alt_high[0]))
+            rows.append((l, h, float(per_window.mean()), float(low[0]), float(high[0]), by_class, alt))
             if on_head:
                 on_head()
     contrasts = _contrasts(values, target_means, rng)
     low, high, _ = bootstrap_ci(base.mean(1)[:, None], rng)
     baseline_ci.extend([float(low[0]), float(high[0])])
-    return float(base.mean()), [Ablation(l, h, f"L{l}H{h}", d, lo, hi, by, c)
-                                for (l, h, d, lo, hi, by), c in zip(rows, contrasts)]
+    out = []
+    for (l, h, d, lo, hi, by, alt), c in zip(rows, contrasts):
+        targeted = {k: v for k, v in c.items() if not k.startswith("class:")}
+        per_class = {k.removeprefix("class:"): v for k, v in c.items() if k.startswith("class:")}
+        out.append(Ablation(l, h, f"L{l}H{h}", d, lo, hi, by, targeted, mode=mode,
+                            ablated_bits_per_char=float(base.mean()) + d, class_contrasts=per_class,
+                            **({} if alt is None else dict(second_mode=second, second_delta=alt[0],
+                                                          second_ci_low=alt[1], second_ci_high=alt[2]))))
+    return float(base.mean()), out
 
 
 def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) -> CausalEvidence:
@@ -207,7 +272,7 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
              for h in cfg.hypotheses if h.has_query}
     baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
                                    on_head=lambda: progress.advance(task), means=means, baseline_ci=baseline_ci,
-                                   extra_masks=extra)
+                                   extra_masks=extra, second="mean")
     controls = run_controls(prep, cfg, index, stats, rng, progress)
     # Generation with the strongest role heads removed.
     role_heads = []
@@ -223,8 +288,33 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     effects = [role_predictions(bundle, passage, f.layer, f.head, f.role, means,
                                 example=worked_example(bundle, classes, passage, f.layer, f.head, f.pattern))
                for f in [f for f in a.findings if f.primary][:MAX_ROLE_EFFECTS]]
-    return CausalEvidence("mean", len(windows), baseline, heads, controls, generation,
-                          [e for e in effects if e is not None], tuple(baseline_ci))
+    writes, circuit = mechanisms(a, windows[:, :-1], rng, progress)
+    return CausalEvidence("resample", len(windows), baseline, heads, controls, generation,
+                          [e for e in effects if e is not None], tuple(baseline_ci), writes, circuit)
+
+
+def mechanisms(a: "ModelAnalysis", windows: torch.Tensor, rng: np.random.Generator,
+               progress) -> tuple[list[Writes], Circuit]:
+    """What each main-role head writes, and which earlier heads feed its role (on held-out windows (W, T))."""
+    prep = a.prep
+    model, classes = prep.bundle.model, prep.classes
+    primary = [f for f in a.findings if f.primary]
+    writes = head_writes(model, windows, classes, [(f.layer, f.head) for f in primary], rng)
+    T = windows.shape[1]
+    probes = {}
+    if any(f.pattern == "probe_natural" for f in primary):
+        nat, period = natural_probes(prep.ids["heldout"], COMPOSITION_WINDOWS, T)
+        probes["probe_natural"] = (torch.as_tensor(nat), period)
+    if any(f.pattern == "probe_random" for f in primary):
+        rand, period = random_probes(classes, COMPOSITION_WINDOWS, T, rng)
+        probes["probe_random"] = (torch.as_tensor(rand), period)
+    targets = [(f.layer, f.head, f.pattern) for f in primary if f.layer >= 1]
+    sources = max((l for l, _, _ in targets), default=0) * model.config.n_heads
+    task = progress.add_task(f"{prep.spec.label}: composition", total=sources)
+    sample = windows[:COMPOSITION_WINDOWS]
+    circuit = composition(model, sample, torch.as_tensor(classes.lookup())[sample], targets, probes,
+                          prep.bundle.tokenizer.vocab_size(), rng, on_step=lambda: progress.advance(task))
+    return writes, circuit
 
 
 def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) -> CausalAgreement | None:
@@ -249,4 +339,4 @@ def causal_agreement(found: list[Finding], ablation: list[Ablation], seed: int) 
     boots = np.where(np.isfinite(boots), boots, 0.0)  # a resample with no variation shows no association
     return CausalAgreement(rho, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5)), len(ablation),
                            "largest held-out effect among the head's replicated roles (0 if none)",
-                           "Δ bits/char when the head is mean-ablated", degenerate)
+                           "Δ bits/char when the head is resample-ablated", degenerate)

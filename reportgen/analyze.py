@@ -297,7 +297,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         ablation_mode=causal.mode, ablation_windows=causal.windows, baseline_bits_per_char=causal.baseline,
         baseline_ci_low=causal.baseline_ci[0], baseline_ci_high=causal.baseline_ci[1],
         ablation=causal.heads, controls=causal.controls, generation=causal.generation,
-        role_effects=causal.role_effects,
+        role_effects=causal.role_effects, writes=causal.writes, circuit=causal.circuit,
         causal_agreement=causal_agreement(a.findings, causal.heads, seed))
     return ModelResult(
         label=prep.spec.label, language=split.language,

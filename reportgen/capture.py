@@ -18,8 +18,10 @@ from .classes import CharClasses
 from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, content_chance, swap_partners
 from .errors import ReportgenError
 from .hypotheses import positional as hypothesis_positional
+from .hypotheses import query_shares
 from .hypotheses import scores as hypothesis_scores
 from .nulls import positional_null
+from .profiles import char_chance
 
 LN2 = float(np.log(2.0))
 SUM_FLOATS = 16 * 16 * 128 * 128  # attention values per partial sum of the mean attention (16 windows of a 4 x 4-head,
@@ -44,6 +46,8 @@ class HeadScores:
     window_starts: np.ndarray  # (W,) character offsets of the windows in the text
     swap_partner: np.ndarray  # (W,) index of the window whose characters each window's label-swap null used
     samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (text, attn (L, H, T, T))
+    profiles: dict[str, np.ndarray] = field(default_factory=dict)  # `profiles.profile_stats` per window (W, ...),
+    # with char_chance (W, V) and char_class (V,)
 
     @property
     def n_windows(self) -> int:
@@ -122,6 +126,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     is summed `sum_unit` windows at a time (default: a piece at a time).
     """
     lookup = torch.as_tensor(classes.lookup())
+    shares = query_shares(hypotheses, windows, lookup[windows], vocab) if hypotheses else {}  # per query it is about
     parts, samples = [], []
     attn_sum = class_matrix = class_count = None
     previous = None
@@ -138,10 +143,11 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
             hi = lo + len(attn)
             labels = (batch[perm[lo:hi]], codes[perm[lo:hi]]) if B > 1 else None
             stats = batch_stats(attn, batch[lo:hi], codes[lo:hi], vocab_size, labels, with_content_chance=False)
-            obs, chance, swap = hypothesis_scores(hypotheses, attn, batch[lo:hi], codes[lo:hi], vocab, labels) \
-                if hypotheses else ({}, {}, {})
+            obs, chance, swap, structure = hypothesis_scores(hypotheses, attn, batch[lo:hi], codes[lo:hi], vocab,
+                                                             labels, shares) if hypotheses else ({}, {}, {}, {})
             scored = {"observed": {**stats.observed, **obs}, "chance": {**stats.chance, **chance},
-                      "swap": {**stats.swap, **swap}, "structure": stats.structure}
+                      "swap": {**stats.swap, **swap}, "structure": {**stats.structure, **structure},
+                      "profiles": stats.profiles}
             parts.append((scored, slice(max(keep - lo, 0), None)))  # rows of new windows, concatenated once at the end
             for b in range(max(lo, keep), hi):
                 if len(samples) < n_samples and (keep == 0 or b == keep):
@@ -173,11 +179,12 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     chances: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, W, 256):  # chunks keep the (W, L, H, T, C) intermediates small
         chunk = windows[lo:lo + 256]
+        chances.setdefault("char_chance", []).append(char_chance(chunk, vocab_size))
         for name, value in content_chance(chunk, lookup[chunk], vocab_size).items():  # labels only: once per window
             chances.setdefault(name, []).append(value)
         nulls = positional_null(mean_attn, chunk, lookup[chunk])
         if hypotheses:
-            nulls.update(hypothesis_positional(hypotheses, mean_attn, chunk, lookup[chunk], vocab))
+            nulls.update(hypothesis_positional(hypotheses, mean_attn, chunk, lookup[chunk], vocab, shares))
         for name, value in nulls.items():
             positional.setdefault(name, []).append(value.numpy())
         codes = class_onehot(lookup[chunk])  # (w, T, C)
@@ -188,13 +195,15 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     counts = class_count.clamp_min(1).view(1, 1, -1, 1)
     observed, chance = gather("observed"), gather("chance")
     L, H = mean_attn.shape[:2]
+    profiles = {**gather("profiles"), "char_chance": torch.cat(chances.pop("char_chance")).numpy(),
+                "char_class": lookup.numpy()}
     chance.update({n: torch.cat(v).view(W, 1, 1).expand(W, L, H).numpy().copy() for n, v in chances.items()})
     return HeadScores(
         observed=observed, chance={n: chance[n] for n in observed}, swap=gather("swap"), structure=gather("structure"),
         positional={n: np.concatenate(v) for n, v in positional.items()},
         mean_attn=mean_attn.numpy(), class_matrix=(class_matrix / counts).numpy(),
         class_chance=class_chance.numpy(), class_count=class_count.numpy(),
-        window_starts=np.asarray(starts), swap_partner=np.concatenate(partners), samples=samples,
+        window_starts=np.asarray(starts), swap_partner=np.concatenate(partners), samples=samples, profiles=profiles,
     )
 
 

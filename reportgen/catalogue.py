@@ -9,7 +9,7 @@ one `Detector` entry plus its computation in `detectors.py`; adding a language o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from .classes import CLASS_NAMES
@@ -26,9 +26,9 @@ NEAR = 8  # punctuation within this many characters back counts as "near"
 class Rule:
     """An effect-size rule: which summary fields must pass which thresholds.
 
-    `kind` picks the sentence shape: 'mass' (CI bound of a mass), 'argmax' (share of queries),
-    'content' (gain over the stricter of the positional and label-swap nulls), 'probe' (mass on
-    the induction target, gain over the positional null).
+    `kind` picks the sentence shape: 'mass' (CI bound of a mass, tested against uniform chance), 'argmax'
+    (share of queries), 'content' (gain over the strictest of its `nulls`), 'probe' (mass on the induction
+    target, gain over the positional null). `scope` ends the sentence (what the values are per).
     """
 
     kind: str
@@ -43,15 +43,14 @@ class Rule:
     rare_below: float | None = None
     rare_lift_ci_low_at_least: float = 2.0
     rare_gain_ci_low_at_least: float = 0.02
-    lift_ci_low_at_least: float | None = None  # kind "lift": the whole rule besides q
+    nulls: tuple[str, ...] = ("positional", "label-swap")  # kind "content": the nulls besides uniform chance
+    scope: str = ""
 
     def holds(self, f: Mapping[str, float]) -> bool:
         """Whether one head's summary fields on one split pass every threshold (NaN fails)."""
         if not _passes(f, [(self.ci_low_above, "ci_low", False), (self.mean_at_least, "mean", True),
                            (self.q_below, "q", None)]):
             return False
-        if self.lift_ci_low_at_least is not None:
-            return _passes(f, [(self.lift_ci_low_at_least, "lift_ci_low", True)])
         if _passes(f, [(self.gain_ci_low_at_least, "gain_ci_low", True)]):
             return True
         return (self.rare_below is not None and _passes(f, [(self.rare_below, "chance", None)]) and
@@ -60,26 +59,24 @@ class Rule:
 
     def text(self) -> str:
         """The rule as one sentence for results.json and the methods table, from the thresholds above."""
-        cite = f" ({self.cite})" if self.cite else ""
+        cite = (f" ({self.cite})" if self.cite else "") + self.scope
         if self.kind == "argmax":
             return f"{self.target} for >= {self.mean_at_least:.0%} of queries{cite}"
-        if self.kind == "lift":
-            return (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
-                    f"bound of the ratio to the stricter of them >= {self.lift_ci_low_at_least:g}, on the queries the "
-                    f"hypothesis is about{cite}")
         if self.kind == "content":
-            text = (f"q < {self.q_below:g} against uniform, positional and label-swap nulls, and the lower 95% CI "
-                    f"bound of the mass above the stricter of the positional and label-swap nulls >= "
+            nulls = ", ".join(self.nulls[:-1]) + f" and {self.nulls[-1]}" if len(self.nulls) > 1 else self.nulls[0]
+            text = (f"q < {self.q_below:g} against uniform, {nulls} nulls, and the lower 95% CI bound of the mass "
+                    f"above the {'stricter' if len(self.nulls) == 2 else 'strictest'} of the {nulls} nulls >= "
                     f"{self.gain_ci_low_at_least:.2f}")
             if self.rare_below is not None:
-                text += (f"; for a class under {self.rare_below:.0%} of keys by chance, instead: lower 95% CI bounds "
+                text += (f"; for targets under {self.rare_below:.0%} of keys by chance, instead: lower 95% CI bounds "
                          f"of the ratio to that null >= {self.rare_lift_ci_low_at_least:g} and of the mass above it "
                          f">= {self.rare_gain_ci_low_at_least:.2f}")
             return text + cite
         if self.kind == "probe":
             return (f"{self.target}: lower 95% CI bound > {self.ci_low_above:g}, q < {self.q_below:g}, and >= "
                     f"{self.gain_ci_low_at_least:.2f} above the head's positional null{cite}")
-        return f"lower 95% CI bound of {self.target} > {self.ci_low_above:g} and q < {self.q_below:g}{cite}"
+        return (f"lower 95% CI bound of {self.target} > {self.ci_low_above:g} and q < {self.q_below:g} against uniform "
+                f"chance{cite}")
 
 
 def _passes(f: Mapping[str, float], checks) -> bool:
@@ -140,8 +137,9 @@ FAMILIES: tuple[Family, ...] = (
            "rather than a linguistic pattern.", positional=True),
     Family("other class", "Attention to rare symbols usually reflects their rarity rather than a linguistic role.",
            compared=False),
-    Family("your hypotheses", "", "A hypothesis of yours is tested like the built-in detectors; its lift compares "
-           "the head with the strictest null on the queries the hypothesis is about.", compared=False),
+    Family("your hypotheses", "", "A hypothesis of yours is judged like the built-in detectors that read the same "
+           "kind of keys (a fixed offset, characters or a class, a regex), with their nulls and rule, on the queries "
+           "it is about.", compared=False),
 )
 FAMILY = {f.name: f for f in FAMILIES}
 
@@ -175,7 +173,7 @@ class Detector:
     @property
     def content(self) -> bool:
         """Scored against positional and label-swap nulls as well as uniform chance."""
-        return self.kind in ("class", "target", "hypothesis")
+        return self.kind in ("class", "target") or self.kind == "hypothesis" and self.rule.kind == "content"
 
     @property
     def causal_target(self) -> str | None:
@@ -187,7 +185,8 @@ COPYING = ("An induction head reads what followed an earlier occurrence of the c
            "better prediction of a repeated passage, that is copying: continuing a name or phrase already seen.")
 _MASS = dict(ci_low_above=0.5)
 _CONTENT = Rule("content", "", gain_ci_low_at_least=0.10)
-_CLASS = Rule("content", "", gain_ci_low_at_least=0.10, rare_below=0.10)
+_CLASS = Rule("content", "", gain_ci_low_at_least=0.10, rare_below=0.10,
+              nulls=("positional", "label-swap", "word-structure"))
 _PROBE = Rule("probe", "mass on the token after the earlier copy", ci_low_above=0.3, gain_ci_low_at_least=0.10,
               cite="Olsson et al. 2022")
 _COMPARE = frozenset({"scores", "compare"})
@@ -263,13 +262,33 @@ BUILTIN: tuple[Detector, ...] = _detectors()
 DETECTORS: list[Detector] = list(BUILTIN)
 DETECTOR = {d.name: d for d in DETECTORS}
 ROLE_DETECTORS: list[Detector] = [d for d in DETECTORS if d.rule is not None]
-_HYPOTHESIS = Rule("lift", "", lift_ci_low_at_least=2.0)  # per-query ratio: not diluted by queries it is not about
+
+
+def hypothesis_keys(h: Mapping) -> str:
+    """Which built-in detectors a hypothesis (its settings; an absent key = None) is judged like: 'offset'
+    (key_offset: the fixed-offset detectors), 'class' (key_class, key_chars: the class detectors) or 'target'
+    (key_regex: the target-set detectors such as word_start)."""
+    if h.get("key_offset") is not None:
+        return "offset"
+    return "target" if h.get("key_regex") is not None else "class"
+
+
+def hypothesis_rule(h: Mapping) -> Rule:
+    """A hypothesis' rule: the rule of the built-in detectors it is judged like (`hypothesis_keys`), applied to its
+    values per query it is about. With every query and the keys of a built-in detector (`key_offset = 1`,
+    `key_class = "vowel"`) it has that detector's numbers, so the same verdict."""
+    keys = hypothesis_keys(h)
+    scope = ("" if not any(h.get(k) is not None for k in ("query_chars", "query_class", "query_regex")) else
+             "; every value per query the hypothesis is about, pooled over them")
+    if keys == "offset":
+        return Rule("mass", f"the mass on i-{h['key_offset']}", **_MASS, scope=scope)
+    return replace(_CLASS if keys == "class" else _CONTENT, scope=scope)
 
 
 def hypothesis_detector(h: Mapping) -> Detector:
     """The detector of one hypothesis (given as its settings: name, description, ...)."""
     return Detector(f"hyp_{h['name']}", "hypothesis", f"your hypothesis: {h['description']}", "your hypotheses",
-                    f"{h['name'].replace('_', ' ')} head (your hypothesis)", _HYPOTHESIS, frozenset())
+                    f"{h['name'].replace('_', ' ')} head (your hypothesis)", hypothesis_rule(h), frozenset())
 
 
 def run_detectors(settings: Mapping) -> list[Detector]:
@@ -305,16 +324,42 @@ def roles_of(split, layer: int, head: int) -> list[Detector]:
 
     A positional role (strongest key at a fixed offset) is given only when nothing else explains the head:
     not when a content role holds (identity-driven self-attention is not positional) nor when the same head
-    already has a fixed-offset mass role (one phenomenon, counted once).
+    already has a fixed-offset mass role (one phenomenon, counted once). Your hypotheses' roles leave the built-in
+    ones as they are (they are reported apart).
     """
     out = []
     for d in ROLE_DETECTORS:
         values = split.values.get(d.name)
         if values is not None and d.rule.holds({k: float(v[layer, head]) for k, v in values.items()}):
             out.append(d)
-    if any(d.kind != "argmax" for d in out):
+    if any(d.kind not in ("argmax", "hypothesis") for d in out):
         out = [d for d in out if d.kind != "argmax"]
     return out
+
+
+# Olsson et al. (2022) define an induction head by its attention on repeated *random* sequences; a head whose
+# induction pattern holds on natural text only (word structure helps there) copies natural text.
+COPYING_ROLES = {"induction": "copying head (natural text)", "probe_natural": "copying head (repeated passages)"}
+
+
+def role_label(d: Detector, random_repeats: bool) -> str:
+    """The role label of a detector whose rule holds for a head: the one place labels are decided. Natural-text
+    induction roles are called "induction head" only when the head also passes the repeated-random-sequence rule
+    (`random_repeats`), else "copying head"."""
+    return d.role if random_repeats else COPYING_ROLES.get(d.name, d.role)
+
+
+def article(phrase: str) -> str:
+    """'an' or 'a' before a phrase by its first sound as written ('an offset-2 head', 'a vowel head',
+    'an L1H0 …', 'an 8-…')."""
+    w = phrase.strip()
+    if not w:
+        return "a"
+    if w[0] in "aeiouAEIOU":
+        return "an"
+    if w[0] in "18" or (w[0] in "FHLMNRSX" and (len(w) == 1 or not w[1].islower())):  # initialisms: "an L1H0"
+        return "an"
+    return "a"
 
 
 def linguistic_note(key: str, code: str | None, vocab: str | None = None) -> str:

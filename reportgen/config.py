@@ -71,6 +71,7 @@ class RunConfig:
     n_probes: int = 64
     ablation_windows: int = 64  # held-out windows for head ablation (0 = skip the causal stage)
     control_windows: int = 64  # windows for the random-init and shuffled-text controls
+    control_draws: int = 8  # random-init models drawn (seeded); the control's ceiling is their high end
     timeline_windows: int = 64  # held-out windows per sibling checkpoint for the emergence timeline (0 = skip)
     batch_size: int = 32
     oov: str = "error"
@@ -94,6 +95,7 @@ class RunConfig:
         return {"seed": self.seed, "train_windows": self.train_windows, "heldout_windows": self.heldout_windows,
                 "n_probes": self.n_probes, "oov": self.oov, "class_overrides": self.class_overrides,
                 "ablation_windows": self.ablation_windows, "control_windows": self.control_windows,
+                "control_draws": self.control_draws,
                 "timeline_windows": self.timeline_windows, **({"vowels": self.vowels} if self.vowels else {}),
                 **({"hypotheses": [vars(h) for h in self.hypotheses]} if self.hypotheses else {}),
                 # accelerators round differently: their numbers are cached apart (CPU keys stay as they were)
@@ -118,6 +120,7 @@ def default_models() -> tuple[ModelSpec, ...]:
 LIMITS = {
     "seed": (int, 0, 2 ** 32 - 1), "train_windows": (int, 2, 100_000), "heldout_windows": (int, 2, 1_000_000),
     "n_probes": (int, 2, 4096), "ablation_windows": (int, 0, 10_000), "control_windows": (int, 2, 10_000),
+    "control_draws": (int, 1, 1000),
     "timeline_windows": (int, 0, 10_000), "batch_size": (int, 1, 1024),
 }
 MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text", "meta"}

@@ -14,16 +14,18 @@ from query i to key j <= i; offset k = i - j (k = 1 is the previous character).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .catalogue import MAX_OFFSET, NEAR
 from .classes import CLASS_NAMES
+from .keysets import CLASS_C, SKIP, as_float, boundary_targets, class_onehot, is_boundary, word_initial
+from .keysets import keys_product as _keys_product
+from .keysets import layer_major as _layer_major
+from .profiles import profile_stats
 
-SKIP = 8  # queries 0..SKIP-1 see tiny prefixes that inflate every statistic
 _TINY = 2.0 ** -149  # the smallest positive float32 (subnormal): where entropy reads a zero weight
-CLASS_C = len(CLASS_NAMES)
 
 # Detector families: how each is tested and what kind of role it can support.
 OFFSET_DETECTORS = tuple(f"offset_{k}" for k in range(MAX_OFFSET + 1))
@@ -45,6 +47,7 @@ class BatchStats:
     class_count: torch.Tensor  # (C,) valid queries per query class
     swap_partner: torch.Tensor  # (B,) the window whose characters each window's label-swap null used
     structure: dict[str, torch.Tensor]  # class detectors: (B, L, H) the word-structure null
+    profiles: dict[str, torch.Tensor] = field(default_factory=dict)  # per-window profiles (`profile_stats`)
 
 
 def swap_partners(B: int) -> torch.Tensor:
@@ -58,35 +61,9 @@ def swap_partners(B: int) -> torch.Tensor:
     return perm
 
 
-def _layer_major(attn: torch.Tensor) -> bool:
-    """Whether attention (B, L, H, T, S) is a view of a contiguous (L, B, H, T, S) tensor (as `TransformerLM.attention`
-    returns it) rather than contiguous itself."""
-    return not attn.is_contiguous() and attn.transpose(0, 1).is_contiguous()
-
-
-def _keys_product(attn: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """sum_j A[i, j] keys[j, f] per window: attention (B, L, H, T, S) times per-window key values (B, S, F) ->
-    (B, L, H, T, F), batch-major or layer-major as the attention is (a matmul on either needs no copy)."""
-    B, S, F = keys.shape
-    if _layer_major(attn):
-        return (attn.transpose(0, 1) @ keys.view(1, B, 1, S, F)).transpose(0, 1)
-    return attn @ keys.view(B, 1, 1, S, F)
-
-
 def query_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over valid queries (last dim, i >= SKIP): (..., T) -> (...)."""
     return x[..., SKIP:].mean(-1)
-
-
-def as_float(mask: torch.Tensor) -> torch.Tensor:
-    """A boolean tensor as 0.0 / 1.0 floats, read as bytes: torch converts bool to float element by element,
-    uint8 with vector instructions (~7x faster on a 16 MB mask; the same values)."""
-    return mask.view(torch.uint8).float()
-
-
-def class_onehot(codes: torch.Tensor) -> torch.Tensor:
-    """One-hot classes (B, T, C) as float."""
-    return torch.nn.functional.one_hot(codes, CLASS_C).float()
 
 
 def _features(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -95,23 +72,6 @@ def _features(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> torch.
     chars = torch.nn.functional.one_hot(ids, vocab_size).float()  # (B, S, V)
     prev = torch.cat([torch.zeros(B, 1, vocab_size), chars[:, :-1]], dim=1)  # (B, S, V): x_{j-1}
     return torch.cat([class_onehot(codes), chars, prev], dim=-1)
-
-
-def is_boundary(codes: torch.Tensor) -> torch.Tensor:
-    """Whether each character (B, T) is a space or a line break."""
-    return (codes == CLASS_NAMES.index("space")) | (codes == CLASS_NAMES.index("newline"))
-
-
-def boundary_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key index (B, T) of the most recent boundary before i and of the current word's start; -1 if none."""
-    B, T = codes.shape
-    boundary = is_boundary(codes)
-    pos = torch.arange(T).expand(B, T)
-    last = torch.where(boundary, pos, torch.full_like(pos, -1)).cummax(dim=1).values  # at or before i
-    recent = torch.cat([torch.full((B, 1), -1), last[:, :-1]], dim=1)  # strictly before i
-    start = torch.where(boundary, pos + 1, torch.zeros_like(pos)).cummax(dim=1).values
-    word = torch.where(boundary, torch.full_like(pos, -1), start)  # a boundary has no current word
-    return recent, word
 
 
 def _char_masks(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,25 +237,6 @@ def _query_means(values: dict[str, torch.Tensor], classes: torch.Tensor) -> dict
     return {**class_query_means(classes), **{name: query_mean(v) for name, v in values.items()}}
 
 
-def structure_null(word_mass: torch.Tensor, recent_mass: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Per-query class masses (B, L, H, T, C) explained by word structure: the head's own mass on the current
-    word's first character and on the most recent boundary, counted by those keys' classes, plus the rest of
-    its mass spread uniformly over the other keys. A head that reads word starts (mostly consonants in
-    English) or the last space is not a consonant or space head unless it exceeds this."""
-    B, T = codes.shape
-    recent, word = boundary_targets(codes)
-    onehot = class_onehot(codes)  # (B, T, C)
-    has_word, has_recent = (word >= 0).float(), (recent >= 0).float()  # (B, T)
-    word_cls = onehot.gather(1, word.clamp_min(0).unsqueeze(-1).expand(B, T, CLASS_C)) * has_word.unsqueeze(-1)
-    recent_cls = onehot.gather(1, recent.clamp_min(0).unsqueeze(-1).expand(B, T, CLASS_C)) * has_recent.unsqueeze(-1)
-    others = (torch.arange(1, T + 1) - has_word - has_recent).clamp_min(1).unsqueeze(-1)  # (B, T, 1)
-    share = (onehot.cumsum(1) - word_cls - recent_cls) / others  # (B, T, C) class share of the other keys
-    rest = (1 - word_mass - recent_mass).unsqueeze(-1)  # (B, L, H, T, 1)
-    null = (word_mass.unsqueeze(-1) * word_cls.view(B, 1, 1, T, CLASS_C)
-            + recent_mass.unsqueeze(-1) * recent_cls.view(B, 1, 1, T, CLASS_C) + rest * share.view(B, 1, 1, T, CLASS_C))
-    return null
-
-
 def _content_chance(ids: torch.Tensor, codes: torch.Tensor, vocab_size: int) -> dict[str, torch.Tensor]:
     """Per-query chance masses (B, T) under uniform causal attention: |target set| / (i + 1)."""
     B, T = ids.shape
@@ -366,9 +307,10 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
         partner = swap_partners(B)
         partner_labels = (ids[partner], codes[partner]) if B > 1 else None
     # The window's own key classes and its label-swap partner's in one product (the same numbers as two)
-    keys = onehot if partner_labels is None else torch.cat([onehot, class_onehot(partner_labels[1])], -1)
-    both = _keys_product(attn, keys)  # (B, L, H, T, C or 2C)
-    prod, prod_r = both[..., :CLASS_C], both[..., CLASS_C:]
+    # and whether each key starts a word (the word-structure null), in one product (the same numbers as three)
+    own = [onehot] if partner_labels is None else [onehot, class_onehot(partner_labels[1])]
+    both = _keys_product(attn, torch.cat([*own, word_initial(codes).float().unsqueeze(-1)], -1))  # (.., C or 2C + 1)
+    prod, prod_r, initial_mass = both[..., :CLASS_C], both[..., CLASS_C:-1], both[..., -1]
     masses = _row_masses(attn, [*_char_masks(ids), *(_char_masks(partner_labels[0]) if partner_labels else ())])
     content = _content(attn, diags, prod, ids, codes, masses[0], masses[1])
     chances = content_chance(ids, codes, vocab_size) if with_content_chance else {}
@@ -377,7 +319,7 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
             put(name, value, chances[name].view(B, 1, 1))
         else:
             obs[name] = value
-    structure = class_query_means(structure_null(content["word_start"], content["recent_space"], codes))
+    profiles, structure = profile_stats(attn, ids, codes, vocab_size, content, initial_mass)
     # Label swap: this window's attention scored against its partner window's characters.
     if partner_labels is not None:
         p_ids, p_codes = partner_labels
@@ -398,4 +340,4 @@ def batch_stats(attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voca
     valid = onehot[:, SKIP:]  # (B, T', C) query classes of valid queries
     # summed in float64: a float32 sum over windows and queries differs with the thread count in its 7th digit
     class_matrix = torch.einsum("blhic,biq->lhqc", prod[..., SKIP:, :].double(), valid.double())  # (L, H, Cq, Ck)
-    return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)), partner, structure)
+    return BatchStats(obs, chance, swap, class_matrix, valid.sum((0, 1)), partner, structure, profiles)

@@ -12,7 +12,7 @@ from .codec import optional
 @dataclass(frozen=True)
 class Contrast:
     """A targeted ablation contrast: Δ where the role should matter vs elsewhere, with a paired CI, and its
-    specificity: this head's difference minus the mean difference over all heads (window by window)."""
+    specificity: this head's difference minus the median other head's difference (window by window)."""
 
     delta_target: float
     delta_rest: float
@@ -27,7 +27,9 @@ class Contrast:
 
 @dataclass(frozen=True)
 class Ablation:
-    """One head mean-ablated: Δ bits/char with CI, per predicted class, and targeted contrasts."""
+    """One head ablated: Δ bits/char with CI (`mode`: resample, or mean in older results), per predicted class,
+    targeted contrasts and per-class contrasts (is one predicted class where the head matters most?), the loss of
+    the ablated model, and a second ablation mode's Δ with its CI."""
 
     layer: int
     head: int
@@ -37,11 +39,78 @@ class Ablation:
     ci_high: float
     by_target_class: dict[str, float]
     targeted: dict[str, Contrast]
+    mode: str | None = optional()
+    ablated_bits_per_char: float | None = optional()
+    class_contrasts: dict[str, Contrast] = field(default_factory=dict)
+    second_mode: str | None = optional()
+    second_delta: float | None = optional()
+    second_ci_low: float | None = optional()
+    second_ci_high: float | None = optional()
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What one head writes (direct logit attribution on held-out windows): the rank among the vocabulary of the
+    character at its strongest key (1 = the character it raises most), the share of queries where that character
+    is its top-1, the same share for another query's character (null) and the lower CI bound of the difference;
+    the same for the character after the strongest key; the mean direct logit per class; the verdict:
+    'copies', 'next' (raises what followed what it reads), 'class' (raises `top_class`) or 'none'."""
+
+    layer: int
+    head: int
+    head_name: str
+    windows: int
+    vocab: int
+    copy_rank: float
+    copy_top1: float
+    copy_null: float
+    copy_ci_low: float
+    copy_ci_high: float
+    next_top1: float
+    next_ci_low: float
+    class_logits: dict[str, float]
+    top_class: str | None
+    top_class_ci_low: float | None
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Composition: the change in a later head's role score when one earlier head is resample-ablated."""
+
+    source: str  # "L0H1"
+    target: str  # "L3H2"
+    detector: str  # the target head's role detector whose score is measured
+    clean: float
+    ablated: float
+    chance: float
+    cut: float  # (clean - ablated) / (clean - chance): the share of the role's excess over chance removed
+    ci_low: float  # 95% CI of (clean - ablated) over windows
+    ci_high: float
+    edge: bool  # cut >= 1/2 and ci_low > 0
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """Every (earlier head -> role head) composition measured, on `windows` held-out windows with `draws` donors."""
+
+    windows: int
+    draws: int
+    targets: list[str]
+    measured: list[Edge]
+
+    @property
+    def edges(self) -> list[Edge]:
+        return [e for e in self.measured if e.edge]
 
 
 @dataclass(frozen=True)
 class ControlResult:
-    """Roles and discoveries on one control (random-init model or shuffled text)."""
+    """Roles and discoveries on one control (random-init model or shuffled text).
+
+    The random-init control is drawn several times (`draws`, one record each); its own fields then pool the
+    draws: roles found in any draw (each tagged with its draw), tests and discoveries summed, scale and
+    entropy the median over draws, and `max_effect` the high end over draws (the ceiling trained roles meet)."""
 
     positional_roles: list[str]
     content_roles: list[str]
@@ -50,6 +119,18 @@ class ControlResult:
     max_effect: dict[str, float] = field(default_factory=dict)  # detector -> strongest effect over the heads
     scale: float | None = optional()  # random-init control: factor on the query weights matching sharpness
     median_entropy: float | None = optional()
+    draws: list[ControlResult] | None = optional()  # random-init control: each draw (absent: a single draw)
+
+    @property
+    def n_draws(self) -> int:
+        """How many random models the ceiling is taken over (1 for results from before draws were kept)."""
+        return len(self.draws) if self.draws else 1
+
+    @property
+    def draws_with_roles(self) -> int:
+        """How many draws were given at least one role."""
+        runs = self.draws or [self]
+        return sum(bool(d.positional_roles or d.content_roles) for d in runs)
 
 
 @dataclass(frozen=True)

@@ -67,10 +67,9 @@ class Explanation:
 def _what(f: Finding) -> str:
     """What the head does, in one clause built from its detector's description."""
     mean = f.heldout.mean
-    if f.pattern.startswith("hyp_"):  # your hypothesis: the per-query ratio to the strictest null is what it measures
+    if f.pattern.startswith("hyp_"):  # your hypothesis: its mass per query it is about (nulls: the strength sentence)
         return (f"on the queries your hypothesis '{f.pattern[4:]}' is about ({f.description.removeprefix('your hypothesis: ')}), "
-                f"its attention on the keys the hypothesis names is {times(f.heldout.lift)} the strictest null "
-                f"(lower CI bound {times(f.heldout.lift_ci_low)}).")
+                f"it puts {num(mean)} of its attention on the keys the hypothesis names.")
     if f.pattern.startswith("argmax_"):
         k = int(f.pattern.split("_")[1])
         where = "the query character itself" if k == 0 else "the previous character" if k == 1 else f"{k} characters back"

@@ -1,11 +1,20 @@
 """Your own hypotheses: `[[hypothesis]]` tables in the TOML settings, scored like the built-in detectors.
 
 A hypothesis names which queries it is about (characters, a character class or a regex; default all)
-and which keys they should read (characters, a class, a regex, or a fixed offset back). Its value per
-window is the head's attention on those keys summed over the matching queries, divided by all valid
-queries (queries it is not about contribute nothing to the value nor to its chance), so the ratio to
-its nulls (lift) is the per-query ratio. It gets the uniform, label-swap and positional nulls, the
-bootstrap, FDR and held-out replication of every content detector, and a relative rule (lift).
+and which keys they should read (characters, a class, a regex, or a fixed offset back). Its value is the
+head's attention on those keys per query it is about, pooled over a split: each window's sum over its
+matching queries, divided by the split's share of valid queries that match (`query_shares`), so the
+mean over windows is the mean over every matching query. The kind of keys picks the built-in detectors
+whose nulls and rule it gets (catalogue `hypothesis_keys`, `hypothesis_rule`), so a hypothesis that restates a built-in
+detector (every query; `key_offset = 1`, `key_class = "vowel"`) has its numbers and its verdict:
+
+* `key_offset`: like the fixed-offset detectors, uniform chance only (a positional or label-swap null
+  of a fixed offset contains that offset), and the mass rule;
+* `key_class`, `key_chars`: like the class detectors, the positional, label-swap and word-structure
+  nulls and the class rule (a head reading word starts or the last boundary is not a head for a set
+  of characters unless it exceeds what those keys give);
+* `key_regex`: like the target-set detectors (word start, ...), the positional and label-swap nulls and
+  their rule (a regex often marks word structure itself, so no word-structure null).
 
     [[hypothesis]]
     name = "s_reads_word_start"
@@ -21,8 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .catalogue import hypothesis_keys
 from .classes import CLASS_NAMES
-from .detectors import SKIP
+from .keysets import SKIP, boundary_targets, keys_product, word_initial
 from .errors import ReportgenError
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -45,6 +55,11 @@ class Hypothesis:
     @property
     def detector(self) -> str:
         return f"hyp_{self.name}"
+
+    @property
+    def keys(self) -> str:
+        """Which built-in detectors it is judged like: 'offset', 'class' (key_class, key_chars) or 'target'."""
+        return hypothesis_keys(vars(self))
 
     def _positions(self, chars: str | None, cls: str | None, regex: str | None, text: str,
                    codes: torch.Tensor) -> torch.Tensor | None:
@@ -81,6 +96,11 @@ class Hypothesis:
             rows.append(torch.ones(ids.shape[1], dtype=torch.bool) if q is None else q)
         return torch.stack(rows)
 
+    def key_positions(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
+        """Bool (B, S): the keys it names by content (characters, class or regex; not for `key_offset`)."""
+        return torch.stack([self._positions(self.key_chars, self.key_class, self.key_regex,
+                                            self._text(ids[b], vocab), codes[b]) for b in range(ids.shape[0])])
+
     def mask(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         """Target mask (B, T, S): query i is one the hypothesis is about and key j <= i one it should read."""
         B, T = ids.shape
@@ -89,9 +109,7 @@ class Hypothesis:
         if self.key_offset is not None:
             keys = (j == i - self.key_offset).expand(B, T, T)
         else:
-            keys = torch.stack([self._positions(self.key_chars, self.key_class, self.key_regex,
-                                                self._text(ids[b], vocab), codes[b]) for b in range(B)])
-            keys = keys.view(B, 1, T) & (j <= i)
+            keys = self.key_positions(ids, codes, vocab).view(B, 1, T) & (j <= i)
         return queries.view(B, T, 1) & keys
 
 
@@ -151,27 +169,70 @@ def _query_mean(x: torch.Tensor) -> torch.Tensor:
     return x[..., SKIP:].mean(-1)
 
 
+def query_shares(hyps, windows: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> dict[str, float]:
+    """Per hypothesis, the share of a split's valid queries (i >= SKIP; `windows` (W, T) all of its windows) that it
+    is about: 1.0 exactly when it names no queries. Its window values are divided by it (1.0 if none match)."""
+    out = {}
+    for h in hyps:
+        share = float(h.query_positions(windows, codes, vocab)[:, SKIP:].double().mean()) if h.has_query else 1.0
+        out[h.detector] = share or 1.0
+    return out
+
+
+def _structure(h: Hypothesis, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
+               queries: torch.Tensor) -> torch.Tensor:
+    """The word-structure null of a hypothesis over characters: `profiles.structure_null` (the class detectors')
+    for its key set, per query and summed over the queries it is about, `_query_mean`-ed (B, L, H). Per query:
+    the head's own mass on word-initial keys (of every word so far) and on the most recent boundary, where those
+    keys are ones it names, plus the rest of its mass spread uniformly over the other keys."""
+    B, L, H, T, _ = attn.shape
+    keys = h.key_positions(ids, codes, vocab).float()  # (B, S)
+    initial = word_initial(codes).float()  # (B, S)
+    recent, _ = boundary_targets(codes)
+    has_recent = (recent >= 0).float()
+    masses = keys_product(attn, torch.stack([initial * keys, initial], -1))  # (B, L, H, T, 2)
+    recent_mass = attn.gather(-1, recent.clamp_min(0).view(B, 1, 1, T, 1).expand(B, L, H, T, 1)).squeeze(-1)
+    recent_mass = recent_mass * has_recent.view(B, 1, 1, T)
+    recent_in = keys.gather(1, recent.clamp_min(0)) * has_recent  # (B, T) the last boundary is a named key
+    others = (torch.arange(1, T + 1) - initial.cumsum(1) - has_recent).clamp_min(1)  # (B, T)
+    share = ((keys * (1 - initial)).cumsum(1) - recent_in) / others  # (B, T) named share of the other keys
+    null = (masses[..., 0] + recent_mass * recent_in.view(B, 1, 1, T)
+            + (1 - masses[..., 1] - recent_mass) * share.view(B, 1, 1, T))
+    return _query_mean(null * queries.view(B, 1, 1, T))
+
+
 def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
-           partner_labels: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[dict, dict, dict]:
-    """Observed, chance and label-swap values (B, L, H) of every hypothesis on one batch; the swap null scores
-    each window against its partner's (ids, codes), NaN without a partner."""
+           partner_labels: tuple[torch.Tensor, torch.Tensor] | None,
+           shares: dict[str, float] | None = None) -> tuple[dict, dict, dict, dict]:
+    """Observed, chance, label-swap and word-structure values (B, L, H) of every hypothesis on one batch, per query
+    it is about (divided by its `query_shares`, default 1). The swap null scores each window against its partner's
+    (ids, codes), NaN without a partner; only hypotheses over characters and classes have a word-structure null,
+    and fixed-offset ones neither null (uniform chance only, as the fixed-offset detectors)."""
     B, L, H, T, S = attn.shape
-    obs, chance, swap = {}, {}, {}
+    obs, chance, swap, structure = {}, {}, {}, {}
     uniform = 1.0 / torch.arange(1, T + 1, dtype=torch.float32)
     for h in hyps:
+        share = (shares or {}).get(h.detector, 1.0)
         m = h.mask(ids, codes, vocab).to(attn.dtype)  # (B, T, S)
-        obs[h.detector] = _query_mean((attn * m.view(B, 1, 1, T, S)).sum(-1))
-        chance[h.detector] = _query_mean(m.sum(-1) * uniform).view(B, 1, 1).expand(B, L, H)
+        obs[h.detector] = _query_mean((attn * m.view(B, 1, 1, T, S)).sum(-1)) / share
+        chance[h.detector] = (_query_mean(m.sum(-1) * uniform) / share).view(B, 1, 1).expand(B, L, H)
+        if h.keys == "offset":
+            continue
         if partner_labels is None:
             swap[h.detector] = torch.full_like(obs[h.detector], float("nan"))
         else:
             mr = h.mask(*partner_labels, vocab).to(attn.dtype)
-            swap[h.detector] = _query_mean((attn * mr.view(B, 1, 1, T, S)).sum(-1))
-    return obs, chance, swap
+            swap[h.detector] = _query_mean((attn * mr.view(B, 1, 1, T, S)).sum(-1)) / share
+        if h.keys == "class":
+            queries = h.query_positions(ids, codes, vocab).to(attn.dtype)
+            structure[h.detector] = _structure(h, attn.float(), ids, codes, vocab, queries) / share
+    return obs, chance, swap, structure
 
 
-def positional(hyps, mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> dict:
-    """Each hypothesis under the head's mean attention pattern (renormalised rows): (W, L, H)."""
+def positional(hyps, mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
+               shares: dict[str, float] | None = None) -> dict:
+    """Each hypothesis over content (not `key_offset`) under the head's mean attention pattern (renormalised rows),
+    per query it is about: (W, L, H)."""
     rows = mean_attn / mean_attn.sum(-1, keepdim=True).clamp_min(1e-12)
     return {h.detector: _query_mean(torch.einsum("lhis,wis->wlhi", rows, h.mask(ids, codes, vocab).float()))
-            for h in hyps}
+            / (shares or {}).get(h.detector, 1.0) for h in hyps if h.keys != "offset"}

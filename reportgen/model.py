@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ABLATION_MODES = ("zero", "mean", "uniform")
+ABLATION_MODES = ("zero", "mean", "uniform", "resample")
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         mask = torch.tril(torch.ones(config.max_context_len, config.max_context_len))
         self.register_buffer("mask", mask.unsqueeze(0))  # (1, ctx, ctx)
-        # Ablation state, set only inside TransformerLM.ablate(): {head: (mode, mean (hs,) or None)}.
-        self._ablation: dict[int, tuple[str, torch.Tensor | None]] = {}
+        # Ablation state, set only inside TransformerLM.ablate(): {head: (mode, mean (hs,), donor shift or None)}.
+        self._ablation: dict[int, tuple[str, torch.Tensor | int | None]] = {}
+        self._record: list[torch.Tensor] | None = None  # set only inside TransformerLM.run_with_cache()
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, N, D) to q, k, v, each (B, H, N, hs), with one fused matmul."""
@@ -95,11 +96,17 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout.p if self.training else 0.0
             )  # (B, H, N, hs)
-        for h, (mode, mean) in self._ablation.items():
+        for h, (mode, value) in self._ablation.items():
             if mode == "zero":
                 y[:, h] = 0.0
             elif mode == "mean":
-                y[:, h] = mean.to(y.dtype)
+                y[:, h] = value.to(y.dtype)
+            elif mode == "resample":  # the head's output at the same positions of window b - shift of the batch
+                if B < 2:
+                    raise ValueError("resample ablation needs a batch of at least two windows (donors)")
+                y[:, h] = y[:, h].roll(int(value) % B or 1, dims=0)
+        if self._record is not None:
+            self._record.append(y)  # (B, H, N, hs): per-head outputs after any ablation, before the projection
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, H*hs)
         return self.proj(y), att
 
@@ -128,6 +135,12 @@ class CausalSelfAttention(nn.Module):
         the weighted sum of values and the projection."""
         q, k, _ = self._qkv(x)
         return self._weights(q, k, out)
+
+    def head_writes(self, y: torch.Tensor) -> torch.Tensor:
+        """What each head adds to the residual stream, (B, H, N, D), from per-head outputs y (B, H, N, hs): its
+        slice of the output projection (the projection's bias belongs to no head and is left out)."""
+        w = self.proj.weight.view(self.proj.out_features, self.n_heads, self.head_size)  # (D, H, hs)
+        return torch.einsum("bhns,dhs->bhnd", y, w)
 
     def head_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head outputs before the projection, (B, H, N, hs), for mean-ablation statistics."""
@@ -185,6 +198,19 @@ class Embed(nn.Module):
         N = idx.shape[1]
         pos = torch.arange(N, device=idx.device)  # (N,)
         return self.dropout(self.token_embeddings(idx) + self.position_embeddings(pos))
+
+
+@dataclass(frozen=True)
+class ActivationCache:
+    """Activations of one forward pass (`TransformerLM.run_with_cache`): per layer the residual stream entering it
+    (B, N, D), its attention (B, H, N, N) and per-head outputs before the projection (B, H, N, hs); the final
+    residual before the last LayerNorm (B, N, D) and the logits (B, N, V)."""
+
+    resid_pre: list[torch.Tensor]
+    attention: list[torch.Tensor]
+    head_outputs: list[torch.Tensor]
+    final_resid: torch.Tensor
+    logits: torch.Tensor
 
 
 class TransformerLM(nn.Module):
@@ -292,16 +318,51 @@ class TransformerLM(nn.Module):
         last.causal_attention.weights(last.layer_norm_1(x), weights[-1])
         return weights.transpose(0, 1).to(idx.device)  # (B, L, H, N, N)
 
+    @torch.no_grad()
+    def run_with_cache(self, idx: torch.Tensor) -> "ActivationCache":
+        """One forward pass that keeps what interpretability needs: the residual stream entering each layer, each
+        layer's attention and per-head outputs, the final residual and the logits (any ablation in force applies)."""
+        x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
+        resid, attn, heads = [], [], []
+        for block in self.layers:
+            resid.append(x)
+            record: list[torch.Tensor] = []
+            block.causal_attention._record = record
+            try:
+                x, att = block(x, True)
+            finally:
+                block.causal_attention._record = None
+            attn.append(att)
+            heads.append(record[0])
+        logits = self.word_prediction(self.layer_norm(x))
+        return ActivationCache(resid, attn, heads, x, logits)
+
+    def direct_logits(self, cache: "ActivationCache", layer: int) -> torch.Tensor:
+        """Direct logit attribution of every head of `layer`, (B, H, N, V): its write to the residual stream through
+        the final LayerNorm's scale (frozen at the clean pass's statistics, as TransformerLens does) and the
+        unembedding, centred over the vocabulary (only differences between logits matter)."""
+        ln = self.layer_norm
+        final = cache.final_resid  # (B, N, D)
+        scale = (final.var(-1, unbiased=False, keepdim=True) + ln.eps).rsqrt()  # (B, N, 1)
+        writes = self.layers[layer].causal_attention.head_writes(cache.head_outputs[layer])  # (B, H, N, D)
+        writes = writes - writes.mean(-1, keepdim=True)  # LayerNorm removes the mean of each vector
+        logits = (writes * scale.unsqueeze(1) * ln.weight) @ self.word_prediction.weight.T  # (B, H, N, V)
+        return logits - logits.mean(-1, keepdim=True)
+
     @contextlib.contextmanager
     def ablate(
         self,
         heads: Mapping[tuple[int, int], str],
         means: Mapping[tuple[int, int], torch.Tensor] | None = None,
+        shift: int = 1,
     ) -> Iterator["TransformerLM"]:
-        """Within the block, replace heads {(layer, head): mode} by zero, mean or uniform attention.
+        """Within the block, replace heads {(layer, head): mode} by zero, mean, uniform attention or a resample.
 
-        'mean' needs `means[(layer, head)]`, the head's mean output (hs,). Weights are never
-        modified and the ablation state is cleared on exit, even after an exception.
+        'mean' needs `means[(layer, head)]`, the head's mean output (hs,). 'resample' replaces the head's output at
+        every position by its output at the same position of another window of the same batch (window b takes
+        window b - `shift`'s, cyclically; batches need >= 2 windows): the head keeps its typical output but loses
+        the information about this window. Weights are never modified and the ablation state is cleared on
+        exit, even after an exception.
         """
         for (layer, head), mode in heads.items():
             if mode not in ABLATION_MODES:
@@ -312,8 +373,8 @@ class TransformerLM(nn.Module):
                 raise ValueError(f"mean ablation of L{layer}H{head} needs its mean output")
         try:
             for (layer, head), mode in heads.items():
-                mean = means[(layer, head)] if mode == "mean" else None
-                self.layers[layer].causal_attention._ablation[head] = (mode, mean)
+                value = means[(layer, head)] if mode == "mean" else shift if mode == "resample" else None
+                self.layers[layer].causal_attention._ablation[head] = (mode, value)
             yield self
         finally:
             for layer in self.layers:

@@ -124,10 +124,12 @@ class HypothesisRow:
 
     name: str
     description: str
+    rule: str  # the rule it is judged by (that of the built-in detectors with its kind of keys)
     head: str
     page: str
-    lift: float
-    lift_ci_low: float
+    measure: str  # what its rule bounds: the mass on its keys, or the mass above its strictest null
+    value: float
+    ci_low: float
     q: float
     found: list[str]  # heads with a replicated role for it
 
@@ -260,8 +262,8 @@ def finding_view(f: Finding, m: ModelResult) -> FindingView:
     return FindingView(f, m.label, head_file(m, f.head_name), explain(f, m))
 
 
-def model_page(m: ModelResult, figs: dict, explore: bool = False) -> ModelPage:
-    """Display data for a model page."""
+def model_page(m: ModelResult, figs: dict, explore: bool = False, detectors: dict | None = None) -> ModelPage:
+    """Display data for a model page; `detectors` by name, the run's own (default: the catalogue's)."""
     findings = [finding_view(f, m) for f in m.findings]
     roles = {(f.layer, f.head): f.role for f in m.primary}  # each head's main role
     ablation = sorted((AblationRow(a, roles.get((a.layer, a.head), "—"), head_file(m, a.head_name))
@@ -275,19 +277,23 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False) -> ModelPage:
     return ModelPage(model_file(m), m, findings, layers, absent_families(m, _rule_text()), figs[(m.label, "grid")],
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
                      max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None,
-                     hypothesis_rows(m))
+                     hypothesis_rows(m, DETECTOR if detectors is None else detectors))
 
 
-def hypothesis_rows(m: ModelResult) -> list[HypothesisRow]:
-    """Your hypotheses on this model, each with its best head by held-out lift."""
+def hypothesis_rows(m: ModelResult, detectors: dict) -> list[HypothesisRow]:
+    """Your hypotheses on this model, each with its best head on held-out text by what its rule bounds: the mass
+    above the strictest null (hypotheses over content, whose summaries have a gain) or the mass itself (fixed offset)."""
     rows = []
     for name in [d for d in (m.heads[0].detectors if m.heads else {}) if d.startswith("hyp_")]:
-        best = max(m.heads, key=lambda h: _or0(h.summary(name).lift))
-        s = best.summary(name)
+        gain = m.heads[0].summary(name).gain is not None
+        measure = (lambda s: (s.gain, s.gain_ci_low)) if gain else (lambda s: (s.mean, s.ci_low))
+        best = max(m.heads, key=lambda h: _or0(measure(h.summary(name))[0]))
         found = sorted({f.head_name for f in m.replicated if f.pattern == name})
-        description = DETECTOR[name].description.removeprefix("your hypothesis: ") if name in DETECTOR else name
-        rows.append(HypothesisRow(name[4:], description, best.name, head_file(m, best.name), s.lift, s.lift_ci_low,
-                                  s.q, found))
+        d = detectors.get(name)
+        description = d.description.removeprefix("your hypothesis: ") if d else name
+        rows.append(HypothesisRow(name[4:], description, d.rule.text() if d and d.rule else "", best.name,
+                                  head_file(m, best.name), "mass above the strictest null" if gain else "mass on its keys",
+                                  *measure(best.summary(name)), best.summary(name).q, found))
     return rows
 
 
@@ -376,7 +382,8 @@ def build_pages(run: Run, figs: dict, diff_link: bool = False, author: str = "",
            [("gallery.html", "Gallery"), ("compare.html", compare_title(models)), ("methods.html", "Methods")] +
            ([("diff/diff.html", "Checkpoint diff")] if diff_link else []))
     common = Common(nav, Footer(run.generated, run.reportgen_version, run.settings.get("seed", 0)))
-    model_pages = [model_page(m, figs, bool(passages and passages.get(m.label))) for m in models]
+    own = {d.name: d for d in run_detectors(run.settings)}  # with the run's hypotheses, also when re-rendered
+    model_pages = [model_page(m, figs, bool(passages and passages.get(m.label)), own) for m in models]
     heads = [head_page(m, h.layer, h.head, figs) for m in models for h in m.heads]
     gallery = []
     for m in models:  # the strongest head of each role (main roles only)

@@ -21,7 +21,7 @@ import numpy as np
 from .catalogue import FAMILIES, run_detectors
 from .codec import decode, encode, optional
 from .errors import ReportgenError
-from .evidence import Ablation, CausalAgreement, Controls, Generation, RoleEffect, Timeline
+from .evidence import Ablation, CausalAgreement, Circuit, Controls, Edge, Generation, RoleEffect, Timeline, Writes
 
 SCHEMA_VERSION = 3
 SPLITS = ("train", "heldout")
@@ -200,6 +200,18 @@ class ModelResult:
     timeline: Timeline | None = None
     role_effects: list[RoleEffect] = field(default_factory=list)
     slug: str = ""  # file-name-safe and unique within the run; pages are named after it
+    writes: list[Writes] = field(default_factory=list)  # role heads: what they write (direct logit attribution)
+    circuit: Circuit | None = None  # composition edges into role heads
+
+    def writes_of(self, layer: int, head: int) -> Writes | None:
+        """What the head writes, if it was measured."""
+        return next((w for w in self.writes if (w.layer, w.head) == (layer, head)), None)
+
+    def inputs_of(self, layer: int, head: int) -> list[Edge]:
+        """Earlier heads that feed this head's role (composition edges), strongest cut first."""
+        name = f"L{layer}H{head}"
+        edges = [e for e in self.circuit.edges if e.target == name] if self.circuit else []
+        return sorted(edges, key=lambda e: -e.cut)
 
     @property
     def n_layers(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .catalogue import roles_of
+from .catalogue import role_label, roles_of
 from .results import SPLITS, Finding, FindingBlock, Summary
 from .stats import SplitStats
 
@@ -14,16 +14,24 @@ def summary(split: SplitStats, detector: str, layer: int, head: int) -> Summary:
     return Summary(**{k: float(v[layer, head]) for k, v in split.values[detector].items()})
 
 
+def random_repeats(stats: dict[str, SplitStats], layer: int, head: int) -> bool:
+    """Whether a head passes the repeated-random-sequence induction rule (probe_random, Olsson et al. 2022) on
+    every split that was probed (training and held-out probe sequences): what "induction head" requires."""
+    probed = [s for s in stats.values() if "probe_random" in s.values]
+    return bool(probed) and all(any(d.name == "probe_random" for d in roles_of(s, layer, head)) for s in probed)
+
+
 def findings(stats: dict[str, SplitStats], n_layers: int, n_heads: int) -> list[Finding]:
     """Roles discovered on training windows, each with its held-out numbers; replicated and strongest first."""
     out = []
     for layer in range(n_layers):
         for head in range(n_heads):
             held = {d.name for d in roles_of(stats["heldout"], layer, head)}
+            olsson = random_repeats(stats, layer, head)
             for d in roles_of(stats["train"], layer, head):
                 train = summary(stats["train"], d.name, layer, head)
                 heldout = summary(stats["heldout"], d.name, layer, head)
-                out.append(Finding(layer, head, f"L{layer}H{head}", d.name, d.role, d.family, d.rule.text(),
+                out.append(Finding(layer, head, f"L{layer}H{head}", d.name, role_label(d, olsson), d.family, d.rule.text(),
                                    d.description, FindingBlock.of(train), FindingBlock.of(heldout),
                                    d.name in held, heldout.mean - heldout.strictest_null))
     out.sort(key=lambda f: (not f.replicated, -f.effect))
@@ -37,4 +45,5 @@ def findings(stats: dict[str, SplitStats], n_layers: int, n_heads: int) -> list[
 
 def role_labels(stats: dict[str, SplitStats], layer: int, head: int) -> dict[str, list[str]]:
     """The role labels whose rules hold for a head, per split."""
-    return {s: [d.role for d in roles_of(stats[s], layer, head)] for s in SPLITS}
+    olsson = random_repeats(stats, layer, head)
+    return {s: [role_label(d, olsson) for d in roles_of(stats[s], layer, head)] for s in SPLITS}
