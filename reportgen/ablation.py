@@ -7,7 +7,6 @@ T positions, L layers, H heads.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .controls import run_controls
 from .circuits import composition
-from .evidence import Ablation, CausalAgreement, Circuit, Contrast, Controls, Generation, RoleEffect, Writes
+from .evidence import Ablation, CausalAgreement, Circuit, Contrast, Controls, Generation, RoleEffect, Writes, standout
 from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
 from .languages import LANGUAGE
@@ -159,13 +158,6 @@ def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[
             out[h][name] = Contrast(target, rest, float(d[h].mean()), float(low[h]), float(high[h]), int(ok.sum()),
                                     float(spec[h].mean()), float(s_low[h]), float(s_high[h]))
     return out
-
-
-def standout(c: Contrast | None) -> bool:
-    """The rule for "specific": the raw contrast's CI lies above 0 and so does the paired difference from the
-    median other head's contrast."""
-    return (c is not None and c.ci_low > 0 and c.specificity_ci_low is not None
-            and math.isfinite(c.specificity_ci_low) and c.specificity_ci_low > 0)
 
 
 def _ablated(model, key: tuple[int, int], mode: str, data: torch.Tensor, stored, means, draws: int) -> np.ndarray:

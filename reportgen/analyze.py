@@ -32,7 +32,7 @@ from .languages import LANGUAGE
 from .languages import ensure as ensure_language
 from .progress import make_progress, say
 from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run, Timeline
-from .roles import findings, role_labels, summary
+from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
 from .stats import add_q_values, block_length, split_stats
 from .timeline import emergence
@@ -287,7 +287,8 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
                         {name: {s: summary(a.stats[s], name, layer, head) for s in SPLITS}
                          for name in a.stats["train"].values},
                         {k: [role_name(r, prep.split.language) for r in v]
-                         for k, v in role_labels(a.stats, layer, head).items()})
+                         for k, v in role_labels(a.stats, layer, head).items()},
+                        **profile_fields(a.stats, a.scores["heldout"].profiles, prep.bundle.tokenizer.vocab, layer, head))
              for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     probes = {name: Probe(p.period, int(len(p.observed)), p.example, float(p.loss_first.mean()),
                           float(p.loss_repeat.mean())) for name, p in a.probes.items()}
@@ -312,7 +313,18 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         class_matrix={s: ClassMatrix(list(CLASS_NAMES), a.scores[s].class_matrix, a.scores[s].class_chance,
                                      a.scores[s].class_count) for s in SPLITS},
         offset_profile={s: _offset_profile(a.scores[s].mean_attn) for s in SPLITS},
-        head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug, **causal_fields)
+        head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug,
+        unigram_bits_per_char=unigram_bits(prep.ids["heldout"]),
+        measured_bits_per_char=causal.baseline if causal is not None else _bits(prep.bundle.model, prep.ids["heldout"]),
+        **causal_fields)
+
+
+def unigram_bits(ids: np.ndarray) -> float:
+    """Bits/char of a unigram model of a text fitted to it: the plug-in entropy of its character distribution
+    (ids (N,) -> -sum p log2 p). A model no better than this has not learned to use context."""
+    p = np.bincount(ids) / len(ids)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
 
 
 def role_name(role: str, language: str) -> str:

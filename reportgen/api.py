@@ -6,6 +6,7 @@ export attention matrices.
     attn = api.attention(model, "In the beginning God created")   # (layers, heads, N, N) numpy array
     scores = api.scores(model, "In the beginning God created the heaven and the earth.")
     scores["offset_1"][0, 2]                                   # layer 0, head 2: mass on the previous character
+    dla = api.direct_logits(model, "In the beginning", 1, 0)   # (N, vocab): what L1H0 writes, per position
 
 Rows of an attention matrix are queries, columns keys: attn[l, h, i, j] is how much character i
 attends to character j <= i. Nothing here writes files except `export`.
@@ -48,6 +49,20 @@ def attention(model: ModelBundle, text: str) -> np.ndarray:
     """Attention of every layer and head on `text`: (layers, heads, N, N), rows = queries."""
     _, attn = model.model(_ids(model, text), return_attention_weights=True)  # (L, 1, H, N, N)
     return attn[:, 0].numpy()
+
+
+@torch.no_grad()
+def direct_logits(model: ModelBundle, text: str, layer: int, head: int) -> np.ndarray:
+    """What head (layer, head) writes at each position of `text`, read through the final LayerNorm's scale and the
+    unembedding: (N, vocab) logits centred over the vocabulary (direct logit attribution; models with residual
+    connections only). `np.argsort(-out[i])` ranks the characters the head raises at position i."""
+    m = model.model
+    if not m.config.with_residuals:
+        raise ReportgenError("direct logit attribution needs residual connections; this model has none")
+    if not (0 <= layer < m.config.n_layers and 0 <= head < m.config.n_heads):
+        raise ReportgenError(f"no head L{layer}H{head} in a {m.config.n_layers}x{m.config.n_heads} model")
+    cache = m.run_with_cache(_ids(model, text))
+    return m.direct_logits(cache, layer)[0, head].cpu().numpy()
 
 
 def classes(model: ModelBundle, language: str | None = None) -> CharClasses:

@@ -21,6 +21,17 @@ NEAR = 8  # punctuation within this many characters back counts as "near"
 
 # ---- role rules ---------------------------------------------------------------------------------
 
+# The class-wide gate of letter-class roles, on the per-character profile (each key character's attention mass
+# over its mass under uniform causal attention): thresholds, and the sentence `Rule.text` appends.
+WIDE_DROP = 2  # the class's members with the most mass above their chance left out
+WIDE_FREQUENT = 0.01  # members at least this share of keys by chance count as frequent
+WIDE_MEMBERS = 0.5  # share of frequent members above their own chance
+_WIDE_TEXT = (f"; and class-wide, on the per-character profile: within letters (among all keys when the class holds "
+              f"every letter), the class's share of the head's mass over its share under uniform attention has a "
+              f"lower 95% CI bound > 1 with the class's {WIDE_DROP} members with the most mass above their chance left "
+              f"out (at least one member kept), and at least {WIDE_MEMBERS:.0%} of its members that are >= "
+              f"{WIDE_FREQUENT:.0%} of keys by chance (all members if none is) are above their own share by chance")
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -45,11 +56,16 @@ class Rule:
     rare_gain_ci_low_at_least: float = 0.02
     nulls: tuple[str, ...] = ("positional", "label-swap")  # kind "content": the nulls besides uniform chance
     scope: str = ""
+    class_wide: bool = False  # letter classes: the preference must be class-wide (fields from `classwide`)
 
     def holds(self, f: Mapping[str, float]) -> bool:
-        """Whether one head's summary fields on one split pass every threshold (NaN fails)."""
+        """Whether one head's summary fields on one split pass every threshold (NaN fails; the class-wide gate
+        applies where its fields were computed)."""
         if not _passes(f, [(self.ci_low_above, "ci_low", False), (self.mean_at_least, "mean", True),
                            (self.q_below, "q", None)]):
+            return False
+        if self.class_wide and "members_share" in f and not _passes(
+                f, [(1.0, "wide_lift_ci_low", False), (WIDE_MEMBERS, "members_share", True)]):
             return False
         if _passes(f, [(self.gain_ci_low_at_least, "gain_ci_low", True)]):
             return True
@@ -71,7 +87,7 @@ class Rule:
                 text += (f"; for targets under {self.rare_below:.0%} of keys by chance, instead: lower 95% CI bounds "
                          f"of the ratio to that null >= {self.rare_lift_ci_low_at_least:g} and of the mass above it "
                          f">= {self.rare_gain_ci_low_at_least:.2f}")
-            return text + cite
+            return text + (_WIDE_TEXT if self.class_wide else "") + cite
         if self.kind == "probe":
             return (f"{self.target}: lower 95% CI bound > {self.ci_low_above:g}, q < {self.q_below:g}, and >= "
                     f"{self.gain_ci_low_at_least:.2f} above the head's positional null{cite}")
@@ -187,6 +203,9 @@ _MASS = dict(ci_low_above=0.5)
 _CONTENT = Rule("content", "", gain_ci_low_at_least=0.10)
 _CLASS = Rule("content", "", gain_ci_low_at_least=0.10, rare_below=0.10,
               nulls=("positional", "label-swap", "word-structure"))
+LETTER_CLASSES = ("vowel", "consonant", "final")  # class roles that must be class-wide (space, line break: one
+# character each; punctuation: a few marks of very unequal frequency, its profile is reported instead)
+_LETTER = replace(_CLASS, class_wide=True)
 _PROBE = Rule("probe", "mass on the token after the earlier copy", ci_low_above=0.3, gain_ci_low_at_least=0.10,
               cite="Olsson et al. 2022")
 _COMPARE = frozenset({"scores", "compare"})
@@ -223,7 +242,8 @@ def _detectors() -> tuple[Detector, ...]:
         "newline": "A line-break head reads where lines ended; in text written one sentence or verse per line this "
                    "locates the start of the current line.",
     }
-    ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c], _CLASS,
+    ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c],
+                    _LETTER if c in LETTER_CLASSES else _CLASS,
                     _COMPARE if c in compared else frozenset({"scores"}), class_notes.get(c, ""))
            for c in CLASS_NAMES]
     targets = [
@@ -347,19 +367,6 @@ def role_label(d: Detector, random_repeats: bool) -> str:
     induction roles are called "induction head" only when the head also passes the repeated-random-sequence rule
     (`random_repeats`), else "copying head"."""
     return d.role if random_repeats else COPYING_ROLES.get(d.name, d.role)
-
-
-def article(phrase: str) -> str:
-    """'an' or 'a' before a phrase by its first sound as written ('an offset-2 head', 'a vowel head',
-    'an L1H0 …', 'an 8-…')."""
-    w = phrase.strip()
-    if not w:
-        return "a"
-    if w[0] in "aeiouAEIOU":
-        return "an"
-    if w[0] in "18" or (w[0] in "FHLMNRSX" and (len(w) == 1 or not w[1].islower())):  # initialisms: "an L1H0"
-        return "an"
-    return "a"
 
 
 def linguistic_note(key: str, code: str | None, vocab: str | None = None) -> str:

@@ -4,6 +4,7 @@ between attention and ablation, and role strength across checkpoints."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .codec import optional
@@ -23,6 +24,13 @@ class Contrast:
     specificity: float | None = optional()
     specificity_ci_low: float | None = optional()
     specificity_ci_high: float | None = optional()
+
+
+def standout(c: Contrast | None) -> bool:
+    """The rule for "specific": the raw contrast's 95% CI lies above 0 and so does the paired difference from the
+    median other head's contrast."""
+    return (c is not None and c.ci_low > 0 and c.specificity_ci_low is not None
+            and math.isfinite(c.specificity_ci_low) and c.specificity_ci_low > 0)
 
 
 @dataclass(frozen=True)
@@ -226,3 +234,31 @@ class Timeline:
     heldout_bits_per_char: list[float | None]
     windows: int
     series: list[Series]
+
+
+@dataclass(frozen=True)
+class CharProfile:
+    """The per-character profile behind a class role (held-out): key characters as (character, mass, chance),
+    mass = the head's mean attention on that character, chance = its mean under uniform causal attention."""
+
+    detector: str
+    top: list[tuple[str, float, float]]  # the characters with the most mass above their chance, any class
+    members: list[tuple[str, float, float]]  # the class's frequent members, highest mass / chance first
+    letter_lift: float | None = optional()  # the class's share of letter mass over its share by chance
+    wide_lift: float | None = optional()  # the same without its most preferred members (`catalogue.WIDE_DROP`)
+    wide_lift_ci_low: float | None = optional()
+    members_above: float | None = optional()  # frequent members above their own share by chance
+    members_frequent: float | None = optional()
+
+
+@dataclass(frozen=True)
+class DistanceProfile:
+    """A role's attention on its target by how far back the target is (offsets "0" = the query itself, "1" = the
+    previous character, ..., "5+"), pooled over held-out windows; for a class role the target is the nearest
+    key of the class before the query."""
+
+    detector: str
+    offsets: list[str]
+    mass: list[float]  # mean mass on the target of the queries whose target is that far back (NaN: none)
+    queries: list[float]  # share of the queries with a target at each offset
+    share: list[float]  # share of the role's target mass from each offset

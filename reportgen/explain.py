@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .catalogue import CAUSAL_TARGETS, FAMILIES, FAMILY, family_detectors, linguistic_note
+from .catalogue import CAUSAL_TARGETS, COPYING_ROLES, DETECTOR, FAMILIES, FAMILY, family_detectors, linguistic_note
+from . import narrate
 from .results import Ablation, Finding, ModelResult
 
 
@@ -62,6 +63,8 @@ class Explanation:
     ablation: str
     controls: str = ""
     example: str = ""
+    writes: str = ""  # what its output raises (direct logit attribution)
+    inputs: str = ""  # which earlier heads feed its role, which later ones it feeds
 
 
 def _what(f: Finding) -> str:
@@ -84,8 +87,7 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
     """Sentences for one finding: what, strength, consistency, linguistics, caveats, ablation."""
     h, t = f.heldout, f.train
     windows = m.corpus.windows
-    article = "an" if f.role[0] in "aeiou" else "a"
-    what = f"{f.head_name} is {article} {f.role}: {_what(f)}"
+    what = f"{f.head_name} is {narrate.article(f.role)} {f.role}: {_what(f)}"
     strength = (f"On held-out text the mean is {num(h.mean)} (95% CI {num(h.ci_low)}–{num(h.ci_high)}), "
                 f"{times(h.times_chance)} the uniform-chance level of {num(h.chance)}.")
     if h.positional is not None:
@@ -93,6 +95,7 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
         strength += (f" Its own positional pattern alone would give {num(h.positional)}, other windows' "
                      f"characters {num(h.swap)}{structure}, so content adds {num(h.gain)} "
                      f"(lower CI bound {num(h.gain_ci_low)}).")
+    strength += random_repeats_sentence(f, m)
     if f.pattern == "duplicate":
         strength += (f" It also puts {num(m.head(f.layer, f.head).summary('offset_0').mean)} on the character "
                      f"itself.")
@@ -111,7 +114,8 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
                        f"on held-out text.")
     abl = m.ablation_of(f.layer, f.head)
     return Explanation(what, strength, consistency, _significance(f, m, abl), FAMILY[f.family].caveat,
-                       explain_ablation(f, abl), explain_controls(f, m), explain_example(f, m))
+                       narrate.explain_ablation(f, m), explain_controls(f, m), explain_example(f, m),
+                       narrate.explain_writes(f, m), narrate.explain_inputs(f, m))
 
 
 def _show(text: str) -> str:
@@ -138,13 +142,18 @@ def explain_controls(f: Finding, m: ModelResult) -> str:
     parts = []
     ceiling = c.random_init.max_effect.get(f.pattern)
     if ceiling is not None and math.isfinite(ceiling):
+        n = c.random_init.n_draws
+        who = (f"Over {n} randomly initialised models with equally sharp attention (seeded draws), the high end of "
+               f"this detector's effect is {num(ceiling)}" if n > 1 else
+               f"A randomly initialised model with equally sharp attention reaches an effect of {num(ceiling)} on "
+               f"this detector")
         if f.effect <= ceiling:
-            parts.append(f"Flagged: a randomly initialised model with equally sharp attention reaches an effect of "
-                         f"{num(ceiling)} on this detector, at least this head's {num(f.effect)}, so the role is not "
-                         f"clearly learned.")
+            reach = sum(d.max_effect.get(f.pattern, -math.inf) >= f.effect for d in c.random_init.draws or [])
+            parts.append(f"Flagged: {who[0].lower()}{who[1:]}, at least this head's {num(f.effect)}"
+                         + (f" ({reach} of {n} draws reach it)" if n > 1 else "") +
+                         ", so the role is not clearly learned.")
         else:
-            parts.append(f"A randomly initialised model with equally sharp attention reaches at most {num(ceiling)} "
-                         f"on this detector (this head: {num(f.effect)}).")
+            parts.append(f"{who} (this head: {num(f.effect)}, above it).")
     label = f"{f.head_name} {f.role}"
     kept = label in c.shuffled_text.positional_roles + c.shuffled_text.content_roles
     fam = FAMILY[f.family]
@@ -167,6 +176,21 @@ def explain_controls(f: Finding, m: ModelResult) -> str:
     return " ".join(parts)
 
 
+def random_repeats_sentence(f: Finding, m: ModelResult) -> str:
+    """For an induction-pattern role on natural text: the head's score on repeated random letters (Olsson et al.'s
+    test), and whether it passes the rule "induction head" requires (catalogue.role_label)."""
+    if f.pattern not in COPYING_ROLES or "probe_random" not in m.head(f.layer, f.head).detectors:
+        return ""
+    s, rule = m.head(f.layer, f.head).summary("probe_random"), DETECTOR["probe_random"].rule
+    passes = COPYING_ROLES[f.pattern] != f.role
+    verdict = ("it passes that test too, so it is an induction head in their sense" if passes else
+               f"it does not pass that rule (lower CI bound above {num(rule.ci_low_above)} and at least "
+               f"{num(rule.gain_ci_low_at_least)} above its positional null) on both training and held-out probes, so "
+               f"it is called a copying head, not an induction head")
+    return (f" On repeated random letters (Olsson et al.'s test) it puts {num(s.mean)} on the token after the earlier "
+            f"copy (95% CI {num(s.ci_low)}–{num(s.ci_high)}; its positional null {num(s.positional)}): {verdict}.")
+
+
 def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
     """The pattern's linguistic significance, claimed only when the evidence supports it.
 
@@ -178,6 +202,12 @@ def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
         return (f"{f.head_name} attends there, but the model does not measurably rely on it (removing it changes "
                 f"held-out loss by {signed(abl.delta_bits_per_char)} bits/char, 95% CI {signed(abl.ci_low)} to "
                 f"{signed(abl.ci_high)}), so no linguistic role is claimed.")
+    if m.ablation_mode and abl is not None and not narrate.supported(f, m):
+        why = ("removing it breaks the model rather than removing one contribution" if narrate.breaks(m, abl) else
+               "its removal does not hurt most where this role predicts" if narrate.specific(f, abl) is False else
+               f"its removal matters most when predicting {narrate.standout_classes(abl)[0][0]} characters")
+        return (f"Evidence is mixed: {f.head_name} reads where this role says, but {why} (see What breaks without "
+                f"it), so what the pattern is good for is not claimed here.")
     note = linguistic_note(f.pattern, m.language, "".join(m.classes.values()))
     if f.pattern in ("induction", "probe_random", "probe_natural"):
         probe = m.probes.get("probe_natural")
@@ -197,36 +227,6 @@ def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
     return note
 
 
-def explain_ablation(f: Finding, abl: Ablation | None) -> str:
-    """'What breaks without it': the head's ablation numbers, overall and where its role should matter."""
-    if abl is None:
-        return "This head was not ablated in this run."
-    lo, hi = abl.ci_low, abl.ci_high
-    verdict = ("the model gets measurably worse" if lo > 0 else
-               "the model gets measurably better" if hi < 0 else "there is no measurable change overall")
-    text = (f"Without {f.head_name} (mean-ablated) held-out loss changes by {signed(abl.delta_bits_per_char)} "
-            f"bits/char (95% CI {signed(lo)} to {signed(hi)}): {verdict}.")
-    target = f.pattern if f.pattern in abl.targeted else FAMILY[f.family].causal_target
-    t = abl.targeted.get(target) if target else None
-    if t and t.specificity is not None:
-        where = CAUSAL_TARGETS.get(target, "after the queries your hypothesis is about")
-        text += (f" {where.capitalize()} its removal costs {signed(t.delta_target)} vs "
-                 f"{signed(t.delta_rest)} elsewhere; compared with removing the other heads, that contrast is "
-                 f"{signed(t.specificity)} bits/char (95% CI {signed(t.specificity_ci_low)} to "
-                 f"{signed(t.specificity_ci_high)}): {specificity_verdict(t)}.")
-    elif abl.by_target_class:
-        worst = max(abl.by_target_class.items(), key=lambda kv: kv[1])
-        text += f" The largest change is when predicting {worst[0]} characters ({signed(worst[1])} bits/char)."
-    return text
-
-
-def specificity_verdict(t) -> str:
-    """Whether a targeted contrast singles this head out among all heads."""
-    if t.specificity_ci_low > 0:
-        return "specific to where its role predicts"
-    return "not specific: other heads' removal shifts the loss there as much"
-
-
 @dataclass(frozen=True)
 class Absent:
     """A family without any finding, its rule and its strongest candidate."""
@@ -236,12 +236,54 @@ class Absent:
     text: str
 
 
+@dataclass(frozen=True)
+class Subsumed:
+    """A head that meets the positional (argmax) rule on held-out text but whose positional role is not given,
+    because another role of the same head explains it (catalogue.roles_of): its offset, share and that role."""
+
+    head: str
+    offset: int
+    share: float
+    by: Finding
+
+    @property
+    def text(self) -> str:
+        where = "itself" if self.offset == 0 else f"{self.offset} back"
+        kind = "fixed-offset role" if self.by.family == "fixed offset" else "role"
+        return (f"{self.head} also meets the positional rule (strongest key {where} for {pct(self.share)} of held-out "
+                f"queries); it is subsumed by its {kind} ({self.by.role}).")
+
+
+def subsumed_positional(m: ModelResult) -> list[Subsumed]:
+    """Heads whose argmax rule holds on held-out text without a positional finding, each with the role that
+    subsumes it (its fixed-offset role at the same offset when it has one, else its main role)."""
+    positional = {(f.layer, f.head) for f in m.findings if f.family == "positional"}
+    out = []
+    for h in m.heads:
+        mine = m.findings_at(h.layer, h.head)
+        if (h.layer, h.head) in positional or not mine:
+            continue
+        for d in family_detectors("positional"):
+            block = h.detectors.get(d, {}).get("heldout")
+            if block is not None and DETECTOR[d].rule.holds(block.values()):
+                k = int(d.split("_")[1])
+                by = next((f for f in mine if f.pattern == f"offset_{k}"), next((f for f in mine if f.primary), mine[0]))
+                out.append(Subsumed(h.name, k, block.mean, by))
+    return out
+
+
 def absent_families(m: ModelResult, rules: dict[str, str]) -> list[Absent]:
-    """For each pattern family with no finding: the rule and the strongest candidate's numbers."""
+    """For each pattern family with no finding: the rule and the strongest candidate's numbers (for the positional
+    family: the heads that meet its rule but whose role another role subsumes, when there are any)."""
     found = {f.family for f in m.findings}
     out = []
     for fam in FAMILIES:
         if fam.name in found or not fam.compared:
+            continue
+        subsumed = subsumed_positional(m) if fam.name == "positional" else []
+        if subsumed:
+            out.append(Absent(fam.name, rules.get(f"argmax_{subsumed[0].offset}", ""),
+                              "No head has a positional role of its own. " + " ".join(s.text for s in subsumed)))
             continue
         best = None
         for head in m.heads:

@@ -25,7 +25,7 @@ from .explain import Absent, Explanation, absent_families, explain
 from .languages import LANGUAGE
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .stats import BLOCK, N_BOOT
-from .synthesis import Criterion, Question, conclusion, criteria, key_questions, limitations, ranked
+from .synthesis import Criterion, Question, conclusion, criteria, key_questions, limitations, model_quality, ranked
 
 CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
 MAX_HEADLINE_HEADS = 4  # headline cards per model
@@ -116,6 +116,7 @@ class ModelPage:
     cluster_threshold: float = CLUSTER_THRESHOLD
     alpha: float = ALPHA
     contrasts: tuple[tuple[str, str], ...] = tuple(CAUSAL_TARGETS.items())  # targeted-ablation columns
+    quality: str = ""  # synthesis.model_quality: said at the top when the model is no better than a unigram model
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False, detectors: dic
     return ModelPage(model_file(m), m, findings, layers, absent_families(m, _rule_text()), figs[(m.label, "grid")],
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
                      max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None,
-                     hypothesis_rows(m, DETECTOR if detectors is None else detectors))
+                     hypothesis_rows(m, DETECTOR if detectors is None else detectors), quality=model_quality(m).text)
 
 
 def hypothesis_rows(m: ModelResult, detectors: dict) -> list[HypothesisRow]:

@@ -22,6 +22,7 @@ from .catalogue import FAMILIES, run_detectors
 from .codec import decode, encode, optional
 from .errors import ReportgenError
 from .evidence import Ablation, CausalAgreement, Circuit, Controls, Edge, Generation, RoleEffect, Timeline, Writes
+from .evidence import CharProfile, DistanceProfile
 
 SCHEMA_VERSION = 3
 SPLITS = ("train", "heldout")
@@ -52,6 +53,12 @@ class Summary:
     lift: float | None = optional()  # ratio of sums: observed / the stricter of the positional and label-swap nulls
     lift_ci_low: float | None = optional()
     q: float | None = optional()
+    letter_lift: float | None = optional()  # letter classes: the class-wide gate (classwide.class_wide_fields)
+    wide_lift: float | None = optional()
+    wide_lift_ci_low: float | None = optional()
+    members_above: float | None = optional()
+    members_frequent: float | None = optional()
+    members_share: float | None = optional()
 
     def values(self) -> dict[str, float]:
         """The fields that apply, as a plain dict (what role rules read)."""
@@ -99,6 +106,9 @@ class HeadResult:
     head: int
     detectors: dict[str, dict[str, Summary]]  # detector -> split -> summary
     roles: dict[str, list[str]]  # split -> role labels
+    char_profile: CharProfile | None = optional()  # held-out, behind a class role (or a class rule failing only
+    # the class-wide gate)
+    distance_profiles: dict[str, DistanceProfile] | None = optional()  # held-out, word-structure and class roles
 
     @property
     def name(self) -> str:
@@ -202,6 +212,8 @@ class ModelResult:
     slug: str = ""  # file-name-safe and unique within the run; pages are named after it
     writes: list[Writes] = field(default_factory=list)  # role heads: what they write (direct logit attribution)
     circuit: Circuit | None = None  # composition edges into role heads
+    unigram_bits_per_char: float | None = optional()  # plug-in entropy of the held-out text's characters
+    measured_bits_per_char: float | None = optional()  # the model on held-out text (the causal baseline if run)
 
     def writes_of(self, layer: int, head: int) -> Writes | None:
         """What the head writes, if it was measured."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .catalogue import role_label, roles_of
+from .catalogue import ROLE_DETECTORS, role_label, roles_of
+from .classwide import head_profiles
 from .results import SPLITS, Finding, FindingBlock, Summary
 from .stats import SplitStats
 
@@ -47,3 +48,15 @@ def role_labels(stats: dict[str, SplitStats], layer: int, head: int) -> dict[str
     """The role labels whose rules hold for a head, per split."""
     olsson = random_repeats(stats, layer, head)
     return {s: [role_label(d, olsson) for d in roles_of(stats[s], layer, head)] for s in SPLITS}
+
+
+def profile_fields(stats: dict[str, SplitStats], profiles: dict, vocab: list[str], layer: int, head: int) -> dict:
+    """A head's held-out profile fields (`classwide.head_profiles`) for the detectors whose rule holds on either
+    split, and the class detectors whose rule fails only the class-wide gate (their per-character preference)."""
+    def held(d, s):
+        f = {k: float(v[layer, head]) for k, v in stats[s].values.get(d.name, {}).items()}
+        return bool(f) and dataclasses.replace(d.rule, class_wide=False).holds(f)
+    names = {d.name for s in SPLITS for d in roles_of(stats[s], layer, head)}
+    names |= {d.name for d in ROLE_DETECTORS if d.kind == "class" and any(held(d, s) for s in SPLITS)}
+    return head_profiles(profiles, vocab, layer, head, [d.name for d in ROLE_DETECTORS if d.name in names],
+                         stats["heldout"].values)

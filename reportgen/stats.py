@@ -17,6 +17,7 @@ import numpy as np
 from scipy import special  # not scipy.stats: its import alone costs ~0.5 s of every command
 
 from .capture import HeadScores, ProbeScores
+from .classwide import class_wide_fields
 from .detectors import CONTENT_DETECTORS
 
 N_BOOT = 2000
@@ -263,6 +264,9 @@ def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.rand
             nulls.append(flat(scores.structure[name]))
         values[name] = _fields(flat(obs), flat(scores.chance[name]), nulls, counts, name not in DESCRIPTIVE,
                                bca=block <= 1, partner=scores.swap_partner, block=block)
+    if "char_mass" in scores.profiles:  # letter classes: the class-wide gate's fields
+        for name, fields in class_wide_fields(scores.profiles, counts).items():
+            values[name].update(fields)
     for name, pr in probes.items():  # probe sequences are independent draws: resampled one by one
         values[name] = _fields(flat(pr.observed), flat(pr.chance), [flat(pr.positional)],
                                resample_counts(len(pr.observed), rng), True)

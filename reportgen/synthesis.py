@@ -7,12 +7,14 @@ one main role each; a role is called relied upon only when its ablation CI lies 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .catalogue import CAUSAL_TARGETS, FAMILIES, FAMILY
-from .explain import num, pct, signed
+from .catalogue import FAMILIES
+from .explain import num, pct, signed, subsumed_positional
+from . import narrate
 from .results import Finding, ModelResult
 
 MAX_Q1_HEADS = 6
@@ -49,20 +51,46 @@ def _cost(m: ModelResult, f: Finding) -> str:
 
 
 def specific(m: ModelResult, f: Finding) -> bool | None:
-    """Whether removing the head hurts specifically where its role predicts (None: no such test)."""
-    target = FAMILY[f.family].causal_target
-    a = m.ablation_of(f.layer, f.head)
-    t = a.targeted.get(target) if a is not None and target else None
-    return None if t is None or t.specificity_ci_low is None else t.specificity_ci_low > 0
+    """Whether removing the head hurts specifically where its role predicts (None: no such test): the raw contrast
+    and its difference from the median other head's both above 0 by CI."""
+    return narrate.specific(f, m.ablation_of(f.layer, f.head))
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Whether a model predicts its held-out text better than a unigram model of it (and than uniform guessing);
+    `text` says so when it does not (empty when it does, or when it was not measured)."""
+
+    ok: bool
+    text: str = ""
+
+
+def model_quality(m: ModelResult) -> Quality:
+    """The one test of whether a model's roles can be findings: its held-out bits/char against the unigram entropy
+    of the held-out text and against uniform guessing over its vocabulary (log2 V)."""
+    measured, unigram = m.measured_bits_per_char, m.unigram_bits_per_char
+    if measured is None or unigram is None or not (math.isfinite(measured) and math.isfinite(unigram)):
+        return Quality(True)
+    vocab = int(m.hyperparameters.get("vocab_size", 0))
+    uniform = math.log2(vocab) if vocab > 1 else math.inf
+    if measured < unigram:
+        return Quality(True)
+    than = (f"worse than uniform guessing over its {vocab} symbols ({num(uniform)}) and than" if measured >= uniform
+            else "no better than")
+    return Quality(False, f"{m.label} predicts its held-out text at {num(measured)} bits/char, {than} a unigram model "
+                          f"of the text (its character frequencies alone: {num(unigram)} bits/char). It has not learned "
+                          f"to use context, so its heads' roles describe where its attention falls, not how it models "
+                          f"the language; they are not headline findings.")
 
 
 def ranked(models: list[ModelResult]) -> list[tuple[ModelResult, Finding]]:
     """Heads with a replicated main role, best evidence first: relied upon and (where testable) specific, then
-    relied upon, then the rest; within a tier by held-out effect."""
+    relied upon, then the rest; within a tier by held-out effect. Models no better than a unigram model of their
+    text (`model_quality`) give none: their roles are not findings."""
     def tier(mf):
         r, sp = relied(*mf), specific(*mf)
         return 0 if r and sp is not False else 1 if r else 2
-    pairs = [(m, f) for m in models for f in m.primary]
+    pairs = [(m, f) for m in models if model_quality(m).ok for f in m.primary]
     return sorted(pairs, key=lambda mf: (tier(mf), -mf[1].effect))
 
 
@@ -100,7 +128,8 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
         q3.append("Roles from repeated-sequence probes are confirmed on fresh probe sequences built from held-out "
                   "text, not on held-out windows.")
     return [
-        Question("Which layer/head combinations are most interpretable?", q1 or ["No head has a replicated role."]),
+        Question("Which layer/head combinations are most interpretable?", (q1 + [model_quality(m).text for m in models if not model_quality(m).ok])
+                 or ["No head has a replicated role."]),
         Question("Which pattern types are most common?", q2),
         Question("How consistent are the patterns across inputs?", q3),
         Question("Do the patterns make linguistic sense?", _linguistic_sense(models)),
@@ -118,20 +147,29 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
     ablated = [(m, f) for m, f in heads if relied(m, f) is not None]
     if not ablated:
         return ["Ablation was not run, so whether the model relies on these patterns is untested."]
-    rely = [(m, f) for m, f in ablated if relied(m, f)]
-    out = [f"Of {len(ablated)} heads with a replicated role, {len(rely)} measurably matter when removed."]
-    if len(rely) < len(ablated):
-        out[0] += (f" For the other {len(ablated) - len(rely)} the attention pattern is real but the model does not "
-                   f"measurably use it, and no linguistic role is claimed for them.")
-    for m, f in rely:
-        target = FAMILY[f.family].causal_target
-        t = m.ablation_of(f.layer, f.head).targeted.get(target) if target else None
-        if t is None or t.specificity is None:
+    out = []
+    for m in models:
+        mine = [f for mm, f in ablated if mm is m]
+        if not mine:
             continue
-        where = "specifically " if t.specificity_ci_low > 0 else "but not specifically "
-        out.append(f"{m.label} {f.head_name} ({f.role}) matters {where}{CAUSAL_TARGETS[target]}: compared with "
-                   f"removing other heads, {signed(t.specificity)} bits/char (95% CI {signed(t.specificity_ci_low)} "
-                   f"to {signed(t.specificity_ci_high)}).")
+        good = [f for f in mine if narrate.supported(f, m)]
+        broken = [f for f in mine if narrate.breaks(m, m.ablation_of(f.layer, f.head))]
+        idle = [f for f in mine if not relied(m, f)]
+        mixed = [f for f in mine if f not in good and f not in broken and f not in idle]
+        verdict = ("yes, for most of its roles" if len(good) * 2 > len(mine) else
+                   "partly" if good else "not shown: no role's causal evidence matches what the role predicts")
+        text = f"{m.label}: {verdict}. Of {len(mine)} heads with a replicated role, {len(good)} matter where their role " \
+               f"says" + (f" ({', '.join(f'{f.head_name} {f.role}' for f in good)})" if good else "") + "."
+        if broken:
+            text += (f" Removing {', '.join(f.head_name for f in broken)} breaks the model (worse than a unigram model of "
+                     f"its text), which shows the model needs them but not for what.")
+        if mixed:
+            text += f" Mixed evidence for {', '.join(f'{f.head_name} {f.role}' for f in mixed)}: they matter, but " \
+                    f"not where their role predicts (each head page says where)."
+        if idle:
+            text += (f" {', '.join(f.head_name for f in idle)}: real attention pattern, no measurable reliance, so no "
+                     f"linguistic role is claimed.")
+        out.append(text)
     return out
 
 
@@ -146,6 +184,12 @@ def _differences(models: list[ModelResult]) -> list[str]:
                                                    f"({_layers(m, fam.name)})" for m in models))
     absent = [fam.name for fam in FAMILIES if fam.compared and
               not any(f.family == fam.name for m in models for f in m.primary)]
+    subsumed = {m.label: subsumed_positional(m) for m in models} if "positional" in absent else {}
+    if any(subsumed.values()):  # the rule is met, but as part of another role: not "absent"
+        absent.remove("positional")
+        out.append("positional: no role of its own in either model; met but subsumed by another role of the same "
+                   "head in " + "; ".join(f"{label} " + ", ".join(f"{s.head} ({s.by.role})" for s in heads)
+                                          for label, heads in subsumed.items() if heads))
     if absent:
         out.append(f"in neither model: {', '.join(absent)}")
     copying = []
@@ -157,6 +201,11 @@ def _differences(models: list[ModelResult]) -> list[str]:
                            f"bits/char ({'copies' if gain > 0 else 'no copying gain'})")
     if copying:
         out.append("Repeated held-out passages, first → second copy: " + "; ".join(copying) + ".")
+    circuits = [t for t in (circuit_text(m) for m in models) if t]
+    if circuits:
+        out.append("Circuits (composition edges, from removing each earlier head): " + " ".join(circuits)
+                   + " A difference between the models here is one training run each, not yet a property of the "
+                     "languages.")
     return out
 
 
@@ -168,8 +217,8 @@ def limitations(models: list[ModelResult]) -> list[str]:
         missed = [a for a in m.ablation if a.ci_low > 0 and (a.layer, a.head) not in primary]
         missed.sort(key=lambda a: -a.delta_bits_per_char)
         if missed:
-            out.append(f"{m.label}: heads that matter when removed but have no replicated role — "
-                       + ", ".join(f"{a.head_name} ({signed(a.delta_bits_per_char)} bits/char)" for a in missed[:4])
+            out.append(f"{m.label}: {len(missed)} heads matter when removed but have no replicated role — "
+                       + ", ".join(f"{a.head_name} ({signed(a.delta_bits_per_char)} bits/char)" for a in missed)
                        + ". The detectors do not describe what they do.")
         idle = [f for f in m.primary if relied(m, f) is False]
         if idle:
@@ -198,11 +247,15 @@ def limitations(models: list[ModelResult]) -> list[str]:
 
 
 def criteria(models: list[ModelResult], first: str) -> list[Criterion]:
-    """Success criteria of the mission as a checklist with evidence links."""
-    heads = sum(len(m.primary) for m in models)
+    """Success criteria of the mission as a checklist with evidence links (roles of a model no better than a
+    unigram model of its text do not count)."""
+    heads = sum(len(m.primary) for m in models if model_quality(m).ok)
+    poor = [m.label for m in models if not model_quality(m).ok]
+    caveat = (f"; not counted: {', '.join(poor)}, no better than a unigram model of {'its' if len(poor) == 1 else 'their'}"
+              f" text" if poor else "")
     return [
-        Criterion(heads > 0, f"Heads with a clear role identified with CIs ({heads} heads with a replicated role)",
-                  first),
+        Criterion(heads > 0, f"Heads with a clear role identified with CIs ({heads} heads with a replicated role"
+                             f"{caveat})", first),
         Criterion(True, "Every layer × head visualised on illustrative inputs and held-out passages", first),
         Criterion(True, "Significance against uniform, positional, label-swap and (for classes) word-structure nulls "
                         "with Benjamini–Hochberg FDR over all tests", "methods.html"),
@@ -213,19 +266,43 @@ def criteria(models: list[ModelResult], first: str) -> list[Criterion]:
         if all(m.ablation for m in models) else [])
 
 
+def circuit_text(m: ModelResult) -> str:
+    """The model's composition edges in one sentence, each with its role labels and the cut it measures."""
+    if m.circuit is None:
+        return ""
+    role = {f.head_name: f.role for f in m.primary}
+    edges = m.circuit.edges
+    if not edges:
+        return (f"{m.label}: no composition edge — removing any single earlier head leaves every later role head's "
+                f"score above half its excess over chance ({len(m.circuit.measured)} pairs measured).")
+    return f"{m.label}: " + "; ".join(
+        f"{e.source} ({role.get(e.source, 'no role')}) → {e.target} ({role.get(e.target, 'no role')}): without "
+        f"{e.source} its {e.detector} score falls {num(e.clean)} → {num(e.ablated)} (chance {num(e.chance)})"
+        for e in sorted(edges, key=lambda e: -e.cut)) + "."
+
+
 def conclusion(models: list[ModelResult]) -> list[str]:
-    """One sentence per model on what its heads do, best-supported roles first, with the evidence behind each."""
-    out = []
+    """Paragraphs: circuits first (what feeds what), then the roles with their evidence, then what is absent."""
+    out = [t for t in (circuit_text(m) for m in models) if t]
     for m in models:
         heads = ranked([m])
+        if not model_quality(m).ok:
+            out.append(model_quality(m).text)
+            continue
         if not heads:
             out.append(f"{m.label}: no head has a role that held on held-out text.")
             continue
-        parts = []
-        for _, f in heads:
-            r = relied(m, f)
-            support = "relied upon" if r else "not measurably relied upon" if r is False else "not ablated"
-            parts.append(f"{f.head_name} is a {f.role} ({support})")
-        out.append(f"{m.label}: " + "; ".join(parts) + f". {len(heads)} of {m.n_layers * m.n_heads} heads have a "
-                   f"replicated role.")
+        good = [f for _, f in heads if narrate.supported(f, m)]
+        rest = [f for _, f in heads if f not in good]
+        text = f"{m.label}: {len(heads)} of {m.n_layers * m.n_heads} heads have a replicated role."
+        if good:
+            text += " Supported by what breaks without them: " + "; ".join(
+                f"{f.head_name}, {narrate.article(f.role)} {f.role}" for f in good) + "."
+        if rest:
+            text += " Attention pattern only, or causal evidence that points elsewhere: " + "; ".join(
+                f"{f.head_name} ({f.role})" for f in rest) + "."
+        copies = [w.head_name for w in m.writes if w.verdict == "copies"]
+        if copies:
+            text += f" Copying heads by what they write: {', '.join(copies)}."
+        out.append(text)
     return out

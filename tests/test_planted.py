@@ -15,7 +15,8 @@ import pytest
 
 from reportgen.catalogue import BUILTIN, DETECTOR
 from reportgen.evidence import Contrast
-from reportgen.explain import explain, explain_ablation, num, pct, qval, times
+from reportgen.explain import explain, num, pct, qval, times
+from reportgen.narrate import explain_ablation
 from reportgen.pages import build_pages, head_file
 from reportgen.results import Run, read_run
 from reportgen.site import render
@@ -100,14 +101,22 @@ def test_explanation_choice_follows_the_numbers(run):
     (m,) = run.models
     f = next(f for f in m.findings if f.pattern == "class_space")
     abl = m.ablation_of(f.layer, f.head)
-    def with_contrast(lo, hi):
-        t = Contrast(0.5, 0.1, 0.4, 0.1, 0.7, 10, (lo + hi) / 2, lo, hi)
-        return dataclasses.replace(abl, targeted={"in_word": t}, ci_low=0.1, ci_high=0.2)
+    def with_contrast(lo, hi, raw=(0.4, 0.1, 0.7), **kw):
+        t = Contrast(0.5, 0.1, *raw, 10, (lo + hi) / 2, lo, hi)
+        a = dataclasses.replace(abl, targeted={"in_word": t}, ci_low=0.1, ci_high=0.2, **kw)
+        return dataclasses.replace(m, ablation=[a if x is abl else x for x in m.ablation])
     assert "specific to where its role predicts" in explain_ablation(f, with_contrast(0.1, 0.7))
     assert "not specific" in explain_ablation(f, with_contrast(-0.7, -0.1))
     assert "not specific" in explain_ablation(f, with_contrast(-0.1, 0.7))
     assert "measurably worse" in explain_ablation(f, with_contrast(0.1, 0.7))
-    assert explain_ablation(f, None) == "This head was not ablated in this run."
+    # costs less at its role's positions than elsewhere: never specific, however it compares with the median head
+    cheaper = explain_ablation(f, with_contrast(0.1, 0.7, raw=(-0.03, -0.05, -0.01)))
+    assert "specific to" not in cheaper and "costs less there than elsewhere" in cheaper
+    broken = with_contrast(0.1, 0.7, ablated_bits_per_char=9.0)
+    if broken.unigram_bits_per_char is not None:  # the ablated model is worse than a unigram model of its text
+        assert "removing it breaks the model" in explain_ablation(f, broken)
+    assert "breaks the model" not in explain_ablation(f, with_contrast(0.1, 0.7, ablated_bits_per_char=0.5))
+    assert explain_ablation(f, dataclasses.replace(m, ablation=[])) == "This head was not ablated in this run."
     prev = next(f for f in m.findings if f.pattern == "offset_1")
     assert "of its attention on the previous character" in explain(prev, m).what
     assert not any(f.pattern.startswith("argmax_") for f in m.findings)  # one phenomenon, one role

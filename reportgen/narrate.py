@@ -1,0 +1,159 @@
+"""Sentences about what a head does, from its causal and mechanistic evidence: what breaks without it (resample
+ablation, with the mean ablation beside it), what it writes (direct logit attribution), what feeds it and what it
+feeds (composition). Every verdict word is chosen by the numbers of this head, never by its family alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .catalogue import CAUSAL_TARGETS, FAMILY
+from .evidence import Ablation, Contrast, standout
+from .results import Finding, ModelResult
+
+MODE_WORDS = {"resample": "resample-ablated: its output at each position taken from other held-out windows",
+              "mean": "mean-ablated: its output replaced by its mean", "zero": "zero-ablated"}
+ROLE_CLASS = {"class_vowel": "vowel", "class_consonant": "consonant", "class_final": "final", "class_space": "space",
+              "class_newline": "newline", "class_punctuation": "punctuation", "punct_near": "punctuation",
+              "punct_far": "punctuation", "recent_space": "space", "word_start": None}
+
+
+def _s(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+
+
+def _n(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}" if abs(x) >= 0.001 or x == 0 else f"{x:.2g}"
+
+
+def article(word: str) -> str:
+    """'an' before a vowel sound as written ('an offset-2 head', 'an induction head'), else 'a'."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def breaks(m: ModelResult, a: Ablation | None) -> bool:
+    """Whether the ablated model is no better than a unigram model of the text: its Δ then measures the network
+    leaving its working range, not what the head contributes."""
+    u = getattr(m, "unigram_bits_per_char", None)
+    return (a is not None and a.ablated_bits_per_char is not None and u is not None
+            and math.isfinite(u) and a.ablated_bits_per_char >= u)
+
+
+def standout_classes(a: Ablation | None) -> list[tuple[str, Contrast]]:
+    """Predicted classes where removing this head hurts more than elsewhere and more than removing the median
+    other head does (both by CI), strongest first."""
+    if a is None:
+        return []
+    return sorted(((c, t) for c, t in a.class_contrasts.items() if standout(t)), key=lambda ct: -ct[1].specificity)
+
+
+def relied(a: Ablation | None) -> bool | None:
+    return None if a is None else a.ci_low > 0
+
+
+def _target(f: Finding, a: Ablation) -> str | None:
+    return f.pattern if f.pattern in a.targeted else FAMILY[f.family].causal_target
+
+
+def specific(f: Finding, a: Ablation | None) -> bool | None:
+    """Whether removing the head hurts specifically where its role predicts (None: no such test)."""
+    t = a.targeted.get(_target(f, a) or "") if a is not None else None
+    return None if t is None or t.specificity_ci_low is None else standout(t)
+
+
+def supported(f: Finding, m: ModelResult) -> bool:
+    """Whether the head's causal evidence agrees with its role enough to print what the role is good for: the
+    model measurably relies on it without breaking, its targeted test (if its family has one) stands out, and a
+    class where its removal stands out, if any, is the class its role reads."""
+    a = m.ablation_of(f.layer, f.head)
+    if a is None:
+        return True  # no causal stage: the role's note stands as a hypothesis (the page says ablation was not run)
+    if not relied(a) or breaks(m, a) or specific(f, a) is False:
+        return False
+    classes = [c for c, _ in standout_classes(a)]
+    return not classes or ROLE_CLASS.get(f.pattern) in classes
+
+
+def explain_ablation(f: Finding, m: ModelResult) -> str:
+    """'What breaks without it': the raw numbers first, then whether they single this head out."""
+    a = m.ablation_of(f.layer, f.head)
+    if a is None:
+        return "This head was not ablated in this run."
+    lo, hi = a.ci_low, a.ci_high
+    how = MODE_WORDS.get(a.mode or "mean", a.mode or "")
+    text = f"Without {f.head_name} ({how}) held-out loss changes by {_s(a.delta_bits_per_char)} bits/char (95% CI " \
+           f"{_s(lo)} to {_s(hi)})"
+    if a.second_delta is not None:
+        text += f"; {a.second_mode}-ablated: {_s(a.second_delta)} (95% CI {_s(a.second_ci_low)} to {_s(a.second_ci_high)})"
+    if breaks(m, a):
+        text += (f". Without it the model scores {_n(a.ablated_bits_per_char)} bits/char, no better than a unigram "
+                 f"model of the text ({_n(m.unigram_bits_per_char)}): removing it breaks the model, so this Δ measures "
+                 f"the breakage, not the size of its contribution.")
+    else:
+        text += ": " + ("the model gets measurably worse." if lo > 0 else "the model gets measurably better." if hi < 0
+                        else "no measurable change overall.")
+    target = _target(f, a)
+    t = a.targeted.get(target) if target else None
+    if t is not None and t.specificity is not None:
+        where = CAUSAL_TARGETS.get(target, "after the queries your hypothesis is about")
+        text += (f" {where[0].upper() + where[1:]} its removal costs {_s(t.delta_target)} vs {_s(t.delta_rest)} "
+                 f"elsewhere (difference {_s(t.difference)}, 95% CI {_s(t.ci_low)} to {_s(t.ci_high)}); the median "
+                 f"other head's difference is {_s(t.difference - t.specificity)}, so this head's exceeds it by "
+                 f"{_s(t.specificity)} (95% CI {_s(t.specificity_ci_low)} to {_s(t.specificity_ci_high)}): "
+                 + ("specific to where its role predicts." if standout(t) else
+                    "it costs less there than elsewhere, so not specific." if t.ci_high < 0 else
+                    "not specific: a typical other head's removal shifts the loss there as much."))
+    classes = standout_classes(a)
+    if classes:
+        c, ct = classes[0]
+        text += (f" Its removal matters most when predicting {c} characters: {_s(ct.delta_target)} there vs "
+                 f"{_s(ct.delta_rest)} elsewhere, {_s(ct.specificity)} more than the median other head (95% CI "
+                 f"{_s(ct.specificity_ci_low)} to {_s(ct.specificity_ci_high)}).")
+    return text
+
+
+def explain_writes(f: Finding, m: ModelResult) -> str:
+    """What the head writes, from direct logit attribution (one sentence)."""
+    w = m.writes_of(f.layer, f.head)
+    if w is None:
+        if m.ablation and not m.hyperparameters.get("with_residuals", True):
+            return ("What it writes is not computed: without residual connections no head writes into a stream the "
+                    "unembedding reads directly.")
+        return ""
+    read = (f"the character at its strongest key ranks {w.copy_rank:.1f} of {w.vocab} among the characters its "
+            f"output raises (top-1 for {w.copy_top1:.0%} of queries; another query's character: {w.copy_null:.0%})")
+    if w.verdict == "copies":
+        return (f"What it writes: it copies — {read}, read through the final LayerNorm and unembedding. It raises "
+                f"the very character it attends to.")
+    if w.verdict == "next":
+        return (f"What it writes: it raises the character that followed the one it attends to (top-1 for "
+                f"{w.next_top1:.0%} of queries); it does not copy what it reads ({read}).")
+    if w.verdict == "class":
+        return (f"What it writes: it raises {w.top_class} characters as a class (mean direct logit "
+                f"{_s(w.class_logits[w.top_class])}, lower 95% bound {_s(w.top_class_ci_low)}); it does not copy "
+                f"({read}).")
+    return (f"What it writes: nothing in particular directly — {read}; its output acts through later layers, if at "
+            f"all.")
+
+
+def explain_inputs(f: Finding, m: ModelResult) -> str:
+    """Which earlier heads feed this head's role, and which later role heads it feeds."""
+    if m.circuit is None:
+        return ""
+    name = f.head_name
+    parts = []
+    inputs = m.inputs_of(f.layer, f.head)
+    measured = [e for e in m.circuit.measured if e.target == name]
+    if inputs:
+        parts.append("What feeds it: removing " + "; ".join(
+            f"{e.source} cuts its {e.detector} score from {_n(e.clean)} to {_n(e.ablated)} (chance {_n(e.chance)}; "
+            f"{e.cut:.0%} of its excess over chance)" for e in inputs) + ".")
+    elif measured:
+        top = max(measured, key=lambda e: e.cut if math.isfinite(e.cut) else -1)
+        parts.append(f"No single earlier head feeds it: removing any one of the {len(measured)} earlier heads cuts "
+                     f"its role score by at most {top.cut:.0%} ({top.source}).")
+    feeds = [e for e in m.circuit.edges if e.source == name]
+    if feeds:
+        parts.append("It feeds " + ", ".join(f"{e.target} ({e.detector}: {_n(e.clean)} → {_n(e.ablated)} without it)"
+                                             for e in feeds) + ".")
+    return " ".join(parts)
