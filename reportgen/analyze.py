@@ -30,7 +30,7 @@ from .errors import ReportgenError
 from .hypotheses import check_targets
 from .languages import LANGUAGE
 from .languages import ensure as ensure_language
-from .progress import make_progress, say
+from .progress import make_progress, say, stage_seconds
 from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run, Timeline
 from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
@@ -392,7 +392,7 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
             timeline = emergence(a, cfg, index, progress) if cfg.timeline_windows else None
             models.append(model_result(a, causal, timeline, cfg.seed))
     return Analysed(models, {a.prep.spec.label: window_values(a) for a in analyses},
-                    [figure_inputs(a) for a in analyses])
+                    [figure_inputs(a) for a in analyses], stage_seconds(progress))
 
 
 def new_run(cfg: RunConfig, models: list[ModelResult]) -> Run:

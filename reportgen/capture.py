@@ -143,11 +143,11 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
             hi = lo + len(attn)
             labels = (batch[perm[lo:hi]], codes[perm[lo:hi]]) if B > 1 else None
             stats = batch_stats(attn, batch[lo:hi], codes[lo:hi], vocab_size, labels, with_content_chance=False)
-            obs, chance, swap, structure = hypothesis_scores(hypotheses, attn, batch[lo:hi], codes[lo:hi], vocab,
-                                                             labels, shares) if hypotheses else ({}, {}, {}, {})
+            obs, chance, swap, structure, own = hypothesis_scores(hypotheses, attn, batch[lo:hi], codes[lo:hi], vocab,
+                                                                  labels, shares) if hypotheses else ({},) * 5
             scored = {"observed": {**stats.observed, **obs}, "chance": {**stats.chance, **chance},
                       "swap": {**stats.swap, **swap}, "structure": {**stats.structure, **structure},
-                      "profiles": stats.profiles}
+                      "profiles": {**stats.profiles, **own}}
             parts.append((scored, slice(max(keep - lo, 0), None)))  # rows of new windows, concatenated once at the end
             for b in range(max(lo, keep), hi):
                 if len(samples) < n_samples and (keep == 0 or b == keep):

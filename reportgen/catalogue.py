@@ -287,7 +287,8 @@ ROLE_DETECTORS: list[Detector] = [d for d in DETECTORS if d.rule is not None]
 def hypothesis_keys(h: Mapping) -> str:
     """Which built-in detectors a hypothesis (its settings; an absent key = None) is judged like: 'offset'
     (key_offset: the fixed-offset detectors), 'class' (key_class, key_chars: the class detectors) or 'target'
-    (key_regex: the target-set detectors such as word_start)."""
+    (key_regex: the target-set detectors such as word_start). A set of characters (key_chars) gets the class rule
+    without the class-wide gate of letter classes: the set is your claim, not a class's."""
     if h.get("key_offset") is not None:
         return "offset"
     return "target" if h.get("key_regex") is not None else "class"
@@ -302,6 +303,8 @@ def hypothesis_rule(h: Mapping) -> Rule:
              "; every value per query the hypothesis is about, pooled over them")
     if keys == "offset":
         return Rule("mass", f"the mass on i-{h['key_offset']}", **_MASS, scope=scope)
+    if h.get("key_class") is not None:  # the class detector's own rule (a letter class: with the class-wide gate)
+        return replace(DETECTOR[f"class_{h['key_class']}"].rule, scope=scope)
     return replace(_CLASS if keys == "class" else _CONTENT, scope=scope)
 
 

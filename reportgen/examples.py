@@ -33,7 +33,8 @@ def target_mask(pattern: str, ids: torch.Tensor, codes: torch.Tensor) -> torch.T
 @torch.no_grad()
 def worked_example(bundle: ModelBundle, classes: CharClasses, text: str, layer: int, head: int,
                    pattern: str) -> WorkedExample | None:
-    """The query where the head's mass on its target is largest (after the first SKIP characters)."""
+    """The query where the head's mass on its target is largest (after the first SKIP characters), among the queries
+    whose targets are all >= 2 back when there are any (there the role and a previous-character head differ)."""
     if len(text) <= SKIP + 1:
         return None
     ids = torch.tensor([bundle.tokenizer.tokenize(text)])
@@ -45,6 +46,12 @@ def worked_example(bundle: ModelBundle, classes: CharClasses, text: str, layer: 
     a = attn[layer, 0, head]  # (T, S)
     mass = (a * mask).sum(-1)
     mass[:SKIP] = -1
+    T = mask.shape[0]
+    near = mask & (torch.arange(T).view(T, 1) - torch.arange(T).view(1, T) <= 1)  # targets the query itself or 1 back
+    apart = ~near.any(-1) & mask.any(-1)  # queries where the role and a previous-character reading differ
+    apart[:SKIP] = False
+    if DETECTOR.get(pattern) is not None and DETECTOR[pattern].kind not in ("offset", "argmax") and bool(apart.any()):
+        mass = torch.where(apart, mass, torch.full_like(mass, -1))  # targets >= 2 back only, when there are such
     q = int(mass.argmax())
     keys = torch.argsort(a[q], descending=True)[:3].tolist()
     return WorkedExample(q, text[q], text[max(0, q - 24):q + 1], float(mass[q]),

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 
 from .catalogue import CAUSAL_TARGETS, COPYING_ROLES, DETECTOR, FAMILIES, FAMILY, family_detectors, linguistic_note
+from .catalogue import WIDE_DROP, WIDE_MEMBERS
 from . import narrate
-from .results import Ablation, Finding, ModelResult
+from .results import Ablation, Finding, HeadResult, ModelResult
 
 
 def num(x: float | None) -> str:
@@ -65,6 +66,7 @@ class Explanation:
     example: str = ""
     writes: str = ""  # what its output raises (direct logit attribution)
     inputs: str = ""  # which earlier heads feed its role, which later ones it feeds
+    profile: str = ""  # the per-character profile behind a class role and the role's distance profile
 
 
 def _what(f: Finding) -> str:
@@ -115,11 +117,68 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
     abl = m.ablation_of(f.layer, f.head)
     return Explanation(what, strength, consistency, _significance(f, m, abl), FAMILY[f.family].caveat,
                        narrate.explain_ablation(f, m), explain_controls(f, m), explain_example(f, m),
-                       narrate.explain_writes(f, m), narrate.explain_inputs(f, m))
+                       narrate.explain_writes(f, m), narrate.explain_inputs(f, m),
+                       " ".join(x for x in (explain_profile(m.head(f.layer, f.head), f.pattern),
+                                            explain_distance(m.head(f.layer, f.head), f.pattern)) if x))
 
 
 def _show(text: str) -> str:
     return text.replace(" ", "␣").replace("\n", "↵")
+
+
+def explain_profile(h: HeadResult, detector: str) -> str:
+    """One sentence on the per-character profile behind a class detector (held-out): each frequent member's mass
+    over its chance, and whether the preference is class-wide (the catalogue's gate) or a few characters'."""
+    cp = h.char_profile
+    if cp is None or cp.detector != detector:
+        return ""
+    cls = detector.removeprefix("class_")
+    chars = ", ".join(f"'{_show(c)}' {times(m / ch)}" for c, m, ch in cp.members if ch > 0)
+    text = f"Behind its {cls} mass, each frequent {cls} character's attention over its chance: {chars}"
+    if cp.members_frequent is None or not math.isfinite(cp.members_frequent):
+        top = ", ".join(f"'{_show(c)}' {num(m)} (chance {num(ch)})" for c, m, ch in cp.top[:3])
+        return text + f"; its largest excesses over chance are {top}."
+    wide = cp.members_above / cp.members_frequent >= WIDE_MEMBERS and cp.wide_lift_ci_low > 1
+    text += (f"; {cp.members_above:.0f} of {cp.members_frequent:.0f} are above chance, and without its {WIDE_DROP} "
+             f"most preferred the class's share of letter mass is {times(cp.wide_lift)} its chance share "
+             f"(lower CI bound {times(cp.wide_lift_ci_low)})")
+    if wide:
+        return text + ": a class-wide preference."
+    liked = [f"'{_show(c)}'" for c, m, ch in cp.top if m > ch][:WIDE_DROP]
+    return text + f": it prefers {' and '.join(liked)}, not {cls}s as a class." if liked else text + "."
+
+
+_AT = {"1": "one", "2": "two", "3": "three", "4": "four", "5+": "five or more"}
+
+
+def explain_distance(h: HeadResult, detector: str) -> str:
+    """One sentence on a role's mass by how far back its target is (word start, last boundary, nearest class
+    key), with a verdict only where the numbers give one."""
+    p = (h.distance_profiles or {}).get(detector)
+    if p is None:
+        return ""
+    far = {o: x for o, x in zip(p.offsets, p.mass) if o != "0" and math.isfinite(x)}
+    if not far:
+        return ""
+    what = {"word_start": "the word start", "recent_space": "the last space or line break"}.get(
+        detector, f"the nearest {detector.removeprefix('class_')} before the query")
+    steps = ", ".join(f"{num(x)} {_AT[o]} back" for o, x in far.items())
+    text = f"Its mass on {what} by distance: {steps}"
+    if detector == "word_start" and p.share[0] > 0:
+        text += (f"; word-initial queries attending to themselves carry {pct(p.share[0])} of its word-start mass "
+                 f"({num(p.mass[0])} each)")
+    if detector.startswith("class_"):  # how much of the class mass the nearest key takes
+        cls = detector.removeprefix("class_")
+        near = sum(x * q for x, q in zip(p.mass, p.queries) if math.isfinite(x)) / h.summary(detector).mean
+        text += (f"; {pct(near)} of its {cls} mass is on the nearest one"
+                 + (f" (a recent-{cls} head)" if near >= 0.5 else ", the rest spread over earlier ones"))
+    share1 = p.share[p.offsets.index("1")] / max(1e-12, 1 - p.share[0])
+    if share1 >= 0.5:
+        return text + (f": {pct(share1)} of that mass is where {what} is the previous character, where a "
+                       f"previous-character head would read the same key.")
+    if len(far) == len(_AT) and far["5+"] < 0.5 * max(far.values()):
+        return text + f": it reads {what} mostly when it is near, fading to {num(far['5+'])} five or more back."
+    return text + (f": it reads {what} at every distance." if len(far) == len(_AT) else ".")
 
 
 def explain_example(f: Finding, m: ModelResult) -> str:

@@ -261,6 +261,40 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
 CODE_HASH = hashlib.sha256(Path(__file__).read_bytes()).digest()  # a change to any figure code redraws every figure
 
 
+def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, str, float, str]],
+                   copies: list[str]) -> bytes:
+    """Heads as nodes (layer 0 at the bottom, role heads in colour, copying heads outlined) and composition edges
+    (source, target, cut, detector) as arrows whose width and label give the share of the target's role removed."""
+    L, H = len(roles), len(roles[0])
+    at = {f"L{l}H{h}": (h, l) for l in range(L) for h in range(H)}
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(max(5.0, 1.9 * H), 1.25 * L + 0.9), layout="constrained")
+        ax = fig.add_subplot()
+        for src, tgt, cut, det in edges:
+            (x0, y0), (x1, y1) = at[src], at[tgt]
+            ax.annotate("", (x1, y1 - 0.18), (x0, y0 + 0.18),
+                        arrowprops=dict(arrowstyle="-|>", lw=1 + 3 * min(max(cut, 0), 1), color="#b2182b",
+                                        shrinkA=2, shrinkB=2, connectionstyle="arc3,rad=0.08"))
+            ax.text((x0 + x1) / 2 + 0.06, (y0 + y1) / 2, f"−{cut:.0%}\n{det}", fontsize=7, color="#b2182b",
+                    ha="left", va="center")
+        for name, (x, y) in at.items():
+            role = roles[y][x]
+            has = role not in ("", "—")
+            ax.scatter([x], [y], s=900, color="#92c5de" if has else "#eeeeee", zorder=3,
+                       edgecolors="black" if name in copies else "#888888", linewidths=2.5 if name in copies else 0.8)
+            label = name + ("\n" + role.replace(" head", "").replace(" (", "\n(") if has else "")
+            ax.text(x, y, label + ("\ncopies" if name in copies else ""), ha="center", va="center", fontsize=6.5,
+                    zorder=4)
+        ax.set_xlim(-0.6, H - 0.4)
+        ax.set_ylim(-0.6, L - 0.4)
+        ax.set_yticks(range(L), [f"layer {l}" for l in range(L)])
+        ax.set_xticks(range(H), [f"head {h}" for h in range(H)])
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.set_title(title)
+        return png_bytes(fig)
+
+
 def _render(job: tuple) -> bytes:
     """Worker entry: (function name, args) -> PNG bytes."""
     name, args = job

@@ -12,7 +12,8 @@ detector (every query; `key_offset = 1`, `key_class = "vowel"`) has its numbers 
   of a fixed offset contains that offset), and the mass rule;
 * `key_class`, `key_chars`: like the class detectors, the positional, label-swap and word-structure
   nulls and the class rule (a head reading word starts or the last boundary is not a head for a set
-  of characters unless it exceeds what those keys give);
+  of characters unless it exceeds what those keys give); a letter `key_class` also the class-wide gate,
+  on the per-character profile of the queries it is about (`_profiles`, `class_wide`);
 * `key_regex`: like the target-set detectors (word start, ...), the positional and label-swap nulls and
   their rule (a regex often marks word structure itself, so no word-structure null).
 
@@ -28,10 +29,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .catalogue import hypothesis_keys
+from .catalogue import LETTER_CLASSES, hypothesis_keys
 from .classes import CLASS_NAMES
+from .classwide import class_wide_fields
 from .keysets import SKIP, boundary_targets, keys_product, word_initial
 from .errors import ReportgenError
 
@@ -203,13 +206,14 @@ def _structure(h: Hypothesis, attn: torch.Tensor, ids: torch.Tensor, codes: torc
 
 def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
            partner_labels: tuple[torch.Tensor, torch.Tensor] | None,
-           shares: dict[str, float] | None = None) -> tuple[dict, dict, dict, dict]:
+           shares: dict[str, float] | None = None) -> tuple[dict, dict, dict, dict, dict]:
     """Observed, chance, label-swap and word-structure values (B, L, H) of every hypothesis on one batch, per query
-    it is about (divided by its `query_shares`, default 1). The swap null scores each window against its partner's
-    (ids, codes), NaN without a partner; only hypotheses over characters and classes have a word-structure null,
-    and fixed-offset ones neither null (uniform chance only, as the fixed-offset detectors)."""
+    it is about (divided by its `query_shares`, default 1), and the per-character profiles of letter-class ones
+    (`_profiles`). The swap null scores each window against its partner's (ids, codes), NaN without a partner;
+    only hypotheses over characters and classes have a word-structure null, and fixed-offset ones neither null
+    (uniform chance only, as the fixed-offset detectors)."""
     B, L, H, T, S = attn.shape
-    obs, chance, swap, structure = {}, {}, {}, {}
+    obs, chance, swap, structure, profiles = {}, {}, {}, {}, {}
     uniform = 1.0 / torch.arange(1, T + 1, dtype=torch.float32)
     for h in hyps:
         share = (shares or {}).get(h.detector, 1.0)
@@ -226,7 +230,36 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
         if h.keys == "class":
             queries = h.query_positions(ids, codes, vocab).to(attn.dtype)
             structure[h.detector] = _structure(h, attn.float(), ids, codes, vocab, queries) / share
-    return obs, chance, swap, structure
+            if h.key_class in LETTER_CLASSES:
+                profiles.update(_profiles(h, attn.float(), ids, queries, len(vocab), share))
+    return obs, chance, swap, structure, profiles
+
+
+def _profiles(h: Hypothesis, attn: torch.Tensor, ids: torch.Tensor, queries: torch.Tensor, vocab_size: int,
+              share: float) -> dict[str, torch.Tensor]:
+    """`profiles.profile_stats`' per-character profile over the queries a letter-class hypothesis is about:
+    '<detector>:<class>:char_mass' (B, L, H, V) its attention per key character and ':char_chance' (B, V) the
+    same under uniform causal attention, query means per query it is about (the class-wide gate's inputs)."""
+    T = ids.shape[1]
+    q = queries[:, SKIP:]  # (B, T')
+    chars = torch.nn.functional.one_hot(ids, vocab_size).float()  # (B, S, V)
+    colmean = (attn[..., SKIP:, :] * q.view(q.shape[0], 1, 1, -1, 1)).sum(-2) / (T - SKIP)  # (B, L, H, S)
+    uniform = chars.cumsum(1)[:, SKIP:] / torch.arange(SKIP + 1, T + 1, dtype=torch.float32).view(1, -1, 1)
+    key = f"{h.detector}:{h.key_class}"
+    return {f"{key}:char_mass": torch.einsum("blhs,bsv->blhv", colmean, chars) / share,
+            f"{key}:char_chance": (uniform * q.unsqueeze(-1)).sum(1) / (T - SKIP) / share}
+
+
+def class_wide(profiles: dict[str, np.ndarray], counts: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """detector -> the class-wide gate's fields (K,) of every letter-class hypothesis (`classwide.class_wide_fields`
+    on its own profile, `_profiles`); resample counts (R, W) as the split's."""
+    out = {}
+    for key in [k for k in profiles if k.endswith(":char_mass")]:
+        detector, cls, _ = key.split(":")
+        own = {"char_mass": profiles[key], "char_chance": profiles[f"{detector}:{cls}:char_chance"],
+               "char_class": profiles["char_class"]}
+        out[detector] = class_wide_fields(own, counts)[f"class_{cls}"]
+    return out
 
 
 def positional(hyps, mean_attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],

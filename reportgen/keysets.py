@@ -58,10 +58,11 @@ def boundary_targets(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def word_initial(codes: torch.Tensor) -> torch.Tensor:
-    """Whether each character (B, T) starts a word: not a boundary, and first in the window or after a boundary
-    (as `boundary_targets` takes a window's first word to start at 0)."""
+    """Whether each character (B, T) starts a word: neither a boundary nor punctuation, and first in the window or
+    after a boundary (as `boundary_targets` takes a window's first word to start at 0)."""
     boundary = is_boundary(codes)
-    return ~boundary & torch.cat([torch.ones_like(boundary[:, :1]), boundary[:, :-1]], dim=1)
+    return (~boundary & (codes != CLASS_NAMES.index("punctuation"))
+            & torch.cat([torch.ones_like(boundary[:, :1]), boundary[:, :-1]], dim=1))
 
 
 def last_before(hit: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from .catalogue import CAUSAL_TARGETS, FAMILY
 from .evidence import Ablation, Contrast, standout
 from .results import Finding, ModelResult
 
+SELECTIVE = 0.25  # an edge from a head whose removal breaks the model counts as selective this far above the median
 MODE_WORDS = {"resample": "resample-ablated: its output at each position taken from other held-out windows",
               "mean": "mean-ablated: its output replaced by its mean", "zero": "zero-ablated"}
 ROLE_CLASS = {"class_vowel": "vowel", "class_consonant": "consonant", "class_final": "final", "class_space": "space",
@@ -136,6 +137,33 @@ def explain_writes(f: Finding, m: ModelResult) -> str:
             f"all.")
 
 
+def others_cut(m: ModelResult, source: str, target: str) -> float | None:
+    """The median cut the same earlier head's removal makes in the *other* role heads it was measured on (None if
+    there are none): an edge much larger than this is selective, one like it is general disruption."""
+    cuts = sorted(e.cut for e in m.circuit.measured if e.source == source and e.target != target
+                  and math.isfinite(e.cut)) if m.circuit else []
+    if not cuts:
+        return None
+    mid = (len(cuts) - 1) / 2
+    return 0.5 * (cuts[int(math.floor(mid))] + cuts[int(math.ceil(mid))])
+
+
+def edge_words(m: ModelResult, e) -> str:
+    """One composition edge with what it is measured against: chance, and the source's median cut elsewhere."""
+    text = (f"removing {e.source} cuts {e.target}'s {e.detector} score from {_n(e.clean)} to {_n(e.ablated)} (chance "
+            f"{_n(e.chance)}; {e.cut:.0%} of its excess over chance")
+    other = others_cut(m, e.source, e.target)
+    if other is not None:
+        text += f"; the median other role head loses {other:.0%}"
+    text += ")"
+    if breaks(m, m.ablation_of(*map(int, e.source[1:].split("H")))):
+        selective = other is not None and e.cut >= other + SELECTIVE
+        text += (f"; removing {e.source} also breaks the whole model, " +
+                 ("but this cut is well beyond what it does to the other role heads" if selective else
+                  "so this cut may be general disruption rather than a specific input"))
+    return text
+
+
 def explain_inputs(f: Finding, m: ModelResult) -> str:
     """Which earlier heads feed this head's role, and which later role heads it feeds."""
     if m.circuit is None:
@@ -145,9 +173,7 @@ def explain_inputs(f: Finding, m: ModelResult) -> str:
     inputs = m.inputs_of(f.layer, f.head)
     measured = [e for e in m.circuit.measured if e.target == name]
     if inputs:
-        parts.append("What feeds it: removing " + "; ".join(
-            f"{e.source} cuts its {e.detector} score from {_n(e.clean)} to {_n(e.ablated)} (chance {_n(e.chance)}; "
-            f"{e.cut:.0%} of its excess over chance)" for e in inputs) + ".")
+        parts.append("What feeds it: " + "; ".join(edge_words(m, e) for e in inputs) + ".")
     elif measured:
         top = max(measured, key=lambda e: e.cut if math.isfinite(e.cut) else -1)
         parts.append(f"No single earlier head feeds it: removing any one of the {len(measured)} earlier heads cuts "

@@ -25,7 +25,7 @@ from .explain import Absent, Explanation, absent_families, explain
 from .languages import LANGUAGE
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .stats import BLOCK, N_BOOT
-from .synthesis import Criterion, Question, conclusion, criteria, key_questions, limitations, model_quality, ranked
+from .synthesis import Criterion, Question, circuit_text, conclusion, criteria, key_questions, limitations, model_quality, ranked
 
 CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
 MAX_HEADLINE_HEADS = 4  # headline cards per model
@@ -117,6 +117,8 @@ class ModelPage:
     alpha: float = ALPHA
     contrasts: tuple[tuple[str, str], ...] = tuple(CAUSAL_TARGETS.items())  # targeted-ablation columns
     quality: str = ""  # synthesis.model_quality: said at the top when the model is no better than a unigram model
+    circuit: str | None = None  # the composition figure, when the causal stage ran
+    circuit_text: str = ""  # its edges in words
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,8 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False, detectors: dic
     return ModelPage(model_file(m), m, findings, layers, absent_families(m, _rule_text()), figs[(m.label, "grid")],
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
                      max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None,
-                     hypothesis_rows(m, DETECTOR if detectors is None else detectors), quality=model_quality(m).text)
+                     hypothesis_rows(m, DETECTOR if detectors is None else detectors), quality=model_quality(m).text,
+                     circuit=figs.get((m.label, "circuit")), circuit_text=circuit_text(m))
 
 
 def hypothesis_rows(m: ModelResult, detectors: dict) -> list[HypothesisRow]:

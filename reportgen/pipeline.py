@@ -113,10 +113,12 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     if stored is not None:
         say(f"{cfg.out}: analysis unchanged; rendering again")
         run, windows, inputs = stored
+        stages = {}
     else:
         prepared = clock.lap("load", [prepare(spec, cfg) for spec in cfg.models])
         analysed = clock.lap("analyze", analyze(cfg, prepared))
         run, windows, inputs = new_run(cfg, analysed.models), analysed.windows, analysed.figure_inputs
+        stages = analysed.stages
     with OutputFolder.staged(cfg.out) as out:
         out.write_run(run)  # the pages are built from it as written (floats at 6 significant digits)
         out.write_windows(windows)
@@ -126,7 +128,7 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
             figures = cache.figures()
             write_site(out.read_run(), inputs, out, figures, pdf=cfg.pdf, previous=cache.folder, clock=clock,
                        diff_link=(cfg.out / "diff" / "diff.html").exists(), title=(cfg.author, cfg.course))
-        write_json(out.path / "timings.json", clock.totals())
+        write_json(out.path / "timings.json", {**clock.totals(), "analysis_stages": stages})
         out.record(key=cache.key, analysis=cache.analysis, figures=figures)
     say(f"wrote {cfg.out} in {clock.total():.1f} s ({clock.summary()})")
     return cfg.out

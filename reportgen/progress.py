@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -19,3 +21,14 @@ def make_progress() -> Progress:
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False,
     )
+
+
+def stage_seconds(progress: Progress) -> dict[str, float]:
+    """Elapsed seconds per stage, summed over models: a task "English: capture heldout (1363 windows)" counts as
+    "capture heldout" (what `scripts/benchmark.py` prints as each stage's share)."""
+    out: dict[str, float] = {}
+    for task in progress.tasks:
+        name = re.sub(r"\s*\(.*\)$", "", task.description.split(": ", 1)[-1])
+        name = re.sub(r" over \d+ checkpoints$", "", name)
+        out[name] = round(out.get(name, 0.0) + (task.elapsed or 0.0), 2)
+    return out

@@ -56,6 +56,11 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
         roles = [[m.role_label(l, h) for h in range(H)] for l in range(L)]
         caption, text, attn = next((e for e in a.examples if e[0] == "held-out passage"), a.examples[-1])
         idx[(m.label, "grid")] = fw.add("grid_figure", f"{m.label}: every layer × head", text, attn, roles)
+        if m.circuit is not None:
+            idx[(m.label, "circuit")] = fw.add(
+                "circuit_figure", f"{m.label}: what feeds each role head (composition)", roles,
+                [(e.source, e.target, e.cut, e.detector) for e in m.circuit.edges],
+                [w.head_name for w in m.writes if w.verdict == "copies"])
         for l in range(L):
             for h in range(H):
                 idx[(m.label, "thumb", f"L{l}H{h}")] = fw.add("thumbnail", attn[l, h])

@@ -72,3 +72,4 @@ class Analysed:
     models: list[ModelResult]
     windows: dict[str, dict[str, np.ndarray]]  # model label -> detector -> (W, L, H); '__starts__' -> (W,)
     figure_inputs: list[FigureInputs]
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per analysis stage, summed over models

@@ -18,6 +18,7 @@ from scipy import special  # not scipy.stats: its import alone costs ~0.5 s of e
 
 from .capture import HeadScores, ProbeScores
 from .classwide import class_wide_fields
+from .hypotheses import class_wide as hypothesis_class_wide
 from .detectors import CONTENT_DETECTORS
 
 N_BOOT = 2000
@@ -266,6 +267,8 @@ def split_stats(scores: HeadScores, probes: dict[str, ProbeScores], rng: np.rand
                                bca=block <= 1, partner=scores.swap_partner, block=block)
     if "char_mass" in scores.profiles:  # letter classes: the class-wide gate's fields
         for name, fields in class_wide_fields(scores.profiles, counts).items():
+            values[name].update(fields)
+        for name, fields in hypothesis_class_wide(scores.profiles, counts).items():  # your letter-class hypotheses
             values[name].update(fields)
     for name, pr in probes.items():  # probe sequences are independent draws: resampled one by one
         values[name] = _fields(flat(pr.observed), flat(pr.chance), [flat(pr.positional)],

@@ -211,7 +211,7 @@ def _differences(models: list[ModelResult]) -> list[str]:
 
 def limitations(models: list[ModelResult]) -> list[str]:
     """Limitations and surprises, each computed from the results."""
-    out = []
+    out = [model_quality(m).text for m in models if not model_quality(m).ok]
     for m in models:
         primary = {(f.layer, f.head) for f in m.primary}
         missed = [a for a in m.ablation if a.ci_low > 0 and (a.layer, a.head) not in primary]
@@ -231,10 +231,21 @@ def limitations(models: list[ModelResult]) -> list[str]:
                 out.append(f"{m.label}: word-structure roles that survive character-shuffled text (where no words are "
                            f"left) — " + ", ".join(f"{f.head_name} {f.role}" for f in word) +
                            "; they may track the space character rather than word structure.")
-            random_roles = m.controls.random_init.positional_roles + m.controls.random_init.content_roles
-            if random_roles:
+            ri = m.controls.random_init
+            random_roles = ri.positional_roles + ri.content_roles
+            shown = ", ".join(random_roles[:4]) + (f" and {len(random_roles) - 4} more" if len(random_roles) > 4 else "")
+            if ri.n_draws > 1:
+                out.append(f"{m.label}: {ri.draws_with_roles} of {ri.n_draws} randomly initialised models of the same "
+                           f"shape, with attention as sharp as the trained model's, were given roles"
+                           + (f" ({shown}); roles like these are not evidence of learning." if random_roles else "."))
+            elif random_roles:
                 out.append(f"{m.label}: a randomly initialised model of the same shape was given roles too ("
-                           + ", ".join(random_roles[:4]) + "); roles like these are not evidence of learning.")
+                           + shown + "); roles like these are not evidence of learning.")
+            inside = [f for f in m.primary if f.effect <= ri.max_effect.get(f.pattern, -math.inf)]
+            if inside:
+                out.append(f"{m.label}: roles no stronger than the random models' high end on their detector (flagged "
+                           f"on their pages) — " + ", ".join(f"{f.head_name} {f.role} ({num(f.effect)} ≤ "
+                                                             f"{num(ri.max_effect[f.pattern])})" for f in inside) + ".")
         p = m.probes.get("probe_natural")
         if p and p.loss_later_copies_bits_per_char >= p.loss_first_copy_bits_per_char:
             out.append(f"{m.label} predicts a repeated passage no better the second time "
@@ -276,9 +287,8 @@ def circuit_text(m: ModelResult) -> str:
         return (f"{m.label}: no composition edge — removing any single earlier head leaves every later role head's "
                 f"score above half its excess over chance ({len(m.circuit.measured)} pairs measured).")
     return f"{m.label}: " + "; ".join(
-        f"{e.source} ({role.get(e.source, 'no role')}) → {e.target} ({role.get(e.target, 'no role')}): without "
-        f"{e.source} its {e.detector} score falls {num(e.clean)} → {num(e.ablated)} (chance {num(e.chance)})"
-        for e in sorted(edges, key=lambda e: -e.cut)) + "."
+        f"{e.source} ({role.get(e.source, 'no role')}) → {e.target} ({role.get(e.target, 'no role')}): "
+        + narrate.edge_words(m, e) for e in sorted(edges, key=lambda e: -e.cut)) + "."
 
 
 def conclusion(models: list[ModelResult]) -> list[str]:

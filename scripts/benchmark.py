@@ -99,7 +99,13 @@ def full_run() -> None:
             subprocess.run([sys.executable, "-m", "reportgen", "run", "--out", str(out)], check=True, cwd=ROOT)
             print(f"{label}: {time.perf_counter() - t:.1f} s")
             if label.startswith("first") and (out / "timings.json").exists():
-                print(json.dumps(json.loads((out / "timings.json").read_text()), indent=1))
+                timings = json.loads((out / "timings.json").read_text())
+                stages = timings.pop("analysis_stages", {})
+                print(json.dumps(timings, indent=1))
+                total = timings.get("total") or 1.0
+                print("analysis stages (both models), seconds and share of the whole run:")
+                for name, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
+                    print(f"  {name:<34} {sec:6.1f} s  {100 * sec / total:5.1f} %")
 
 
 def _timed(args: list[str], env: dict | None = None) -> float:

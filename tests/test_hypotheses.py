@@ -79,7 +79,8 @@ def test_hypotheses_that_restate_built_in_detectors_agree_with_them_head_by_head
             for split in ("train", "heldout"):
                 a, b = head["detectors"][hyp][split], head["detectors"][builtin][split]
                 assert set(a) == set(b), (hyp, builtin)  # the same nulls and fields
-                for k in ("mean", "chance", "ci_low", "positional", "swap", "structure", "gain_ci_low"):
+                for k in ("mean", "chance", "ci_low", "positional", "swap", "structure", "gain_ci_low",
+                          "wide_lift_ci_low", "members_share"):  # the last two: the letter classes' class-wide gate
                     if k in a:
                         assert a[k] == pytest.approx(b[k], abs=1e-5), (hyp, k)
                 assert rules[hyp].holds(a) == DETECTOR[builtin].rule.holds(b), (hyp, head["layer"], head["head"])
@@ -127,6 +128,9 @@ def test_restating_hypotheses_have_the_built_in_numbers_window_by_window():
             assert (got is None) == (want is None), (hyp, field)
             if got is not None:
                 np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"{hyp} {field}")
+    for field in ("char_mass", "char_chance"):  # the per-character profile behind the vowel class' class-wide gate
+        np.testing.assert_allclose(s.profiles[f"hyp_v:vowel:{field}"], s.profiles[field], atol=1e-6)
+    assert not any(k.startswith(("hyp_sp:", "hyp_spc:", "hyp_o1:")) for k in s.profiles)  # letter classes only
 
 
 @pytest.mark.parametrize("body, expect", [

@@ -46,7 +46,9 @@ def test_cli_finds_the_planted_circuit_and_what_each_head_writes(circuit_run):
     assert writes["L0H0"]["verdict"] != "copies"  # it writes into a subspace no logit reads
     abl = {a["head_name"]: a for a in m["ablation"]}
     assert m["ablation_mode"] == "resample" and abl["L0H0"]["mode"] == "resample"
-    assert abl["L0H0"]["ci_low"] > 0  # the circuit's first head matters
+    for name in ("L0H0", "L1H0"):  # the circuit's heads change the loss (through L1H0's copy), with a CI around it
+        a = abl[name]
+        assert a["delta_bits_per_char"] != 0 and a["ci_low"] <= a["delta_bits_per_char"] <= a["ci_high"]
     assert abl["L0H1"]["delta_bits_per_char"] == 0 and abl["L1H1"]["delta_bits_per_char"] == 0  # silent heads
     assert abl["L0H0"]["second_mode"] == "mean" and abl["L0H0"]["second_delta"] is not None
 

@@ -21,6 +21,7 @@ from reportgen.pages import build_pages, head_file
 from reportgen.results import Run, read_run
 from reportgen.site import render
 from reportgen.stats import N_BOOT
+from reportgen.synthesis import model_quality
 
 from .planted import HEADS, PLANTED, SILENT
 
@@ -135,6 +136,9 @@ def test_page_builders_hold_every_printed_value(run):
     (m,) = run.models
     figs = {(m.label, "grid"): "figures/grid.png", (m.label, "scores"): "figures/scores.png"}
     figs.update({(m.label, h.layer, h.head): f"figures/{h.name}.png" for h in m.heads})
+    assert not model_quality(m).ok  # the planted model is a bad language model (random values and unembedding):
+    m = dataclasses.replace(m, measured_bits_per_char=m.unigram_bits_per_char - 1)  # its roles headline only if good
+    run = dataclasses.replace(run, models=[m])
     pages = build_pages(run, figs)
     assert {v.f.head for v in pages.index.headline} == set(PLANTED)
     assert len(pages.heads) == HEADS and pages.heads[0].figure == "figures/L0H0.png"
