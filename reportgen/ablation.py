@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 LN2 = float(np.log(2.0))
 MAX_ROLE_EFFECTS = 8  # role heads whose single ablation is shown prediction by prediction
-COMPOSITION_WINDOWS = 24  # held-out windows (and probes) on which each earlier head is removed for composition
+COMPOSITION_WINDOWS = 16  # held-out windows (and probes) on which each earlier head is removed for composition
 RESAMPLE_DRAWS = 2  # donor windows per resample ablation (paired: each window's Δ averages its draws)
 
 

@@ -26,8 +26,8 @@ NEAR = 8  # punctuation within this many characters back counts as "near"
 WIDE_DROP = 2  # the class's members with the most mass above their chance left out
 WIDE_FREQUENT = 0.01  # members at least this share of keys by chance count as frequent
 WIDE_MEMBERS = 0.5  # share of frequent members above their own chance
-_WIDE_TEXT = (f"; and class-wide, on the per-character profile: within letters (among all keys when the class holds "
-              f"every letter), the class's share of the head's mass over its share under uniform attention has a "
+_WIDE_TEXT = (f"; and class-wide, judged on the per-character profile. Within letters (among all keys when the class "
+              f"holds every letter), the class's share of the head's mass over its share under uniform attention has a "
               f"lower 95% CI bound > 1 with the class's {WIDE_DROP} members with the most mass above their chance left "
               f"out (at least one member kept), and at least {WIDE_MEMBERS:.0%} of its members that are >= "
               f"{WIDE_FREQUENT:.0%} of keys by chance (all members if none is) are above their own share by chance")

@@ -69,8 +69,8 @@ class RunConfig:
     train_windows: int = 256
     heldout_windows: int | None = None  # None = every held-out window
     n_probes: int = 64
-    ablation_windows: int = 64  # held-out windows for head ablation (0 = skip the causal stage)
-    control_windows: int = 64  # windows for the random-init and shuffled-text controls
+    ablation_windows: int = 32  # held-out windows for head ablation (0 = skip the causal stage)
+    control_windows: int = 32  # windows for the random-init and shuffled-text controls
     control_draws: int = 8  # random-init models drawn (seeded); the control's ceiling is their high end
     timeline_windows: int = 64  # held-out windows per sibling checkpoint for the emergence timeline (0 = skip)
     batch_size: int = 32

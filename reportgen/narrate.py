@@ -34,10 +34,12 @@ def article(word: str) -> str:
 
 def breaks(m: ModelResult, a: Ablation | None) -> bool:
     """Whether the ablated model is no better than a unigram model of the text: its Δ then measures the network
-    leaving its working range, not what the head contributes."""
+    leaving its working range, not what the head contributes. Not said of a model already no better than that
+    intact (synthesis.model_quality says so at the top of its page instead)."""
     u = getattr(m, "unigram_bits_per_char", None)
+    intact = getattr(m, "measured_bits_per_char", None)
     return (a is not None and a.ablated_bits_per_char is not None and u is not None
-            and math.isfinite(u) and a.ablated_bits_per_char >= u)
+            and math.isfinite(u) and a.ablated_bits_per_char >= u and not (intact is not None and intact >= u))
 
 
 def standout_classes(a: Ablation | None) -> list[tuple[str, Contrast]]:

@@ -23,6 +23,7 @@ from .catalogue import (
 from .config import slug
 from .explain import Absent, Explanation, absent_families, explain
 from .languages import LANGUAGE
+from .narrate import breaks
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .stats import BLOCK, N_BOOT
 from .synthesis import Criterion, Question, circuit_text, conclusion, criteria, key_questions, limitations, model_quality, ranked
@@ -95,6 +96,7 @@ class AblationRow:
     a: Ablation
     role: str
     page: str
+    breaks: bool = False  # without this head the model is no better than a unigram model of its text
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False, detectors: dic
     """Display data for a model page; `detectors` by name, the run's own (default: the catalogue's)."""
     findings = [finding_view(f, m) for f in m.findings]
     roles = {(f.layer, f.head): f.role for f in m.primary}  # each head's main role
-    ablation = sorted((AblationRow(a, roles.get((a.layer, a.head), "—"), head_file(m, a.head_name))
+    ablation = sorted((AblationRow(a, roles.get((a.layer, a.head), "—"), head_file(m, a.head_name), breaks(m, a))
                        for a in m.ablation), key=lambda r: -r.a.delta_bits_per_char)
     layers = [[HeadCell(h.name, head_file(m, h.name), m.role_label(h.layer, h.head),
                         h.summary("entropy").mean, h.summary("distance").mean, figs.get((m.label, "thumb", h.name), ""))
@@ -281,7 +283,7 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False, detectors: dic
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
                      max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None,
                      hypothesis_rows(m, DETECTOR if detectors is None else detectors), quality=model_quality(m).text,
-                     circuit=figs.get((m.label, "circuit")), circuit_text=circuit_text(m))
+                     circuit=figs.get((m.label, "circuit")) if circuit_text(m) else None, circuit_text=circuit_text(m))
 
 
 def hypothesis_rows(m: ModelResult, detectors: dict) -> list[HypothesisRow]:

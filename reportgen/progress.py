@@ -30,5 +30,6 @@ def stage_seconds(progress: Progress) -> dict[str, float]:
     for task in progress.tasks:
         name = re.sub(r"\s*\(.*\)$", "", task.description.split(": ", 1)[-1])
         name = re.sub(r" over \d+ checkpoints$", "", name)
-        out[name] = round(out.get(name, 0.0) + (task.elapsed or 0.0), 2)
+        took = task.finished_time if task.finished_time is not None else task.elapsed  # from its start to done
+        out[name] = round(out.get(name, 0.0) + (took or 0.0), 2)
     return out

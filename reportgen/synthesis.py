@@ -235,8 +235,9 @@ def limitations(models: list[ModelResult]) -> list[str]:
             random_roles = ri.positional_roles + ri.content_roles
             shown = ", ".join(random_roles[:4]) + (f" and {len(random_roles) - 4} more" if len(random_roles) > 4 else "")
             if ri.n_draws > 1:
-                out.append(f"{m.label}: {ri.draws_with_roles} of {ri.n_draws} randomly initialised models of the same "
-                           f"shape, with attention as sharp as the trained model's, were given roles"
+                many = f"{ri.draws_with_roles} of {ri.n_draws}" if random_roles else f"none of {ri.n_draws}"
+                out.append(f"{m.label}: {many} randomly initialised models of the same shape, with attention as sharp "
+                           f"as the trained model's, {'were given roles' if random_roles else 'was given a role'}"
                            + (f" ({shown}); roles like these are not evidence of learning." if random_roles else "."))
             elif random_roles:
                 out.append(f"{m.label}: a randomly initialised model of the same shape was given roles too ("
@@ -279,7 +280,7 @@ def criteria(models: list[ModelResult], first: str) -> list[Criterion]:
 
 def circuit_text(m: ModelResult) -> str:
     """The model's composition edges in one sentence, each with its role labels and the cut it measures."""
-    if m.circuit is None:
+    if m.circuit is None or not m.circuit.measured:  # no role head above layer 0: nothing to compose
         return ""
     role = {f.head_name: f.role for f in m.primary}
     edges = m.circuit.edges

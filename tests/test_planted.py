@@ -115,17 +115,28 @@ def test_explanation_choice_follows_the_numbers(run):
     assert "specific to" not in cheaper and "costs less there than elsewhere" in cheaper
     broken = with_contrast(0.1, 0.7, ablated_bits_per_char=9.0)
     if broken.unigram_bits_per_char is not None:  # the ablated model is worse than a unigram model of its text
-        assert "removing it breaks the model" in explain_ablation(f, broken)
+        good = dataclasses.replace(broken, measured_bits_per_char=broken.unigram_bits_per_char - 1)  # intact: better
+        assert "removing it breaks the model" in explain_ablation(f, good)
+        assert "breaks the model" not in explain_ablation(f, broken)  # the planted model is no better intact
     assert "breaks the model" not in explain_ablation(f, with_contrast(0.1, 0.7, ablated_bits_per_char=0.5))
     assert explain_ablation(f, dataclasses.replace(m, ablation=[])) == "This head was not ablated in this run."
     prev = next(f for f in m.findings if f.pattern == "offset_1")
     assert "of its attention on the previous character" in explain(prev, m).what
     assert not any(f.pattern.startswith("argmax_") for f in m.findings)  # one phenomenon, one role
     assert "of its attention on space keys" in explain(f, m).what
-    relied = dataclasses.replace(m, ablation=[dataclasses.replace(a, ci_low=0.05, ci_high=0.2) if a is abl else a
-                                              for a in m.ablation])
-    note = explain(f, relied).linguistics
+    stands = Contrast(0.5, 0.1, 0.4, 0.1, 0.7, 10, 0.3, 0.1, 0.5)  # above 0 and above the median head, by CI
+    def causal(**kw):
+        a = dataclasses.replace(abl, **{"ci_low": 0.05, "ci_high": 0.2, "targeted": {"in_word": stands},
+                                        "class_contrasts": {}, **kw})
+        return dataclasses.replace(m, ablation=[a if x is abl else x for x in m.ablation])
+    note = explain(f, causal()).linguistics
     assert "Spaces separate English words" in note and "where the current word" in note  # the space note
+    # relied upon, but its removal matters most when predicting another class: the note is not printed
+    elsewhere = explain(f, causal(class_contrasts={"punctuation": stands})).linguistics
+    assert "Evidence is mixed" in elsewhere and "punctuation" in elsewhere and "Spaces separate" not in elsewhere
+    notspecific = Contrast(-0.1, 0.1, -0.2, -0.3, -0.1, 10, 0.1, 0.05, 0.2)  # costs less where its role predicts
+    mixed = explain(f, causal(targeted={"in_word": notspecific})).linguistics
+    assert "Evidence is mixed" in mixed and "Spaces separate" not in mixed
     unrelied = dataclasses.replace(m, ablation=[dataclasses.replace(a, ci_low=-0.05, ci_high=0.2) if a is abl else a
                                                 for a in m.ablation])
     assert "does not measurably rely on it" in explain(f, unrelied).linguistics
