@@ -93,10 +93,11 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
     strength = (f"On held-out text the mean is {num(h.mean)} (95% CI {num(h.ci_low)}–{num(h.ci_high)}), "
                 f"{times(h.times_chance)} the uniform-chance level of {num(h.chance)}.")
     if h.positional is not None:
-        structure = (f", its word-start and last-boundary keys {num(h.structure)}" if h.structure is not None else "")
+        structure = (f", its keys at word starts (of any word) and the last boundary {num(h.structure)}" if h.structure is not None else "")
         strength += (f" Its own positional pattern alone would give {num(h.positional)}, other windows' "
                      f"characters {num(h.swap)}{structure}, so content adds {num(h.gain)} "
-                     f"(lower CI bound {num(h.gain_ci_low)}).")
+                     f"on average over windows, each window measured against the stricter of its own two nulls (lower "
+                     f"CI bound {num(h.gain_ci_low)}).")
     strength += random_repeats_sentence(f, m)
     if f.pattern == "duplicate":
         strength += (f" It also puts {num(m.head(f.layer, f.head).summary('offset_0').mean)} on the character "
@@ -264,7 +265,8 @@ def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
     if m.ablation_mode and abl is not None and not narrate.supported(f, m):
         why = ("removing it breaks the model rather than removing one contribution" if narrate.breaks(m, abl) else
                "its removal does not hurt most where this role predicts" if narrate.specific(f, abl) is False else
-               f"its removal matters most when predicting {narrate.standout_classes(abl)[0][0]} characters")
+               f"its removal matters most when predicting {narrate.standout_classes(abl)[0][0]} characters"
+               if narrate.standout_classes(abl) else "no test singles out its removal where this role predicts")
         return (f"Evidence is mixed: {f.head_name} reads where this role says, but {why} (see What breaks without "
                 f"it), so what the pattern is good for is not claimed here.")
     note = linguistic_note(f.pattern, m.language, "".join(m.classes.values()))

@@ -261,32 +261,38 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
 CODE_HASH = hashlib.sha256(Path(__file__).read_bytes()).digest()  # a change to any figure code redraws every figure
 
 
-def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, str, float, str]],
+def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, str, float, bool]],
                    copies: list[str]) -> bytes:
-    """Heads as nodes (layer 0 at the bottom, role heads in colour, copying heads outlined) and composition edges
-    (source, target, cut, detector) as arrows whose width and label give the share of the target's role removed."""
+    """Heads as boxes (layer 0 at the bottom; main-role heads in colour with their role, copying heads outlined) and
+    composition edges (source, target, cut, firm) as arrows whose width and label give the share of the target's
+    role score above chance that removing the source cuts; dashed where the cut may be general disruption (the
+    source's removal breaks the model and the cut is not well beyond its cut of the other role heads). `roles[l][h]` is "" for a head without one."""
     L, H = len(roles), len(roles[0])
     at = {f"L{l}H{h}": (h, l) for l in range(L) for h in range(H)}
     with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(max(5.0, 1.9 * H), 1.25 * L + 0.9), layout="constrained")
+        fig = Figure(figsize=(max(6.0, 2.0 * H), 1.3 * L + 1.0), layout="constrained")
         ax = fig.add_subplot()
-        for src, tgt, cut, det in edges:
+        for src, tgt, cut, firm in edges:
             (x0, y0), (x1, y1) = at[src], at[tgt]
-            ax.annotate("", (x1, y1 - 0.18), (x0, y0 + 0.18),
+            rad = 0.0 if y1 - y0 == 1 else (0.35 if x0 == x1 else 0.15)  # bend around the heads in between
+            ax.annotate("", (x1, y1), (x0, y0), zorder=2,
                         arrowprops=dict(arrowstyle="-|>", lw=1 + 3 * min(max(cut, 0), 1), color="#b2182b",
-                                        shrinkA=2, shrinkB=2, connectionstyle="arc3,rad=0.08"))
-            ax.text((x0 + x1) / 2 + 0.06, (y0 + y1) / 2, f"−{cut:.0%}\n{det}", fontsize=7, color="#b2182b",
-                    ha="left", va="center")
+                                        linestyle="-" if firm else (0, (3, 2)),
+                                        shrinkA=14, shrinkB=14, connectionstyle=f"arc3,rad={rad}"))
+            t = 0.7  # the label sits near the target end, where fewer arrows cross
+            mx, my = x0 + t * (x1 - x0) + (0.2 if x0 == x1 and rad else 0.0), y0 + t * (y1 - y0)
+            ax.text(mx, my, f"−{cut:.0%}", fontsize=7, color="#b2182b", ha="center", va="center",
+                    zorder=5, bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none", alpha=0.85))
         for name, (x, y) in at.items():
             role = roles[y][x]
-            has = role not in ("", "—")
-            ax.scatter([x], [y], s=900, color="#92c5de" if has else "#eeeeee", zorder=3,
-                       edgecolors="black" if name in copies else "#888888", linewidths=2.5 if name in copies else 0.8)
-            label = name + ("\n" + role.replace(" head", "").replace(" (", "\n(") if has else "")
-            ax.text(x, y, label + ("\ncopies" if name in copies else ""), ha="center", va="center", fontsize=6.5,
-                    zorder=4)
+            label = name + ("\n" + role.replace(" head", "").replace(" (", "\n(") if role else "")
+            if name in copies:
+                label += "\n[copies]"
+            ax.text(x, y, label, ha="center", va="center", fontsize=7, zorder=4,
+                    bbox=dict(boxstyle="round,pad=0.35", fc="#cfe3f1" if role else "#f2f2f2",
+                              ec="black" if name in copies else "#999999", lw=2.0 if name in copies else 0.6))
         ax.set_xlim(-0.6, H - 0.4)
-        ax.set_ylim(-0.6, L - 0.4)
+        ax.set_ylim(-0.5, L - 0.5)
         ax.set_yticks(range(L), [f"layer {l}" for l in range(L)])
         ax.set_xticks(range(H), [f"head {h}" for h in range(H)])
         for side in ("top", "right"):

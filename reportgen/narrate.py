@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .catalogue import CAUSAL_TARGETS, FAMILY
+from .catalogue import CAUSAL_TARGETS, DETECTOR, FAMILY
 from .evidence import Ablation, Contrast, standout
 from .results import Finding, ModelResult
 
@@ -66,15 +66,17 @@ def specific(f: Finding, a: Ablation | None) -> bool | None:
 
 def supported(f: Finding, m: ModelResult) -> bool:
     """Whether the head's causal evidence agrees with its role enough to print what the role is good for: the
-    model measurably relies on it without breaking, its targeted test (if its family has one) stands out, and a
-    class where its removal stands out, if any, is the class its role reads."""
+    model measurably relies on it without breaking, and its targeted test (if its family has one) stands out, or
+    for a class role without one, removing it hurts most when predicting its own class (by the same rule)."""
     a = m.ablation_of(f.layer, f.head)
     if a is None:
         return True  # no causal stage: the role's note stands as a hypothesis (the page says ablation was not run)
     if not relied(a) or breaks(m, a) or specific(f, a) is False:
         return False
-    classes = [c for c, _ in standout_classes(a)]
-    return not classes or ROLE_CLASS.get(f.pattern) in classes
+    if specific(f, a):  # its own targeted test singles it out: other classes where it matters do not veto that
+        return True
+    own = ROLE_CLASS.get(f.pattern)  # a class role without a targeted test: its own class must stand out
+    return own is None or own in [c for c, _ in standout_classes(a)]
 
 
 def explain_ablation(f: Finding, m: ModelResult) -> str:
@@ -101,7 +103,7 @@ def explain_ablation(f: Finding, m: ModelResult) -> str:
         where = CAUSAL_TARGETS.get(target, "after the queries your hypothesis is about")
         text += (f" {where[0].upper() + where[1:]} its removal costs {_s(t.delta_target)} vs {_s(t.delta_rest)} "
                  f"elsewhere (difference {_s(t.difference)}, 95% CI {_s(t.ci_low)} to {_s(t.ci_high)}); the median "
-                 f"other head's difference is {_s(t.difference - t.specificity)}, so this head's exceeds it by "
+                 f"other head's difference is {_s(t.difference - t.specificity)}, and this head's minus the median's is "
                  f"{_s(t.specificity)} (95% CI {_s(t.specificity_ci_low)} to {_s(t.specificity_ci_high)}): "
                  + ("specific to where its role predicts." if standout(t) else
                     "it costs less there than elsewhere, so not specific." if t.ci_high < 0 else
@@ -120,22 +122,22 @@ def explain_writes(f: Finding, m: ModelResult) -> str:
     w = m.writes_of(f.layer, f.head)
     if w is None:
         if m.ablation and not m.hyperparameters.get("with_residuals", True):
-            return ("What it writes is not computed: without residual connections no head writes into a stream the "
+            return ("Not computed: without residual connections no head writes into a stream the "
                     "unembedding reads directly.")
         return ""
     read = (f"the character at its strongest key ranks {w.copy_rank:.1f} of {w.vocab} among the characters its "
             f"output raises (top-1 for {w.copy_top1:.0%} of queries; another query's character: {w.copy_null:.0%})")
     if w.verdict == "copies":
-        return (f"What it writes: it copies — {read}, read through the final LayerNorm and unembedding. It raises "
+        return (f"It copies: {read}, read through the final LayerNorm and unembedding. It raises "
                 f"the very character it attends to.")
     if w.verdict == "next":
-        return (f"What it writes: it raises the character that followed the one it attends to (top-1 for "
+        return (f"It raises the character that followed the one it attends to (top-1 for "
                 f"{w.next_top1:.0%} of queries); it does not copy what it reads ({read}).")
     if w.verdict == "class":
-        return (f"What it writes: it raises {w.top_class} characters as a class (mean direct logit "
+        return (f"It raises {w.top_class} characters as a class (mean direct logit "
                 f"{_s(w.class_logits[w.top_class])}, lower 95% bound {_s(w.top_class_ci_low)}); it does not copy "
                 f"({read}).")
-    return (f"What it writes: nothing in particular directly — {read}; its output acts through later layers, if at "
+    return (f"Nothing in particular directly: {read}; its output acts through later layers, if at "
             f"all.")
 
 
@@ -150,19 +152,39 @@ def others_cut(m: ModelResult, source: str, target: str) -> float | None:
     return 0.5 * (cuts[int(math.floor(mid))] + cuts[int(math.ceil(mid))])
 
 
+def short_role(role: str) -> str:
+    """A role label without its parenthesis, for use inside one: 'previous-character head (offset 1)' -> '...head'."""
+    return role.split(" (")[0]
+
+
+def score_name(detector: str) -> str:
+    """A detector's score in words: 'word_start' -> 'mass on the first character of the current word'."""
+    d = DETECTOR.get(detector)
+    return d.description.replace("attention mass on ", "mass on ") if d else detector
+
+
+def selective(m: ModelResult, e) -> bool | None:
+    """For an edge whose source breaks the model when removed: whether its cut exceeds every other role head's cut
+    by the same removal by SELECTIVE (None when the source does not break the model)."""
+    if not breaks(m, m.ablation_of(*map(int, e.source[1:].split("H")))):
+        return None
+    cuts = [x.cut for x in m.circuit.measured if x.source == e.source and x.target != e.target and math.isfinite(x.cut)]
+    return e.cut >= max(cuts, default=-math.inf) + SELECTIVE
+
+
 def edge_words(m: ModelResult, e) -> str:
     """One composition edge with what it is measured against: chance, and the source's median cut elsewhere."""
-    text = (f"removing {e.source} cuts {e.target}'s {e.detector} score from {_n(e.clean)} to {_n(e.ablated)} (chance "
-            f"{_n(e.chance)}; {e.cut:.0%} of its excess over chance")
+    text = (f"removing {e.source} cuts {e.target}'s {score_name(e.detector)} from {_n(e.clean)} to {_n(e.ablated)} "
+            f"(chance {_n(e.chance)}; {e.cut:.0%} of its excess over chance")
     other = others_cut(m, e.source, e.target)
     if other is not None:
         text += f"; the median other role head loses {other:.0%}"
     text += ")"
-    if breaks(m, m.ablation_of(*map(int, e.source[1:].split("H")))):
-        selective = other is not None and e.cut >= other + SELECTIVE
+    sel = selective(m, e)
+    if sel is not None:
         text += (f"; removing {e.source} also breaks the whole model, " +
-                 ("but this cut is well beyond what it does to the other role heads" if selective else
-                  "so this cut may be general disruption rather than a specific input"))
+                 ("but this cut exceeds its cut of every other role head by at least "
+                  f"{SELECTIVE:.0%}" if sel else "so this cut may be general disruption rather than a specific input"))
     return text
 
 
@@ -182,6 +204,8 @@ def explain_inputs(f: Finding, m: ModelResult) -> str:
                      f"its role score by at most {top.cut:.0%} ({top.source}).")
     feeds = [e for e in m.circuit.edges if e.source == name]
     if feeds:
-        parts.append("It feeds " + ", ".join(f"{e.target} ({e.detector}: {_n(e.clean)} → {_n(e.ablated)} without it)"
-                                             for e in feeds) + ".")
+        parts.append("Removing it cuts later role heads' scores by half or more: " + ", ".join(
+            f"{e.target} ({score_name(e.detector)}: {_n(e.clean)} → {_n(e.ablated)}"
+            + ("; may be general disruption, as removing it breaks the model" if selective(m, e) is False else "") + ")"
+            for e in feeds) + ".")
     return " ".join(parts)

@@ -23,10 +23,10 @@ from .catalogue import (
 from .config import slug
 from .explain import Absent, Explanation, absent_families, explain
 from .languages import LANGUAGE
-from .narrate import breaks
+from .narrate import breaks, supported
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .stats import BLOCK, N_BOOT
-from .synthesis import Criterion, Question, circuit_text, conclusion, criteria, key_questions, limitations, model_quality, ranked
+from .synthesis import Criterion, Question, circuit_paragraph, circuit_text, conclusion, criteria, key_questions, limitations, model_quality, ranked
 
 CLUSTER_THRESHOLD = 0.5  # Jensen–Shannon distance below which heads are clustered (analyze.cluster_heads)
 MAX_HEADLINE_HEADS = 4  # headline cards per model
@@ -225,6 +225,7 @@ class ComparePage:
     strength: list[StrengthRow]
     only: list[str]
     figure: str | None
+    circuits: list[str] = field(default_factory=list)  # each model's composition edges in words
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,11 @@ def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
             cells.append(CompareCell(sorted({f.head_name for f in fs}),
                                      max(fs, key=lambda f: f.heldout.mean, default=None)))
         if any(c.heads for c in cells):
-            notes = dict.fromkeys(linguistic_note(fam.name, lang) for lang in sorted({m.language for m in models}))
+            # a family's note only for a language where one of its heads has causal evidence agreeing with its role
+            # (the same gate as the head pages' linguistic-significance paragraph)
+            langs = sorted({m.language for m in models if any(f.family == fam.name and supported(f, m)
+                                                               for f in m.primary)})
+            notes = dict.fromkeys(linguistic_note(fam.name, lang) for lang in langs)
             rows.append(CompareRow(fam.name, cells, " ".join(n for n in notes if n)))
     by_layer = [(m.label, [sorted({f.role for f in m.primary if f.layer == l}) for l in range(m.n_layers)])
                 for m in models]
@@ -355,7 +360,8 @@ def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
     if len(models) == 2:
         fams = [{f.family for f in m.primary} for m in models]
         only = [f"{fam}: only in {models[i].label}" for i in (0, 1) for fam in sorted(fams[i] - fams[1 - i])]
-    return ComparePage(compare_title(models), models, rows, by_layer, strength, only, figs.get("compare"))
+    return ComparePage(compare_title(models), models, rows, by_layer, strength, only, figs.get("compare"),
+                       [t for t in (circuit_paragraph(m) for m in models) if t])
 
 
 def _or0(x: float | None) -> float:

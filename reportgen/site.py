@@ -18,6 +18,7 @@ from .config import template_dir
 from .explain import num, pct, qval, signed, times
 from .figures import FigureWriter, HeadFigureData
 from .languages import LANGUAGE
+from .narrate import selective
 from .outputs import FIGURES, OutputFolder, write_text_atomic
 from .pages import Pages, build_pages
 from .results import Run
@@ -58,8 +59,10 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
         idx[(m.label, "grid")] = fw.add("grid_figure", f"{m.label}: every layer × head", text, attn, roles)
         if m.circuit is not None and m.circuit.measured:
             idx[(m.label, "circuit")] = fw.add(
-                "circuit_figure", f"{m.label}: what feeds each role head (composition)", roles,
-                [(e.source, e.target, e.cut, e.detector) for e in m.circuit.edges],
+                "circuit_figure", f"{m.label}: what feeds each role head (composition)",
+                [[next((f.role for f in m.primary if (f.layer, f.head) == (l, h)), "") for h in range(H)]
+                 for l in range(L)],
+                [(e.source, e.target, e.cut, selective(m, e) is not False) for e in m.circuit.edges],
                 [w.head_name for w in m.writes if w.verdict == "copies"])
         for l in range(L):
             for h in range(H):

@@ -43,6 +43,9 @@ def _cost(m: ModelResult, f: Finding) -> str:
     a = m.ablation_of(f.layer, f.head)
     if a is None:
         return "not ablated"
+    if narrate.breaks(m, a):
+        return (f"removing it breaks the model ({num(a.ablated_bits_per_char)} bits/char without it, worse than a "
+                f"unigram model's {num(m.unigram_bits_per_char)})")
     if a.ci_low > 0:
         return f"removing it costs {signed(a.delta_bits_per_char)} bits/char (95% CI {signed(a.ci_low)} to " \
                f"{signed(a.ci_high)})"
@@ -88,8 +91,10 @@ def ranked(models: list[ModelResult]) -> list[tuple[ModelResult, Finding]]:
     relied upon, then the rest; within a tier by held-out effect. Models no better than a unigram model of their
     text (`model_quality`) give none: their roles are not findings."""
     def tier(mf):
-        r, sp = relied(*mf), specific(*mf)
-        return 0 if r and sp is not False else 1 if r else 2
+        m, f = mf
+        r = relied(m, f)
+        return 0 if narrate.supported(f, m) and r else 1 if r and not narrate.breaks(m, m.ablation_of(f.layer, f.head)) \
+            else 2 if r else 3
     pairs = [(m, f) for m in models if model_quality(m).ok for f in m.primary]
     return sorted(pairs, key=lambda mf: (tier(mf), -mf[1].effect))
 
@@ -110,7 +115,7 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     for fam in FAMILIES:
         n = [sum(f.family == fam.name for f in m.primary) for m in models]
         if any(n):
-            q2.append(f"{fam.name}: {sum(n)} head(s)" + (" (" + ", ".join(f"{m.label} {k}" for m, k in zip(models, n))
+            q2.append(f"{fam.name}: {sum(n)} head{'s' if sum(n) != 1 else ''}" + (" (" + ", ".join(f"{m.label} {k}" for m, k in zip(models, n))
                                                         + ")" if len(models) > 1 else ""))
     found = [f for m in models for f in m.findings]
     rep = [f for f in found if f.replicated]
@@ -123,7 +128,8 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     if books:
         worst = min(((f, b, v) for f in rep for b, v in f.by_book.items()), key=lambda x: x[2])
         q3.append(f"Across the {len(books)} held-out books, every replicated role beats its strictest null in at least "
-                  f"{pct(worst[2])} of a book's windows (lowest: {worst[0].head_name} {worst[0].role} in {worst[1]}).")
+                  f"{pct(worst[2])} of a book's windows (lowest: {next(m.label for m in models if worst[0] in m.findings)} {worst[0].head_name} {worst[0].role} in "
+                  f"{worst[1]}).")
     if any(f.pattern.startswith("probe_") for f in found):
         q3.append("Roles from repeated-sequence probes are confirmed on fresh probe sequences built from held-out "
                   "text, not on held-out windows.")
@@ -158,7 +164,8 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
         mixed = [f for f in mine if f not in good and f not in broken and f not in idle]
         verdict = ("yes, for most of its roles" if len(good) * 2 > len(mine) else
                    "partly" if good else "not shown: no role's causal evidence matches what the role predicts")
-        text = f"{m.label}: {verdict}. Of {len(mine)} heads with a replicated role, {len(good)} matter where their role " \
+        text = f"{m.label}: {verdict}. Of {len(mine)} heads with a replicated role, {len(good)} " \
+               f"{'matters' if len(good) == 1 else 'matter'} where {'its' if len(good) == 1 else 'their'} role " \
                f"says" + (f" ({', '.join(f'{f.head_name} {f.role}' for f in good)})" if good else "") + "."
         if broken:
             text += (f" Removing {', '.join(f.head_name for f in broken)} breaks the model (worse than a unigram model of "
@@ -201,11 +208,18 @@ def _differences(models: list[ModelResult]) -> list[str]:
                            f"bits/char ({'copies' if gain > 0 else 'no copying gain'})")
     if copying:
         out.append("Repeated held-out passages, first → second copy: " + "; ".join(copying) + ".")
-    circuits = [t for t in (circuit_text(m) for m in models) if t]
+    circuits = [m for m in models if circuit_text(m)]
     if circuits:
-        out.append("Circuits (composition edges, from removing each earlier head): " + " ".join(circuits)
-                   + " A difference between the models here is one training run each, not yet a property of the "
-                     "languages.")
+        out.append("Circuits (composition edges: removing the earlier head cuts the later head's role score above chance "
+                   "by at least half; the share cut, and the median share the same removal cuts from the other role "
+                   "heads): " + " ".join(
+                       f"{m.label}: " + ("; ".join(
+                           f"{e.source} → {e.target} ({e.cut:.0%}" + (
+                               f" vs {narrate.others_cut(m, e.source, e.target):.0%}"
+                               if narrate.others_cut(m, e.source, e.target) is not None else "") + ")"
+                           for e in sorted(m.circuit.edges, key=lambda e: -e.cut)) or "none") + "."
+                       for m in circuits)
+                   + " Each model is one training run: a difference here is not yet a property of the languages.")
     return out
 
 
@@ -237,7 +251,7 @@ def limitations(models: list[ModelResult]) -> list[str]:
             if ri.n_draws > 1:
                 many = f"{ri.draws_with_roles} of {ri.n_draws}" if random_roles else f"none of {ri.n_draws}"
                 out.append(f"{m.label}: {many} randomly initialised models of the same shape, with attention as sharp "
-                           f"as the trained model's, {'were given roles' if random_roles else 'was given a role'}"
+                           f"as the trained model's, {'was given roles' if random_roles and ri.draws_with_roles == 1 else 'were given roles' if random_roles else 'was given a role'}"
                            + (f" ({shown}); roles like these are not evidence of learning." if random_roles else "."))
             elif random_roles:
                 out.append(f"{m.label}: a randomly initialised model of the same shape was given roles too ("
@@ -252,8 +266,9 @@ def limitations(models: list[ModelResult]) -> list[str]:
             out.append(f"{m.label} predicts a repeated passage no better the second time "
                        f"({num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} bits/char): "
                        f"it does not copy in context, whatever its same-character or induction attention.")
-    out.append("Attention shows where a head reads, not what it writes; ablation tests reliance one head at a time and "
-               "misses heads that back each other up.")
+    out.append("What a head writes is read directly (through the unembedding) for role heads only; its effect through later "
+               "layers is seen only in composition. Ablation removes one head at a time and misses heads that back each "
+               "other up.")
     out.append("One training run per language: roles may differ between seeds of the same recipe.")
     return out
 
@@ -288,13 +303,36 @@ def circuit_text(m: ModelResult) -> str:
         return (f"{m.label}: no composition edge — removing any single earlier head leaves every later role head's "
                 f"score above half its excess over chance ({len(m.circuit.measured)} pairs measured).")
     return f"{m.label}: " + "; ".join(
-        f"{e.source} ({role.get(e.source, 'no role')}) → {e.target} ({role.get(e.target, 'no role')}): "
-        + narrate.edge_words(m, e) for e in sorted(edges, key=lambda e: -e.cut)) + "."
+        f"{e.source} ({narrate.short_role(role.get(e.source, 'no role'))}) → {e.target} "
+        f"({narrate.short_role(role.get(e.target, 'no role'))}): " + narrate.edge_words(m, e) for e in sorted(edges, key=lambda e: -e.cut)) + "."
+
+
+def circuit_paragraph(m: ModelResult) -> str:
+    """The model's circuit in a few words, grouped by the earlier head: what it feeds, the share cut."""
+    if not circuit_text(m):
+        return ""
+    role = {f.head_name: f.role for f in m.primary}
+    edges = m.circuit.edges
+    if not edges:
+        return f"{m.label}: no earlier head alone feeds any role head (removing one cuts no role score by half)."
+    parts = []
+    for src in dict.fromkeys(e.source for e in sorted(edges, key=lambda e: -e.cut)):
+        mine = [e for e in edges if e.source == src]
+        text = (f"{src} ({narrate.short_role(role.get(src, 'no role'))}) feeds " + ", ".join(
+            f"{e.target} ({narrate.short_role(role.get(e.target, 'no role'))}, {e.cut:.0%} of its score above "
+            f"chance{', selective' if narrate.selective(m, e) else ''})" for e in mine))
+        if narrate.selective(m, mine[0]) is not None:
+            loose = [e.target for e in mine if not narrate.selective(m, e)]
+            text += (f"; removing {src} also breaks the model, so only cuts exceeding its cut of every other role "
+                     f"head by {narrate.SELECTIVE:.0%} count as selective"
+                     + (f" ({', '.join(loose)}: possibly general disruption)" if loose else ""))
+        parts.append(text)
+    return f"{m.label} circuit: " + ". ".join(parts) + "."
 
 
 def conclusion(models: list[ModelResult]) -> list[str]:
     """Paragraphs: circuits first (what feeds what), then the roles with their evidence, then what is absent."""
-    out = [t for t in (circuit_text(m) for m in models) if t]
+    out = [t for t in (circuit_paragraph(m) for m in models if model_quality(m).ok) if t]
     for m in models:
         heads = ranked([m])
         if not model_quality(m).ok:
@@ -304,16 +342,31 @@ def conclusion(models: list[ModelResult]) -> list[str]:
             out.append(f"{m.label}: no head has a role that held on held-out text.")
             continue
         good = [f for _, f in heads if narrate.supported(f, m)]
-        rest = [f for _, f in heads if f not in good]
+        broken = [f for _, f in heads if narrate.breaks(m, m.ablation_of(f.layer, f.head))]
+        rest = [f for _, f in heads if f not in good and f not in broken]
         text = f"{m.label}: {len(heads)} of {m.n_layers * m.n_heads} heads have a replicated role."
         if good:
-            text += " Supported by what breaks without them: " + "; ".join(
-                f"{f.head_name}, {narrate.article(f.role)} {f.role}" for f in good) + "."
+            text += " Roles the causal evidence agrees with (the model relies on the head where its role predicts): " \
+                    + "; ".join(f"{f.head_name}, {narrate.article(f.role)} {f.role}" for f in good) + "."
+        if broken:
+            text += " Heads the model cannot work without (removing one breaks it, so what it contributes is not " \
+                    "measured): " + "; ".join(f"{f.head_name} ({f.role})" for f in broken) + "."
         if rest:
-            text += " Attention pattern only, or causal evidence that points elsewhere: " + "; ".join(
+            text += " Attention pattern real, causal evidence absent or pointing elsewhere: " + "; ".join(
                 f"{f.head_name} ({f.role})" for f in rest) + "."
         copies = [w.head_name for w in m.writes if w.verdict == "copies"]
         if copies:
-            text += f" Copying heads by what they write: {', '.join(copies)}."
+            text += f" Heads whose output raises the character they attend to (copying): {', '.join(copies)}."
         out.append(text)
+    if not any(model_quality(m).ok for m in models):
+        return out
+    absent = [fam.name for fam in FAMILIES if fam.compared
+              and not any(f.family == fam.name for m in models for f in m.primary)]
+    if "positional" in absent and any(subsumed_positional(m) for m in models):
+        absent.remove("positional")  # met by heads whose fixed-offset or other role already describes them
+        out.append("No head has a positional role of its own; the heads that meet the positional rule are described "
+                   "by another role of theirs (" + "; ".join(f"{m.label} {s.head}" for m in models
+                                                            for s in subsumed_positional(m)) + ").")
+    if absent:
+        out.append("Not found in any model: " + ", ".join(absent) + " (each model page gives the closest candidate).")
     return out

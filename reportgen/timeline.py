@@ -57,7 +57,7 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
     if not any(p == "induction" for p, *_ in series):
         ind = a.stats["heldout"].values["induction"]["mean"]
         l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
-        series.append(("induction", int(l), int(h), f"L{l}H{h} induction (strongest at the final step)"))
+        series.append(("induction", int(l), int(h), f"L{l}H{h} natural-text induction attention (strongest at the final step)"))
     task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
     steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
     for ckpt in siblings:

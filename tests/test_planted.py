@@ -86,8 +86,9 @@ def test_explanations_on_head_pages_state_their_findings_numbers(planted_site, r
                                         str(m.corpus.windows["train"]), num(f.train.mean))
         if h.positional is not None:
             content = re.search(r"Its own positional pattern alone would give (\S+), other windows' characters "
-                                r"(\S+)(?:, its word-start and last-boundary keys (\S+))?, so content adds (\S+) "
-                                r"\(lower CI bound (\S+)\)", page)
+                                r"(\S+)(?:, its keys at word starts \(of any word\) and the last boundary (\S+))?, so content adds (\S+) "
+                                r"on average over windows, each window measured against the stricter of its own two "
+                                r"nulls \(lower CI bound (\S+)\)", page)
             assert content and content.groups() == (num(h.positional), num(h.swap),
                                                     None if h.structure is None else num(h.structure), num(h.gain),
                                                     num(h.gain_ci_low))
@@ -131,9 +132,17 @@ def test_explanation_choice_follows_the_numbers(run):
         return dataclasses.replace(m, ablation=[a if x is abl else x for x in m.ablation])
     note = explain(f, causal()).linguistics
     assert "Spaces separate English words" in note and "where the current word" in note  # the space note
-    # relied upon, but its removal matters most when predicting another class: the note is not printed
-    elsewhere = explain(f, causal(class_contrasts={"punctuation": stands})).linguistics
-    assert "Evidence is mixed" in elsewhere and "punctuation" in elsewhere and "Spaces separate" not in elsewhere
+    # a class role without a targeted test (vowels): relied upon, but its removal stands out when predicting
+    # another class, not its own: the note is not printed; when its own class stands out, it is
+    vowel = next(f for f in m.findings if f.pattern == "class_vowel")
+    vabl = m.ablation_of(vowel.layer, vowel.head)
+    def vowel_causal(classes):
+        a = dataclasses.replace(vabl, ci_low=0.05, ci_high=0.2, targeted={}, class_contrasts=classes)
+        return dataclasses.replace(m, ablation=[a if x is vabl else x for x in m.ablation])
+    elsewhere = explain(vowel, vowel_causal({"punctuation": stands})).linguistics
+    assert "Evidence is mixed" in elsewhere and "punctuation" in elsewhere
+    assert "Evidence is mixed" in explain(vowel, vowel_causal({})).linguistics  # nothing singles it out
+    assert "Evidence is mixed" not in explain(vowel, vowel_causal({"vowel": stands})).linguistics
     notspecific = Contrast(-0.1, 0.1, -0.2, -0.3, -0.1, 10, 0.1, 0.05, 0.2)  # costs less where its role predicts
     mixed = explain(f, causal(targeted={"in_word": notspecific})).linguistics
     assert "Evidence is mixed" in mixed and "Spaces separate" not in mixed
