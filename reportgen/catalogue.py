@@ -197,8 +197,8 @@ class Detector:
         return FAMILY[self.family].causal_target if self.family else None
 
 
-COPYING = ("An induction head reads what followed an earlier occurrence of the current character; with the model's "
-           "better prediction of a repeated passage, that is copying: continuing a name or phrase already seen.")
+COPYING = ("Reading what followed an earlier occurrence of the current character, together with the model's better "
+           "prediction of a repeated passage, is copying: continuing a name or phrase already seen.")
 _MASS = dict(ci_low_above=0.5)
 _CONTENT = Rule("content", "", gain_ci_low_at_least=0.10)
 _CLASS = Rule("content", "", gain_ci_low_at_least=0.10, rare_below=0.10,

@@ -171,8 +171,10 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
             text += (f" Removing {', '.join(f.head_name for f in broken)} breaks the model (worse than a unigram model of "
                      f"its text), which shows the model needs them but not for what.")
         if mixed:
-            text += f" Mixed evidence for {', '.join(f'{f.head_name} {f.role}' for f in mixed)}: they matter, but " \
-                    f"not where their role predicts (each head page says where)."
+            one = len(mixed) == 1
+            text += f" Mixed evidence for {', '.join(f'{f.head_name} {f.role}' for f in mixed)}: " \
+                    f"{'it matters' if one else 'they matter'}, but not where {'its' if one else 'their'} role " \
+                    f"predicts (each head page says where)."
         if idle:
             text += (f" {', '.join(f.head_name for f in idle)}: real attention pattern, no measurable reliance, so no "
                      f"linguistic role is claimed.")
@@ -350,10 +352,10 @@ def conclusion(models: list[ModelResult]) -> list[str]:
                     + "; ".join(f"{f.head_name}, {narrate.article(f.role)} {f.role}" for f in good) + "."
         if broken:
             text += " Heads the model cannot work without (removing one breaks it, so what it contributes is not " \
-                    "measured): " + "; ".join(f"{f.head_name} ({f.role})" for f in broken) + "."
+                    "measured): " + "; ".join(f"{f.head_name}, {f.role}" for f in broken) + "."
         if rest:
             text += " Attention pattern real, causal evidence absent or pointing elsewhere: " + "; ".join(
-                f"{f.head_name} ({f.role})" for f in rest) + "."
+                f"{f.head_name}, {f.role}" for f in rest) + "."
         copies = [w.head_name for w in m.writes if w.verdict == "copies"]
         if copies:
             text += f" Heads whose output raises the character they attend to (copying): {', '.join(copies)}."
