@@ -67,6 +67,7 @@ class Explanation:
     writes: str = ""  # what its output raises (direct logit attribution)
     inputs: str = ""  # which earlier heads feed its role, which later ones it feeds
     profile: str = ""  # the per-character profile behind a class role and the role's distance profile
+    verdict: str = ""  # the causal evidence in one sentence (the overview's cards)
 
 
 def _what(f: Finding) -> str:
@@ -120,7 +121,8 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
                        narrate.explain_ablation(f, m), explain_controls(f, m), explain_example(f, m),
                        narrate.explain_writes(f, m), narrate.explain_inputs(f, m),
                        " ".join(x for x in (explain_profile(m.head(f.layer, f.head), f.pattern),
-                                            explain_distance(m.head(f.layer, f.head), f.pattern)) if x))
+                                            explain_distance(m.head(f.layer, f.head), f.pattern)) if x),
+                       verdict=narrate.causal_verdict(f, m))
 
 
 def _show(text: str) -> str:

@@ -209,3 +209,20 @@ def explain_inputs(f: Finding, m: ModelResult) -> str:
             + ("; may be general disruption, as removing it breaks the model" if selective(m, e) is False else "") + ")"
             for e in feeds) + ".")
     return " ".join(parts)
+
+
+def causal_verdict(f: Finding, m: ModelResult) -> str:
+    """The causal evidence on a role in one short sentence (for the overview's cards)."""
+    a = m.ablation_of(f.layer, f.head)
+    if a is None:
+        return "Causal evidence: not measured in this run."
+    if breaks(m, a):
+        return (f"Causal evidence: removing it breaks the model ({_n(a.ablated_bits_per_char)} bits/char, a unigram "
+                f"model: {_n(m.unigram_bits_per_char)}), so the model needs it but its contribution is not measured.")
+    if not relied(a):
+        return f"Causal evidence: no measurable reliance (Δ {_s(a.delta_bits_per_char)} bits/char, CI includes 0)."
+    if supported(f, m):
+        return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most where its role "
+                f"predicts.")
+    return (f"Causal evidence is mixed: removing it costs {_s(a.delta_bits_per_char)} bits/char, but not specifically "
+            f"where its role predicts.")
