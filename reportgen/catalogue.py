@@ -355,8 +355,9 @@ def roles_of(split, layer: int, head: int) -> list[Detector]:
         values = split.values.get(d.name)
         if values is not None and d.rule.holds({k: float(v[layer, head]) for k, v in values.items()}):
             out.append(d)
-    masses = {d.name.removeprefix("offset_") for d in out if d.kind == "offset"}
-    return [d for d in out if d.kind != "argmax" or d.name.removeprefix("argmax_") not in masses]
+    if any(d.kind not in ("argmax", "hypothesis") for d in out):
+        out = [d for d in out if d.kind != "argmax"]
+    return out
 
 
 # Olsson et al. (2022) define an induction head by its attention on repeated *random* sequences; a head whose

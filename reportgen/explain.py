@@ -49,7 +49,7 @@ def qval(q: float | None) -> str:
 
 def signed(x: float | None) -> str:
     """A change in bits/char with its sign."""
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+    return "n/a" if x is None or not math.isfinite(x) else f"{x if abs(x) >= 0.0005 else 0.0:+.3f}"  # no -0.000
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,9 @@ def explain_profile(h: HeadResult, detector: str) -> str:
              f"most preferred the class's share of letter mass is {times(cp.wide_lift)} its chance share "
              f"(lower CI bound {times(cp.wide_lift_ci_low)})")
     if wide:
-        return text + ": a class-wide preference."
+        below = [f"'{_show(c)}'" for c, m, ch in cp.members if ch > 0 and m <= ch]
+        return text + (": the rule's class-wide test passes" + (f", though {', '.join(below)} "
+                       f"{'is' if len(below) == 1 else 'are'} not above chance." if below else "."))
     liked = [f"'{_show(c)}'" for c, m, ch in cp.top if m > ch][:WIDE_DROP]
     return text + f": it prefers {' and '.join(liked)}, not {cls}s as a class." if liked else text + "."
 
@@ -215,7 +217,8 @@ def explain_controls(f: Finding, m: ModelResult) -> str:
                          + (f" ({reach} of {n} draws reach it)" if n > 1 else "") +
                          ", so the role is not clearly learned.")
         else:
-            parts.append(f"{who} (this head: {num(f.effect)}, above it).")
+            parts.append(f"{who} (this head's effect size, its held-out mean minus its strictest null: "
+                         f"{num(f.effect)}, above it).")
     label = f"{f.head_name} {f.role}"
     kept = label in c.shuffled_text.positional_roles + c.shuffled_text.content_roles
     fam = FAMILY[f.family]
@@ -312,9 +315,12 @@ class Subsumed:
     @property
     def text(self) -> str:
         where = "itself" if self.offset == 0 else f"{self.offset} back"
-        kind = "fixed-offset role" if self.by.family == "fixed offset" else "role"
+        same = self.by.pattern == f"offset_{self.offset}"
         return (f"{self.head} also meets the positional rule (strongest key {where} for {pct(self.share)} of held-out "
-                f"queries); it is subsumed by its {kind} ({self.by.role}).")
+                f"queries); " + ("it is subsumed by its fixed-offset role at the same offset, " + self.by.role + "."
+                                 if same else
+                                 f"it is not given a positional role because it has a role that depends on which "
+                                 f"characters are there ({self.by.role}), which a purely positional head would not."))
 
 
 def subsumed_positional(m: ModelResult) -> list[Subsumed]:

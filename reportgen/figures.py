@@ -272,17 +272,23 @@ def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, st
     with matplotlib.rc_context(FONT):
         fig = Figure(figsize=(max(6.0, 2.0 * H), 1.3 * L + 1.0), layout="constrained")
         ax = fig.add_subplot()
-        for src, tgt, cut, firm in edges:
+        for k, (src, tgt, cut, firm) in enumerate(edges):
             (x0, y0), (x1, y1) = at[src], at[tgt]
-            rad = 0.0 if y1 - y0 == 1 else (0.35 if x0 == x1 else 0.15)  # bend around the heads in between
-            ax.annotate("", (x1, y1), (x0, y0), zorder=2,
+            if x0 == x1 and y1 - y0 > 1:  # past the heads in between of the same column: run beside them
+                x0, x1 = x0 + 0.28, x1 + 0.28
+            ax.annotate("", (x1, y1 - 0.2), (x0, y0 + 0.2), zorder=2,
                         arrowprops=dict(arrowstyle="-|>", lw=1 + 3 * min(max(cut, 0), 1), color="#b2182b",
-                                        linestyle="-" if firm else (0, (3, 2)),
-                                        shrinkA=14, shrinkB=14, connectionstyle=f"arc3,rad={rad}"))
-            t = 0.7  # the label sits near the target end, where fewer arrows cross
-            mx, my = x0 + t * (x1 - x0) + (0.2 if x0 == x1 and rad else 0.0), y0 + t * (y1 - y0)
+                                        linestyle="-" if firm else (0, (3, 2)), shrinkA=0, shrinkB=0))
+            t = 0.45 + 0.12 * (k % 3)  # labels on their own line, staggered where lines share a source
+            mx, my = x0 + t * (x1 - x0), (y0 + 0.2) + t * ((y1 - 0.2) - (y0 + 0.2))
             ax.text(mx, my, f"−{cut:.0%}", fontsize=7, color="#b2182b", ha="center", va="center",
-                    zorder=5, bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none", alpha=0.85))
+                    zorder=5, bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="#b2182b", lw=0.4))
+        if edges:
+            ax.plot([], [], color="#b2182b", lw=2, label="input: removing it cuts the role score by this share")
+            if not all(firm for *_, firm in edges):
+                ax.plot([], [], color="#b2182b", lw=2, ls=(0, (3, 2)),
+                        label="possibly general disruption (its removal breaks the model)")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=7, frameon=False)
         for name, (x, y) in at.items():
             role = roles[y][x]
             label = name + ("\n" + role.replace(" head", "").replace(" (", "\n(") if role else "")

@@ -20,7 +20,7 @@ ROLE_CLASS = {"class_vowel": "vowel", "class_consonant": "consonant", "class_fin
 
 
 def _s(x: float | None) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.3f}"
+    return "n/a" if x is None or not math.isfinite(x) else f"{x + 0.0 if abs(x) >= 0.0005 else 0.0:+.3f}"
 
 
 def _n(x: float | None) -> str:
@@ -66,17 +66,22 @@ def specific(f: Finding, a: Ablation | None) -> bool | None:
 
 def supported(f: Finding, m: ModelResult) -> bool:
     """Whether the head's causal evidence agrees with its role enough to print what the role is good for: the
-    model measurably relies on it without breaking, and its targeted test (if its family has one) stands out, or
-    for a class role without one, removing it hurts most when predicting its own class (by the same rule)."""
+    model measurably relies on it without breaking, and its targeted test stands out or, for a class role,
+    removing it hurts most when predicting its own class (by the same rule). A role with neither test (a fixed
+    offset, a sink) is never "supported": nothing tests where it should matter."""
     a = m.ablation_of(f.layer, f.head)
     if a is None:
         return True  # no causal stage: the role's note stands as a hypothesis (the page says ablation was not run)
-    if not relied(a) or breaks(m, a) or specific(f, a) is False:
+    if not relied(a) or breaks(m, a):
         return False
-    if specific(f, a):  # its own targeted test singles it out: other classes where it matters do not veto that
-        return True
-    own = ROLE_CLASS.get(f.pattern)  # a class role without a targeted test: its own class must stand out
-    return own is None or own in [c for c, _ in standout_classes(a)]
+    own = ROLE_CLASS.get(f.pattern)  # a class role: removing it hurts most when predicting its own class
+    return bool(specific(f, a)) or (own is not None and own in [c for c, _ in standout_classes(a)])
+
+
+def testable(f: Finding, m: ModelResult) -> bool:
+    """Whether the role has a causal test of where it should matter (a targeted contrast or its own class)."""
+    a = m.ablation_of(f.layer, f.head)
+    return a is not None and (specific(f, a) is not None or ROLE_CLASS.get(f.pattern) is not None)
 
 
 def explain_ablation(f: Finding, m: ModelResult) -> str:
@@ -184,7 +189,7 @@ def edge_words(m: ModelResult, e) -> str:
     if sel is not None:
         text += (f"; removing {e.source} also breaks the whole model, " +
                  ("but this cut exceeds its cut of every other role head by at least "
-                  f"{SELECTIVE:.0%}" if sel else "so this cut may be general disruption rather than a specific input"))
+                  f"{SELECTIVE * 100:.0f} percentage points" if sel else "so this cut may be general disruption rather than a specific input"))
     return text
 
 

@@ -110,7 +110,8 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     total = sum(m.n_layers * m.n_heads for m in models)
     q1 = [f"{m.label} {f.head_name}, {f.role}: held-out {num(f.heldout.mean)} against a strictest null of "
           f"{num(f.heldout.mean - f.effect)}, above it in {pct(f.heldout.consistency)} of held-out windows; "
-          f"{_cost(m, f)}." for m, f in ranked(models)[:MAX_Q1_HEADS]]
+          f"{_cost(m, f)}." for m, f in ranked(models)[:MAX_Q1_HEADS] if narrate.supported(f, m)
+          or not any(mm.ablation for mm in models)]
     q2 = [f"{len(heads)} of {total} heads have a replicated role (each counted once, by its main role)."]
     for fam in FAMILIES:
         n = [sum(f.family == fam.name for f in m.primary) for m in models]
@@ -135,7 +136,8 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
                   "text, not on held-out windows.")
     return [
         Question("Which layer/head combinations are most interpretable?", (q1 + [model_quality(m).text for m in models if not model_quality(m).ok])
-                 or ["No head has a replicated role."]),
+                 or ["No head's role is borne out by its causal evidence (see question 4)." if any(m.primary for m in models)
+                     else "No head has a replicated role."]),
         Question("Which pattern types are most common?", q2),
         Question("How consistent are the patterns across inputs?", q3),
         Question("Do the patterns make linguistic sense?", _linguistic_sense(models)),
@@ -161,7 +163,9 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
         good = [f for f in mine if narrate.supported(f, m)]
         broken = [f for f in mine if narrate.breaks(m, m.ablation_of(f.layer, f.head))]
         idle = [f for f in mine if not relied(m, f)]
-        mixed = [f for f in mine if f not in good and f not in broken and f not in idle]
+        untested = [f for f in mine if f not in good and f not in broken and f not in idle
+                    and not narrate.testable(f, m)]
+        mixed = [f for f in mine if f not in good and f not in broken and f not in idle and f not in untested]
         verdict = ("yes, for most of its roles" if len(good) * 2 > len(mine) else
                    "partly" if good else "not shown: no role's causal evidence matches what the role predicts")
         text = f"{m.label}: {verdict}. Of {len(mine)} heads with a replicated role, {len(good)} " \
@@ -175,6 +179,10 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
             text += f" Mixed evidence for {', '.join(f'{f.head_name} {f.role}' for f in mixed)}: " \
                     f"{'it matters' if one else 'they matter'}, but not where {'its' if one else 'their'} role " \
                     f"predicts (each head page says where)."
+        if untested:
+            text += (f" {', '.join(f'{f.head_name} {f.role}' for f in untested)}: the model relies on "
+                     f"{'it' if len(untested) == 1 else 'them'}, but nothing tests where such a role should matter, so "
+                     f"no linguistic role is claimed.")
         if idle:
             text += (f" {', '.join(f.head_name for f in idle)}: real attention pattern, no measurable reliance, so no "
                      f"linguistic role is claimed.")
@@ -196,9 +204,9 @@ def _differences(models: list[ModelResult]) -> list[str]:
     subsumed = {m.label: subsumed_positional(m) for m in models} if "positional" in absent else {}
     if any(subsumed.values()):  # the rule is met, but as part of another role: not "absent"
         absent.remove("positional")
-        out.append("positional: no role of its own in either model; met but subsumed by another role of the same "
-                   "head in " + "; ".join(f"{label} " + ", ".join(f"{s.head} ({s.by.role})" for s in heads)
-                                          for label, heads in subsumed.items() if heads))
+        out.append("positional: no role of its own in either model; the rule is met by heads described by another "
+                   "role of theirs in " + "; ".join(f"{label} " + ", ".join(f"{s.head}, {s.by.role}" for s in heads)
+                                                   for label, heads in subsumed.items() if heads))
     if absent:
         out.append(f"in neither model: {', '.join(absent)}")
     copying = []
@@ -218,7 +226,8 @@ def _differences(models: list[ModelResult]) -> list[str]:
                        f"{m.label}: " + ("; ".join(
                            f"{e.source} → {e.target} ({e.cut:.0%}" + (
                                f" vs {narrate.others_cut(m, e.source, e.target):.0%}"
-                               if narrate.others_cut(m, e.source, e.target) is not None else "") + ")"
+                               if narrate.others_cut(m, e.source, e.target) is not None else "")
+                           + ("; possibly general disruption" if narrate.selective(m, e) is False else "") + ")"
                            for e in sorted(m.circuit.edges, key=lambda e: -e.cut)) or "none") + "."
                        for m in circuits)
                    + " Each model is one training run: a difference here is not yet a property of the languages.")
@@ -326,7 +335,7 @@ def circuit_paragraph(m: ModelResult) -> str:
         if narrate.selective(m, mine[0]) is not None:
             loose = [e.target for e in mine if not narrate.selective(m, e)]
             text += (f"; removing {src} also breaks the model, so only cuts exceeding its cut of every other role "
-                     f"head by {narrate.SELECTIVE:.0%} count as selective"
+                     f"head by {narrate.SELECTIVE * 100:.0f} percentage points count as selective"
                      + (f" ({', '.join(loose)}: possibly general disruption)" if loose else ""))
         parts.append(text)
     return f"{m.label} circuit: " + ". ".join(parts) + "."
