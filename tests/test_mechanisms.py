@@ -5,6 +5,7 @@ equal a computation straight from the weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -95,3 +96,20 @@ def test_direct_logits_through_the_api_equal_the_weights(tmp_path):
     np.testing.assert_allclose(got, logits, atol=1e-4)
     top_api, top_weights = got.argmax(1), logits.argmax(1)
     assert (top_api == top_weights).all()  # the character each position's write raises most
+
+
+def test_what_a_head_writes_is_not_computed_without_residuals(tmp_path):
+    text = planted_text()
+    tok = CharTokenizer.from_text([text])
+    model = planted_circuit_model(tok)
+    ids = torch.tensor(tok.tokenize(text))[: 8 * 32].view(8, 32)
+    classes = CharClasses.for_vocab(tok.vocab, "en")
+    from reportgen.writes import head_writes
+
+    assert head_writes(model, ids, classes, [(1, 0)], np.random.default_rng(0))[0].verdict == "copies"
+    flat = type(model).from_config(dataclasses.replace(model.config, with_residuals=False))
+    flat.load_state_dict(model.state_dict())
+    assert head_writes(flat, ids, classes, [(1, 0)], np.random.default_rng(0)) == []  # nothing it writes into
+    ckpt, _ = write_planted_circuit(tmp_path)
+    with pytest.raises(Exception, match="residual"):
+        api.direct_logits(dataclasses.replace(api.load(ckpt), model=flat), "in the beginning", 1, 0)
