@@ -14,6 +14,7 @@ attends to character j <= i. Nothing here writes files except `export`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,18 @@ def export(model: ModelBundle, passages: list[str], path: str | Path, language: 
         ids = model.tokenizer.tokenize(text)
         arrays[f"ids_{k}"] = np.array(ids)
         arrays[f"classes_{k}"] = cls.lookup()[ids]
-    with path.open("wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    _replace(path, lambda fh: np.savez_compressed(fh, **arrays))
     return path
+
+
+def _replace(path: Path, write) -> None:
+    """Write a new file beside `path` (created exclusively, so never through a link) and rename it onto `path`:
+    an existing file or symbolic link there is replaced itself, never the file a link points to."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

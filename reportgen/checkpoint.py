@@ -154,8 +154,9 @@ def save_checkpoint(path: Path, model: TransformerLM, tokenizer: CharTokenizer, 
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)  # a link left there would be written through
     torch.save(payload, tmp)
-    tmp.replace(path)
+    tmp.replace(path)  # replaces a file or a symbolic link at `path` itself, never a link's target
 
 
 def _course_tokenizer(ckpt: Path, train_text: str | Path | None, vocab_size: int) -> CharTokenizer:

@@ -31,14 +31,15 @@ def _ints(text: str) -> tuple[int, ...]:
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train a model and save checkpoints."""
     from .corpora import bible_split, text_split
-    from .train import TrainConfig, train
+    from .train import TrainConfig, check_out, train
 
-    split = text_split(args.text, args.language) if args.text else bible_split(args.language)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       save_at=args.save_at, n_layers=args.layers, n_heads=args.heads,
                       embed_size=args.embed, max_context_len=args.context, mlp_hidden_size=args.mlp,
                       with_residuals=not args.no_residuals, threads=args.threads, out=Path(args.out),
-                      device=args.device or "auto")
+                      device=args.device or "auto", force=args.force)
+    check_out(cfg)  # before the corpus is read
+    split = text_split(args.text, args.language) if args.text else bible_split(args.language)
     for path in train(split, cfg):
         print(path)
     return 0
@@ -159,8 +160,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ReportgenError(f"{out}: exists and is not a file")
     if out.suffix != ".npz":
         raise ReportgenError(f"{out}: the export is an .npz file; name it *.npz")
-    if out.exists() and not args.force:
-        raise ReportgenError(f"{out}: exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise ReportgenError(f"{out}: the folder {out.parent} does not exist")
+    if (out.exists() or out.is_symlink()) and not args.force:
+        raise ReportgenError(f"{out}: exists; pass --force to replace it (a symbolic link is replaced itself, never "
+                             f"the file it points to)")
     api.export(model, passages, out, args.language)
     say(f"wrote {out}: attention (layers, heads, N, N) for {len(passages)} passage(s)")
     return 0
@@ -244,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     _add_device_option(t)
     t.add_argument("--out", default="checkpoints", help="output folder (default checkpoints/)")
+    t.add_argument("--force", action="store_true",
+                   help="overwrite checkpoints (stepNNNNN.pt) already in --out; a symbolic link is replaced "
+                        "itself, never the file it points to")
     t.set_defaults(func=_cmd_train)
 
     i = sub.add_parser("info", help="load a checkpoint and print its hyperparameters and metadata")
@@ -286,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--windows", type=int, default=4, help="windows to take from --text (default 4)")
     e.add_argument("--language", type=_language, help="language for the character classes")
     e.add_argument("--out", required=True, help="output .npz file")
-    e.add_argument("--force", action="store_true", help="replace an existing output file")
+    e.add_argument("--force", action="store_true",
+                   help="replace an existing output file (a symbolic link itself, never the file it points to)")
     _add_device_option(e)
     _add_checkpoint_options(e)
     e.set_defaults(func=_cmd_export)

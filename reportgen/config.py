@@ -213,6 +213,17 @@ def _check(cfg: RunConfig, origin) -> None:
             raise ReportgenError(f"{origin('models')}: --heldout for {m.path} needs --text (the training part of that text)")
 
 
+def _without_bidi_controls(cfg: RunConfig) -> RunConfig:
+    """Labels, author and course without explicit bidi controls (`languages.without_bidi_controls`)."""
+    from .languages import without_bidi_controls
+
+    def clean(s):
+        return without_bidi_controls(s) if isinstance(s, str) else s
+
+    models = tuple(replace(m, label=clean(m.label)) if isinstance(m, ModelSpec) else m for m in cfg.models)
+    return replace(cfg, author=clean(cfg.author), course=clean(cfg.course), models=models)
+
+
 def slug(text: str) -> str:
     """A file-name-safe slug of at most MAX_SLUG characters (a hash when nothing safe is left)."""
     s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:MAX_SLUG].strip("-")
@@ -245,6 +256,7 @@ def build_config(toml: Path | None = None, **overrides) -> RunConfig:
         cfg = RunConfig(**values)
     except TypeError as exc:
         raise ReportgenError(f"{source}: {exc}") from None
+    cfg = _without_bidi_controls(cfg)
     cli_keys = {k for k, v in overrides.items() if v is not None}
     _check(cfg, lambda key: "command line" if key in cli_keys else source)
     labels = [m.label for m in cfg.models]

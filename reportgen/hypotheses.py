@@ -30,17 +30,33 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import re2
 import torch
 
 from .catalogue import LETTER_CLASSES, hypothesis_keys
 from .classes import CLASS_NAMES
 from .classwide import class_wide_fields
 from .keysets import SKIP, boundary_targets, keys_product, word_initial
+from .languages import without_bidi_controls
 from .errors import ReportgenError
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 QUERY_KEYS = ("query_chars", "query_class", "query_regex")
 KEY_KEYS = ("key_chars", "key_class", "key_regex", "key_offset")
+_RE2 = re2.Options()
+_RE2.log_errors = False  # a bad pattern is our one-line error, not a log line on stderr
+ESCAPE = re.compile(r"\\(.)", re.S)  # a backslash escape (an escaped backslash is one, so \\\\b is no \\b)
+
+
+def compile_regex(pattern: str):
+    """A user regex compiled by RE2 (Google's engine: no backtracking, so every search is linear in the text;
+    no backreferences or lookaround). Raises re2.error with RE2's reason for what it cannot compile."""
+    return re2.compile(pattern, _RE2)
+
+
+def ascii_only(pattern: str) -> str | None:
+    """The first of \\b \\B \\w \\W in a pattern (RE2 gives them ASCII meanings only), or None."""
+    return next((f"\\{m.group(1)}" for m in ESCAPE.finditer(pattern) if m.group(1) in "bBwW"), None)
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,7 @@ class Hypothesis:
             return codes == CLASS_NAMES.index(cls)
         if regex is not None:
             out = torch.zeros(T, dtype=torch.bool)
-            for m in re.finditer(regex, text):
+            for m in compile_regex(regex).finditer(text):
                 if m.start() < T:
                     out[m.start()] = True
             return out
@@ -148,12 +164,19 @@ def parse(entries, source: str) -> tuple[Hypothesis, ...]:
                 raise ReportgenError(f"{where} ({name}): {k} must be one of {', '.join(CLASS_NAMES)}, not {v!r}")
             elif k.endswith("_regex"):
                 try:
-                    re.compile(v)
-                except re.error as exc:
-                    raise ReportgenError(f"{where} ({name}): bad regex {v!r} ({exc})") from None
+                    if any(m.group(1) == "C" for m in ESCAPE.finditer(v)):
+                        raise re2.error("\\C matches one byte of a UTF-8 character")
+                    compile_regex(v)
+                except re2.error as exc:
+                    reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) \
+                        else str(exc)
+                    reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
+                    raise ReportgenError(f"{where} ({name}): bad regex {v!r} for RE2, the linear-time engine "
+                                         f"hypotheses use ({reason}; no backreferences or lookaround)") from None
         description = e.get("description", "")
         if not isinstance(description, str):
             raise ReportgenError(f"{where} ({name}): description must be a string")
+        description = without_bidi_controls(description)  # it must not reorder the model page around it
         out.append(Hypothesis(name, description or name.replace("_", " "),
                               **{k: e[k] for k in queries + keys}))
     return tuple(out)
@@ -161,8 +184,16 @@ def parse(entries, source: str) -> tuple[Hypothesis, ...]:
 
 def check_targets(hyps: tuple[Hypothesis, ...], ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
                   source: str) -> None:
-    """Each hypothesis must have targets in the text (an empty target set is a mistake, not a null result)."""
+    """Each hypothesis must have targets in the text (an empty target set is a mistake, not a null result), and no
+    regex may lean on RE2's ASCII-only \\b or \\w when the vocabulary has other letters (it would miss them)."""
+    wide = any(len(c) == 1 and c.isalpha() and not c.isascii() for c in vocab)
     for h in hyps:
+        for k, v in (("query_regex", h.query_regex), ("key_regex", h.key_regex)):
+            escape = ascii_only(v) if v is not None and wide else None
+            if escape:
+                raise ReportgenError(f"{source}: hypothesis {h.name!r}: {k} uses {escape}, which RE2 applies to ASCII "
+                                     f"letters only, and this vocabulary has others; use \\pL (a letter), \\PL "
+                                     f"(not a letter) or [\\pL\\pN_] instead")
         if not h.mask(ids, codes, vocab)[:, SKIP:].any():
             raise ReportgenError(f"{source}: hypothesis {h.name!r} has no query-key pair in the text; check its "
                                  f"characters, class or regex")

@@ -15,6 +15,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")  # explicit embeddings, overrides and isolates
+
+
+def without_bidi_controls(text: str) -> str:
+    """A user string (label, author, course, hypothesis description) without explicit bidi controls, U+202A-U+202E
+    and U+2066-U+2069: an override or an unclosed embedding would reorder the report's own text around it."""
+    return BIDI_CONTROLS.sub("", text)
+
+
+def has_rtl(text: str) -> bool:
+    """Whether a string has right-to-left characters (Hebrew, Arabic letters or Arabic digits)."""
+    return any(unicodedata.bidirectional(c) in ("R", "AL", "AN") for c in text)
+
 
 @dataclass(frozen=True)
 class Language:

@@ -1,6 +1,6 @@
 """Rendering and writing: figures, Jinja2 pages, the stylesheet and the PDF (shared by run and diff).
 
-Rendering never builds HTML in Python and autoescapes every value. Everything is written into
+Rendering never builds HTML in Python (but for the escaped <bdi> of `isolate`) and autoescapes every value. Everything is written into
 the staging folder that `outputs.OutputFolder.staged` swaps into place.
 """
 
@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import numpy as np
 
 from .catalogue import FAMILIES, shown_in
@@ -17,7 +18,7 @@ from .classes import CLASS_NAMES
 from .config import template_dir
 from .explain import num, pct, qval, signed, times
 from .figures import FigureWriter, HeadFigureData
-from .languages import LANGUAGE
+from .languages import LANGUAGE, has_rtl, without_bidi_controls
 from .narrate import selective
 from .outputs import FIGURES, OutputFolder, write_text_atomic
 from .pages import Pages, build_pages
@@ -29,9 +30,19 @@ def make_env() -> jinja2.Environment:
     """A fresh Jinja2 environment: autoescape on, StrictUndefined, the report's filters."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed, target=link_target)
+    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed, target=link_target, bidi=isolate)
     env.globals["in_pdf"] = False
     return env
+
+
+def isolate(text) -> str:
+    """A user string (label, author, course, hypothesis description) on a page: without explicit bidi controls, and
+    in <bdi> when it has right-to-left characters, so it cannot reorder the sentence around it; a left-to-right
+    string in these left-to-right pages needs no isolation and is left as it is."""
+    if isinstance(text, markupsafe.Markup):
+        return text
+    text = without_bidi_controls(str(text))
+    return markupsafe.Markup("<bdi>%s</bdi>") % text if has_rtl(text) else text
 
 
 def link_target(page: str, in_pdf: bool) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,13 @@ import torch.nn.functional as F
 from .checkpoint import save_checkpoint
 from .corpora import TextSplit
 from .device import device_of, resolve
+from .errors import ReportgenError
 from .model import ModelConfig, TransformerLM
 from .progress import make_progress
 from .tokenizer import CharTokenizer
 
 LN2 = math.log(2.0)
+STEP_FILE = re.compile(r"^step\d{5,}\.pt$")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,21 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu (batches are drawn on the CPU either way)
     out: Path = field(default_factory=lambda: Path("checkpoints"))
+    force: bool = False  # overwrite checkpoints already in `out` (each is replaced, a symlink itself, never its target)
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Refuse, before any work, an --out that is not a folder, or one holding checkpoints (stepNNNNN.pt) unless
+    cfg.force: a new run would overwrite them or mix its series with theirs."""
+    out = cfg.out
+    if (out.is_symlink() and not out.exists()) or (out.exists() and not out.is_dir()):
+        what = "a file" if out.exists() else "a dangling symbolic link"
+        raise ReportgenError(f"{out}: --out must be a folder, and this is {what}")
+    held = sorted(p.name for p in out.iterdir() if STEP_FILE.match(p.name)) if out.is_dir() else []
+    if held and not cfg.force:
+        names = ", ".join(held[:6]) + (f" and {len(held) - 6} more" if len(held) > 6 else "")
+        raise ReportgenError(f"{out}: already holds checkpoints {names}; pass --force to overwrite them, or choose "
+                             f"another --out")
 
 
 def evenly_spaced_windows(ids: torch.Tensor, length: int, count: int | None = None) -> torch.Tensor:
@@ -79,6 +97,7 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 
 def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
     """Train on split.train, evaluate on split.heldout, save checkpoints at cfg.save_at and the end."""
+    check_out(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

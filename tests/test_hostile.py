@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -219,3 +220,221 @@ def test_diff_refuses_an_out_folder_holding_other_files(planted_site, tmp_path, 
     assert cli(["diff", str(out), str(out), "--out", str(figs), "--no-pdf"]) == 2
     assert "not a folder of diff figures" in capsys.readouterr().err
     assert (figs / "figures" / "plan.txt").read_text() == "mine" and not (figs / "diff.json").exists()
+
+
+_REGEX_PROBE = """
+import sys, time, torch
+from reportgen.hypotheses import parse
+h = parse([{"name": "h", "key_regex": sys.argv[1]}], "t.toml")[0]
+text = sys.argv[2]
+vocab = sorted(set(text))
+ids = torch.tensor([[vocab.index(c) for c in text]] * 64)
+t = time.perf_counter()
+h.key_positions(ids, torch.zeros_like(ids), vocab)
+print(time.perf_counter() - t)
+"""
+
+
+@pytest.mark.parametrize("pattern, text", [
+    ("(.*)*x", "in the beginning god created the heaven and the earth. " * 4),
+    ("(a+)+$", "a" * 255 + "b"),
+    ("(x+x+)+y", "x" * 256),
+])
+def test_catastrophic_hypothesis_regexes_finish_in_linear_time(pattern, text):
+    """Patterns that backtrack exponentially in Python's re (they hung the run) match in RE2, in well under a
+    second for 64 windows of 256 characters; a hang fails here through the subprocess timeout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _REGEX_PROBE, pattern, text], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 5.0
+
+
+@pytest.mark.parametrize("pattern, expect", [
+    ("(a)\\1", "invalid escape sequence"), ("(?=a)", "invalid perl operator"), ("a(?<!b)", "invalid perl operator"),
+    ("\\C", "one byte"), ("(\n", "missing )"),
+])
+def test_regexes_re2_cannot_run_are_refused_in_one_line(pattern, expect):
+    from reportgen.errors import ReportgenError
+    from reportgen.hypotheses import parse
+
+    with pytest.raises(ReportgenError) as err:
+        parse([{"name": "h", "key_regex": pattern}], "my.toml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("my.toml: hypothesis 1 (h): bad regex") and expect in msg, msg
+
+
+def test_ascii_only_word_escapes_are_refused_on_a_vocabulary_with_other_letters():
+    """RE2's \\b and \\w know ASCII letters only: on Hebrew they would silently match nothing, so they are refused
+    there (and work unchanged on an English vocabulary); \\pL is the way to say "a letter" in any script."""
+    from reportgen.errors import ReportgenError
+    from reportgen.hypotheses import check_targets, parse
+
+    def targets(pattern, text):
+        vocab = sorted(set(text))
+        ids = torch.tensor([[vocab.index(c) for c in text]])
+        check_targets(parse([{"name": "h", "key_regex": pattern}], "my.toml"), ids, torch.zeros_like(ids), vocab,
+                      "my.toml")
+
+    he = "בראשית ברא אלהים את השמים ואת הארץ " * 2
+    for pattern in ("\\b\\w", "\\w", "[^\\W]"):
+        with pytest.raises(ReportgenError, match="RE2 applies to ASCII letters only"):
+            targets(pattern, he)
+    targets("\\pL", he)
+    targets("\\\\b|\\pL", he)  # an escaped backslash and a b: no \b
+    targets("\\b\\w", "in the beginning god created the heaven and the earth " * 2)
+
+
+def _train_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    from .conftest import TINY_TEXT
+
+    text = tmp_path / "train.txt"
+    text.write_text(TINY_TEXT * 20)
+    return ["train", "--text", str(text), "--steps", "4", "--save-at", "2", "--layers", "1", "--heads", "2",
+            "--embed", "16", "--context", "16", "--mlp", "32", "--batch-size", "4", "--out", str(out), *extra]
+
+
+def test_train_refuses_to_overwrite_checkpoints_and_force_never_writes_through_a_link(tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "step00004.pt").write_bytes(b"an earlier run's checkpoint")
+    (out / "step09000.pt").write_bytes(b"another one")
+    assert cli(_train_args(tmp_path, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "step00004.pt, step09000.pt" in err and "--force" in err, err
+    assert (out / "step00004.pt").read_bytes() == b"an earlier run's checkpoint"
+    assert sorted(p.name for p in out.iterdir()) == ["step00004.pt", "step09000.pt"]
+    (tmp_path / "file").write_text("x")
+    assert cli(_train_args(tmp_path, tmp_path / "file")) == 2 and "must be a folder" in capsys.readouterr().err
+    # --force: the checkpoint at a symlink replaces the link itself; the file it pointed to is untouched
+    precious = tmp_path / "precious.pt"
+    precious.write_bytes(b"not yours")
+    (out / "step00004.pt").unlink()
+    (out / "step00004.pt").symlink_to(precious)
+    (out / "step00004.pt.tmp").symlink_to(tmp_path / "precious2.pt")  # a stale temporary name that is a link, too
+    assert cli(_train_args(tmp_path, out, "--force")) == 0
+    assert precious.read_bytes() == b"not yours" and not (tmp_path / "precious2.pt").exists()
+    assert not (out / "step00004.pt").is_symlink() and (out / "step00004.pt").stat().st_size > 1000
+    assert (out / "step09000.pt").read_bytes() == b"another one"
+
+
+def test_export_force_replaces_a_symlink_itself_never_its_target(tmp_path, tiny_model, tokenizer, capsys):
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, tiny_model, tokenizer, step=1, train_loss=1.0, heldout_bits_per_char=1.0,
+                    corpus={"name": "tiny", "language": "en"}, seed=0, history=[])
+    precious = tmp_path / "precious.npz"
+    precious.write_bytes(b"yours")
+    for name, target in (("link.npz", precious), ("dangling.npz", tmp_path / "nowhere.npz")):
+        link = tmp_path / name
+        link.symlink_to(target)
+        args = ["export", "--model", str(ckpt), "--passage", "the cat sat on the mat", "--out", str(link)]
+        assert cli(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--force" in err, err
+        assert cli(args + ["--force"]) == 0
+        capsys.readouterr()
+        assert not link.is_symlink() and link.read_bytes()[:2] == b"PK"
+    assert precious.read_bytes() == b"yours" and not (tmp_path / "nowhere.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.npz", "link.npz", "m.pt", "precious.npz"]
+    assert cli(["export", "--model", str(ckpt), "--passage", "the cat", "--out", str(tmp_path / "no" / "a.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@pytest.mark.slow  # a full run through the CLI
+def test_bidi_overrides_in_user_strings_cannot_reorder_reportgen_text(world, capsys):
+    """A right-to-left override in a label (or author, course, hypothesis description) once reversed reportgen's
+    own sentences in the HTML and PDF ("0.931" read "139.0"): explicit bidi controls are stripped where user
+    strings enter the settings, and labels with right-to-left letters are isolated in <bdi> on the pages."""
+    toml = world / "bidi.toml"
+    toml.write_text('train_windows = 48\nablation_windows = 0\ntimeline_windows = 0\n'
+                    'author = "Ada \u202eL."\ncourse = "NLP \u2067101\u2069"\n'
+                    f'[[model]]\npath = "{world / "planted.pt"}"\nlabel = "\u202eEvil \u05e2\u05d1\u05e8\u05d9\u05ea\u202c"\n'
+                    f'language = "en"\ntext = "{world / "planted.txt"}"\n'
+                    '[[hypothesis]]\nname = "prev"\ndescription = "reads \u202eback"\nkey_offset = 1\n')
+    out = world / "bidi"
+    assert cli(["run", "--config", str(toml), "--out", str(out), "--no-pdf"]) == 0, capsys.readouterr().err
+    pages = {p.name: p.read_text() for p in out.glob("*.html")}
+    html = "".join(pages.values())
+    assert not any(c in html for c in BIDI_CONTROLS), "an explicit bidi control reached the pages"
+    assert "Evil \u05e2\u05d1\u05e8\u05d9\u05ea" in html and "reads back" in html
+    model = next(v for k, v in pages.items() if k.startswith("model-"))
+    assert "<h1><bdi>Evil \u05e2\u05d1\u05e8\u05d9\u05ea</bdi></h1>" in model
+    assert re.search(r"predicts its held-out text at \d\.\d{3} bits/char, worse than uniform guessing over its 46 "
+                     r"symbols \(5\.524\)", pages["index.html"])  # reportgen's numbers, in their own order
+    results = (out / "results.json").read_text(encoding="utf-8")
+    assert not any(c in json.loads(results)["models"][0]["label"] for c in BIDI_CONTROLS)
+
+
+def test_bidi_controls_are_stripped_from_labels_author_and_course():
+    from reportgen.config import ModelSpec, build_config
+    from reportgen.errors import ReportgenError
+
+    cfg = build_config(None, models=(ModelSpec(Path("m.pt"), "\u202eA\u2066B\u2069", "en"),),
+                       author="\u202bAda\u202c", course="\u202dNLP")
+    assert (cfg.models[0].label, cfg.author, cfg.course) == ("AB", "Ada", "NLP")
+    with pytest.raises(ReportgenError, match="label"):
+        build_config(None, models=(ModelSpec(Path("m.pt"), "\u202e\u202c", "en"),))
+
+
+_FIGURE_PARENT = """
+import sys, time
+from pathlib import Path
+import reportgen.figures as figures
+figures.slow = lambda: time.sleep(120)
+writer = figures.FigureWriter(Path(sys.argv[1]), workers=2)
+for _ in range(4):
+    writer.add("slow")
+writer.run()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_figure_workers_die_with_a_killed_run(tmp_path):
+    """A run killed (SIGKILL) while figures render once left its two pool workers alive and deadlocked."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def children(pid: int) -> list[int]:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+        return out
+
+    parent = subprocess.Popen([sys.executable, "-c", _FIGURE_PARENT, str(tmp_path / "figs")],
+                              cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers := children(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the figure pool did not start"
+        time.sleep(1.0)  # the workers are inside a job
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while (alive := [w for w in workers if running(w)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for w in alive:  # never leave them behind, even when the test fails
+        try:
+            os.kill(w, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"figure workers {alive} outlived the killed run"
