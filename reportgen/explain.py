@@ -267,6 +267,11 @@ def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
         return (f"{f.head_name} attends there, but the model does not measurably rely on it (removing it changes "
                 f"held-out loss by {signed(abl.delta_bits_per_char)} bits/char, 95% CI {signed(abl.ci_low)} to "
                 f"{signed(abl.ci_high)}), so no linguistic role is claimed.")
+    if m.ablation_mode and abl is not None and not narrate.supported(f, m) and not narrate.breaks(m, abl) \
+            and not narrate.testable(f, m):
+        return (f"The model relies on {f.head_name}, but no test says where a role like this should matter (there is "
+                f"no targeted contrast for it), so what the pattern is good for is not claimed here; what its removal "
+                f"changes is under What breaks without it.")
     if m.ablation_mode and abl is not None and not narrate.supported(f, m):
         why = ("removing it breaks the model rather than removing one contribution" if narrate.breaks(m, abl) else
                "its removal does not hurt most where this role predicts" if narrate.specific(f, abl) is False else

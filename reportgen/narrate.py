@@ -229,5 +229,8 @@ def causal_verdict(f: Finding, m: ModelResult) -> str:
     if supported(f, m):
         return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most where its role "
                 f"predicts.")
+    if not testable(f, m):
+        return (f"Causal evidence: removing it costs {_s(a.delta_bits_per_char)} bits/char; no test says where such a "
+                f"role should matter, so its linguistic use is not claimed.")
     return (f"Causal evidence is mixed: removing it costs {_s(a.delta_bits_per_char)} bits/char, but not specifically "
             f"where its role predicts.")

@@ -143,6 +143,11 @@ def test_explanation_choice_follows_the_numbers(run):
     assert "Evidence is mixed" in elsewhere and "punctuation" in elsewhere
     assert "Evidence is mixed" in explain(vowel, vowel_causal({})).linguistics  # nothing singles it out
     assert "Evidence is mixed" not in explain(vowel, vowel_causal({"vowel": stands})).linguistics
+    # a fixed-offset role has no test of where it should matter: relied upon, its note is still not claimed
+    pabl = m.ablation_of(prev.layer, prev.head)
+    relied_prev = dataclasses.replace(m, ablation=[dataclasses.replace(a, ci_low=0.05, ci_high=0.2) if a is pabl else a
+                                                   for a in m.ablation])
+    assert "no test says where a role like this should matter" in explain(prev, relied_prev).linguistics
     notspecific = Contrast(-0.1, 0.1, -0.2, -0.3, -0.1, 10, 0.1, 0.05, 0.2)  # costs less where its role predicts
     mixed = explain(f, causal(targeted={"in_word": notspecific})).linguistics
     assert "Evidence is mixed" in mixed and "Spaces separate" not in mixed
