@@ -325,9 +325,9 @@ def cli(args: list[str] | None = None) -> int:
     except ReportgenError as exc:
         say("error: " + " ".join(str(exc).split()))
         return 2
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see `main`): staging folders and locks are cleaned up
+        say("terminated" if isinstance(exc, Terminated) else "interrupted")
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
         if ns.debug:
             raise
@@ -336,9 +336,21 @@ def cli(args: list[str] | None = None) -> int:
         return 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is so that it unwinds exactly as after Ctrl-C: the staged output is removed,
+    the lock released and the previous output left whole."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point."""
+    import signal
+
     _one_blas_thread()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         sys.exit(cli())
     except BrokenPipeError:  # output piped into `head` and closed early: not an error

@@ -198,3 +198,24 @@ def test_an_output_of_an_older_reportgen_is_replaced_and_user_files_kept(site_co
     (copy / "notes.txt").write_text("mine")
     assert cli(args + ["--force"]) == 0
     assert (copy / "notes.txt").read_text() == "mine" and OutputFolder(copy).complete(["index.html"])
+
+
+@pytest.mark.slow
+def test_sigterm_is_handled_like_ctrl_c_and_leaves_the_previous_output_whole(site_copy):
+    """SIGTERM (what `kill` and process managers send) once killed a run outright, leaving its staging folder and
+    lock; now it unwinds like Ctrl-C: exit 143, one line, nothing staged left, the previous site complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    copy, args = site_copy
+    before = (copy / "index.html").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "reportgen", *args, "--force"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # inside the analysis
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "terminated"
+    assert not list(copy.parent.glob(f".{copy.name}.staging-*")) and not (copy.parent / f".{copy.name}.reportgen-lock").exists()
+    assert (copy / "index.html").read_bytes() == before and OutputFolder(copy).complete(["index.html"])
