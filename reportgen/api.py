@@ -86,6 +86,9 @@ def scores(model: ModelBundle, text: str, language: str | None = None) -> dict[s
 
 def export(model: ModelBundle, passages: list[str], path: str | Path, language: str | None = None) -> Path:
     """Write attention (L, H, N, N) for each passage, with its text, character ids and classes, to one .npz."""
+    if isinstance(passages, str) or not all(isinstance(t, str) for t in passages):
+        raise ReportgenError("export: passages must be a list of strings (one passage each), not "
+                             f"{type(passages).__name__}; wrap a single passage as [text]")
     path = Path(path)
     cls = classes(model, language)
     arrays: dict[str, np.ndarray] = {"class_names": np.array(CLASS_NAMES)}

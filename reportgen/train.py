@@ -47,6 +47,28 @@ class TrainConfig:
     out: Path = field(default_factory=lambda: Path("checkpoints"))
     force: bool = False  # overwrite checkpoints already in `out` (each is replaced, a symlink itself, never its target)
 
+    def __post_init__(self) -> None:
+        """Numbers that would train nothing, or fail minutes in, are refused here in one line."""
+        flags = {"steps": "--steps", "batch_size": "--batch-size", "eval_every": "eval_every",
+                 "eval_windows": "eval_windows", "n_layers": "--layers", "n_heads": "--heads", "embed_size": "--embed",
+                 "mlp_hidden_size": "--mlp"}
+        for name, flag in flags.items():
+            if getattr(self, name) < 1:
+                raise ReportgenError(f"train: {flag} must be at least 1, not {getattr(self, name)}")
+        if self.max_context_len < 2:
+            raise ReportgenError(f"train: --context must be at least 2, not {self.max_context_len}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ReportgenError(f"train: --lr must be a positive number, not {self.lr}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ReportgenError("train: warmup and weight decay cannot be negative")
+        if self.embed_size % self.n_heads:
+            raise ReportgenError(f"train: --embed {self.embed_size} is not divisible by --heads {self.n_heads}")
+        if self.threads is not None and self.threads < 1:
+            raise ReportgenError(f"train: --threads must be at least 1, not {self.threads}")
+        if any(s < 1 or s > self.steps for s in self.save_at):
+            raise ReportgenError(f"train: --save-at steps must lie in 1..{self.steps} (--steps), not "
+                                 f"{','.join(map(str, self.save_at))}")
+
 
 def check_out(cfg: TrainConfig) -> None:
     """Refuse, before any work, an --out that is not a folder, or one holding checkpoints (stepNNNNN.pt) unless

@@ -438,3 +438,23 @@ def test_figure_workers_die_with_a_killed_run(tmp_path):
         except ProcessLookupError:
             pass
     assert not alive, f"figure workers {alive} outlived the killed run"
+
+
+def test_train_numbers_and_api_export_arguments_are_checked(tmp_path):
+    """`train --steps 0` / `--batch-size 0` and `api.export("text")` (one passage per character) once passed
+    silently; each is now one ReportgenError naming the setting."""
+    from reportgen import api
+    from reportgen.cli import cli
+    from reportgen.errors import ReportgenError
+    from reportgen.train import TrainConfig
+
+    for kw, flag in (({"steps": 0}, "--steps"), ({"batch_size": 0}, "--batch-size"), ({"lr": 0.0}, "--lr"),
+                     ({"embed_size": 130}, "--embed"), ({"save_at": (7000,)}, "--save-at")):
+        with pytest.raises(ReportgenError, match=flag):
+            TrainConfig(**kw)
+    assert cli(["train", "--steps", "0", "--out", str(tmp_path / "m")]) == 2
+    assert not (tmp_path / "m").exists()
+    model = api.load("inputs/models/en/step05000.pt")
+    with pytest.raises(ReportgenError, match="list of strings"):
+        api.export(model, "In the beginning", tmp_path / "a.npz")
+    assert not (tmp_path / "a.npz").exists()
