@@ -121,6 +121,7 @@ class ModelPage:
     quality: str = ""  # synthesis.model_quality: said at the top when the model is no better than a unigram model
     circuit: str | None = None  # the composition figure, when the causal stage ran
     circuit_text: str = ""  # its edges in words
+    circuit_summary: str = ""  # the same, grouped by earlier head (the PDF)
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,8 @@ def model_page(m: ModelResult, figs: dict, explore: bool = False, detectors: dic
                      figs[(m.label, "scores")], figs.get((m.label, "timeline")), len(m.replicated), ablation, shading,
                      max((d for _, d in deltas), default=0.0), explore_file(m) if explore else None,
                      hypothesis_rows(m, DETECTOR if detectors is None else detectors), quality=model_quality(m).text,
-                     circuit=figs.get((m.label, "circuit")) if circuit_text(m) else None, circuit_text=circuit_text(m))
+                     circuit=figs.get((m.label, "circuit")) if circuit_text(m) else None, circuit_text=circuit_text(m),
+                     circuit_summary=circuit_paragraph(m))
 
 
 def hypothesis_rows(m: ModelResult, detectors: dict) -> list[HypothesisRow]:
