@@ -60,6 +60,25 @@ def is_nanogpt(payload: dict) -> bool:
     return isinstance(payload.get("model"), dict) and isinstance(payload.get("model_args"), dict)
 
 
+def check_args(sd: dict[str, torch.Tensor], L: int, H: int, D: int, ctx: int, vocab: int, path: Path) -> None:
+    """model_args against the weights: the number of blocks, the embedding width, the context (position table) and
+    the vocabulary must be what the tensors say (a wrong n_layer would silently drop or invent layers). The head
+    count cannot be read from nanoGPT's fused projection; it must divide the width."""
+    blocks = {int(k.split(".")[2]) for k in sd if k.startswith("transformer.h.") and k.split(".")[2].isdigit()}
+    wte, wpe = sd.get("transformer.wte.weight"), sd.get("transformer.wpe.weight")
+    checks = [("n_layer", L, len(blocks), "transformer blocks in the weights")]
+    if wte is not None and wte.dim() == 2:
+        checks += [("vocab_size", vocab, wte.shape[0], "rows of transformer.wte"),
+                   ("n_embd", D, wte.shape[1], "columns of transformer.wte")]
+    if wpe is not None and wpe.dim() == 2:
+        checks.append(("block_size", ctx, wpe.shape[0], "rows of transformer.wpe"))
+    for name, said, found, what in checks:
+        if said != found:
+            raise ReportgenError(f"{path}: nanoGPT model_args {name} = {said} but the checkpoint has {found} {what}")
+    if H < 1 or D % H:
+        raise ReportgenError(f"{path}: nanoGPT model_args n_head = {H} does not divide n_embd = {D}")
+
+
 def convert(payload: dict, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(hyperparameters, course-layout state dict) from a nanoGPT checkpoint."""
     args = payload["model_args"]
@@ -69,6 +88,7 @@ def convert(payload: dict, path: Path) -> tuple[dict[str, Any], dict[str, torch.
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportgenError(f"{path}: nanoGPT model_args incomplete ({exc})") from None
     sd = {k.removeprefix("_orig_mod."): v for k, v in payload["model"].items() if isinstance(v, torch.Tensor)}
+    check_args(sd, L, H, D, ctx, vocab, path)
     hs = D // H
 
     def get(key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:

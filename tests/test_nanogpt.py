@@ -116,3 +116,18 @@ def test_nanogpt_layout_finds_meta_in_data_dataset_and_info_prints_tensor_metada
     assert cli(["info", str(run / "ckpt.pt")]) == 2
     assert "--meta" in capsys.readouterr().err
     assert cli(["info", str(run / "ckpt.pt"), "--meta", str(moved)]) == 0
+
+
+@pytest.mark.parametrize("wrong", [dict(n_layer=1), dict(n_layer=3), dict(n_embd=32), dict(block_size=24),
+                                   dict(vocab_size=12), dict(n_head=3)])
+def test_model_args_that_disagree_with_the_weights_are_refused(tmp_path, wrong):
+    """model_args were trusted over the tensors (a smaller n_layer silently dropped layers); now each disagreement
+    is one line naming the argument and what the weights say."""
+    gpt = GPT()
+    args = dict(n_layer=2, n_head=2, n_embd=16, block_size=12, vocab_size=11, bias=True, dropout=0.0) | wrong
+    torch.save({"model": gpt.state_dict(), "model_args": args}, tmp_path / "ckpt.pt")
+    chars = "\n abcdefghi"
+    with (tmp_path / "meta.pkl").open("wb") as fh:
+        pickle.dump({"vocab_size": 11, "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}, fh)
+    with pytest.raises(ReportgenError, match=f"model_args {next(iter(wrong))} = |n_head = 3"):
+        load_checkpoint(tmp_path)
