@@ -18,15 +18,15 @@ from .capture import natural_probes, random_probes
 from .catalogue import roles_of
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
-from .controls import run_controls
 from .circuits import composition
-from .evidence import Ablation, CausalAgreement, Circuit, Contrast, Controls, Generation, RoleEffect, Writes, standout
+from .controls import run_controls
+from .evidence import Ablation, CausalAgreement, Circuit, Contrast, Controls, Generation, RoleEffect, Writes
 from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
 from .languages import LANGUAGE
 from .results import Finding
-from .writes import head_writes
 from .stats import average_ranks, bootstrap_ci, resample_counts, spearman
+from .writes import head_writes
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -214,8 +214,7 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
             delta_probe = _ablated(model, (l, h), mode, probes, stored[1], means, draws) - base_probe
             per_window = delta.mean(1)
             low, high, _ = bootstrap_ci(per_window[:, None], rng)
-            by_class = {CLASS_NAMES[c]: float(delta[target_codes == c].mean())
-                        for c in range(len(CLASS_NAMES)) if (target_codes == c).sum() >= 20}
+            by_class = {k.removeprefix("class:"): float(delta[m].mean()) for k, m in class_masks.items()}
             for name, (dl, mask) in {**{k: (delta, m) for k, m in {**masks, **class_masks}.items()},
                                      "second_copy": (delta_probe, copy)}.items():
                 values[name].append(_contrast_values(dl, mask))

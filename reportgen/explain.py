@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .catalogue import CAUSAL_TARGETS, COPYING_ROLES, DETECTOR, FAMILIES, FAMILY, family_detectors, linguistic_note
+from .catalogue import COPYING_ROLES, DETECTOR, FAMILIES, FAMILY, family_detectors, linguistic_note
 from .catalogue import WIDE_DROP, WIDE_MEMBERS
 from . import narrate
 from .results import Ablation, Finding, HeadResult, ModelResult

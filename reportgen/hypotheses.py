@@ -37,6 +37,7 @@ from .catalogue import LETTER_CLASSES, hypothesis_keys
 from .classes import CLASS_NAMES
 from .classwide import class_wide_fields
 from .keysets import SKIP, boundary_targets, keys_product, word_initial
+from .profiles import structure_shares
 from .languages import without_bidi_controls
 from .errors import ReportgenError
 
@@ -227,9 +228,7 @@ def _structure(h: Hypothesis, attn: torch.Tensor, ids: torch.Tensor, codes: torc
     masses = keys_product(attn, torch.stack([initial * keys, initial], -1))  # (B, L, H, T, 2)
     recent_mass = attn.gather(-1, recent.clamp_min(0).view(B, 1, 1, T, 1).expand(B, L, H, T, 1)).squeeze(-1)
     recent_mass = recent_mass * has_recent.view(B, 1, 1, T)
-    recent_in = keys.gather(1, recent.clamp_min(0)) * has_recent  # (B, T) the last boundary is a named key
-    others = (torch.arange(1, T + 1) - initial.cumsum(1) - has_recent).clamp_min(1)  # (B, T)
-    share = ((keys * (1 - initial)).cumsum(1) - recent_in) / others  # (B, T) named share of the other keys
+    recent_in, share = (x[..., 0] for x in structure_shares(keys.unsqueeze(-1), codes))  # (B, T) each
     null = (masses[..., 0] + recent_mass * recent_in.view(B, 1, 1, T)
             + (1 - masses[..., 1] - recent_mass) * share.view(B, 1, 1, T))
     return _query_mean(null * queries.view(B, 1, 1, T))

@@ -8,15 +8,17 @@ from __future__ import annotations
 import math
 
 from .catalogue import CAUSAL_TARGETS, DETECTOR, FAMILY
+from .classes import CLASS_NAMES
 from .evidence import Ablation, Contrast, standout
 from .results import Finding, ModelResult
 
 SELECTIVE = 0.25  # an edge from a head whose removal breaks the model counts as selective this far above the median
 MODE_WORDS = {"resample": "resample-ablated: its output at each position taken from other held-out windows",
               "mean": "mean-ablated: its output replaced by its mean", "zero": "zero-ablated"}
-ROLE_CLASS = {"class_vowel": "vowel", "class_consonant": "consonant", "class_final": "final", "class_space": "space",
-              "class_newline": "newline", "class_punctuation": "punctuation", "punct_near": "punctuation",
-              "punct_far": "punctuation", "recent_space": "space", "word_start": None}
+# the predicted class a role's removal should hurt most: a class detector's own class, and for target sets of one
+# class that class
+ROLE_CLASS = {**{f"class_{c}": c for c in CLASS_NAMES}, "punct_near": "punctuation", "punct_far": "punctuation",
+              "recent_space": "space"}
 
 
 def _s(x: float | None) -> str:

@@ -14,6 +14,20 @@ from .classes import CLASS_NAMES
 from .keysets import CLASS_C, SKIP, boundary_targets, class_onehot, keys_product, last_before, word_initial
 
 
+def structure_shares(members: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parts of the word-structure null that depend on labels only, for key sets `members` (B, T, K) (0/1
+    floats): whether the most recent boundary belongs to each set (B, T, K; 0 where there is none) and each set's
+    share of the keys that are neither word-initial nor that boundary (B, T, K). One formula for the class
+    detectors (`structure_null`) and your hypotheses (`hypotheses._structure`)."""
+    T, K = codes.shape[1], members.shape[-1]
+    recent, _ = boundary_targets(codes)
+    initial = word_initial(codes).float()  # (B, T)
+    has_recent = (recent >= 0).float()
+    recent_in = members.gather(1, recent.clamp_min(0).unsqueeze(-1).expand(-1, T, K)) * has_recent.unsqueeze(-1)
+    others = (torch.arange(1, T + 1) - initial.cumsum(1) - has_recent).clamp_min(1).unsqueeze(-1)  # (B, T, 1)
+    return recent_in, ((members * (1 - initial).unsqueeze(-1)).cumsum(1) - recent_in) / others
+
+
 def structure_null(initial_cls: torch.Tensor, initial_mass: torch.Tensor, recent_mass: torch.Tensor,
                    codes: torch.Tensor) -> torch.Tensor:
     """Class masses (B, L, H, C), query means, explained by word structure: the head's own mass on word-initial
@@ -22,14 +36,8 @@ def structure_null(initial_cls: torch.Tensor, initial_mass: torch.Tensor, recent
     keys' classes, plus the rest of its mass spread uniformly over the other keys. A head that reads word starts
     (mostly consonants in English), the previous word's first letter or the last space is not a consonant or
     space head unless it exceeds this."""
-    B, T = codes.shape
-    recent, _ = boundary_targets(codes)
-    onehot = class_onehot(codes)  # (B, T, C)
-    initial = word_initial(codes).float()  # (B, T)
-    has_recent = (recent >= 0).float()
-    recent_cls = onehot.gather(1, recent.clamp_min(0).unsqueeze(-1).expand(B, T, CLASS_C)) * has_recent.unsqueeze(-1)
-    others = (torch.arange(1, T + 1) - initial.cumsum(1) - has_recent).clamp_min(1).unsqueeze(-1)  # (B, T, 1)
-    share = ((onehot * (1 - initial).unsqueeze(-1)).cumsum(1) - recent_cls) / others  # class share of other keys
+    T = codes.shape[1]
+    recent_cls, share = structure_shares(class_onehot(codes), codes)  # (B, T, C) each
     rest = 1 - initial_mass - recent_mass  # (B, L, H, T)
     per_query = (torch.einsum("blhi,bic->blhc", recent_mass[..., SKIP:], recent_cls[:, SKIP:])
                  + torch.einsum("blhi,bic->blhc", rest[..., SKIP:], share[:, SKIP:]))

@@ -35,8 +35,7 @@ class Criterion:
 
 def relied(m: ModelResult, f: Finding) -> bool | None:
     """Whether removing the head measurably hurts (ablation CI above 0); None if it was not ablated."""
-    a = m.ablation_of(f.layer, f.head)
-    return None if a is None else a.ci_low > 0
+    return narrate.relied(m.ablation_of(f.layer, f.head))
 
 
 def _cost(m: ModelResult, f: Finding) -> str:

@@ -41,6 +41,7 @@ def head_writes(model, windows: torch.Tensor, classes: CharClasses, heads: list[
     V = model.config.vocab_size
     lookup = torch.as_tensor(classes.lookup())
     per: dict[tuple[int, int], dict[str, list[np.ndarray]]] = {k: {} for k in heads}
+    codes = lookup[torch.arange(V)]  # class of each vocabulary symbol
     for batch in windows.split(batch_size):
         cache = model.run_with_cache(batch)
         W, T = batch.shape
@@ -54,12 +55,12 @@ def head_writes(model, windows: torch.Tensor, classes: CharClasses, heads: list[
                 has_after = (key + 1) <= torch.arange(SKIP, T)  # it lies in the query's visible prefix
                 other = read.roll(1, dims=1)  # another query's read character (same window): the null
                 logits = dla[:, h]  # (W, T', V)
-                codes = lookup[torch.arange(V)]
+                rank = _ranks(logits, read).float()
                 cls = torch.stack([logits[..., codes == c].mean(-1) if (codes == c).sum() >= MIN_MEMBERS
                                    else torch.full(logits.shape[:2], float("nan")) for c in range(len(CLASS_NAMES))],
                                   -1)  # (W, T', C)
                 d = per[(l, h)]
-                for name, v in (("rank", _ranks(logits, read).float()), ("top1", (_ranks(logits, read) == 1).float()),
+                for name, v in (("rank", rank), ("top1", (rank == 1).float()),
                                 ("null", (_ranks(logits, other) == 1).float()),
                                 ("after", torch.where(has_after, (_ranks(logits, after) == 1).float(),
                                                       torch.tensor(float("nan"))))):
