@@ -9,7 +9,6 @@ every model, layer, head and tested detector.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import platform
 from dataclasses import replace
 
@@ -20,8 +19,8 @@ from . import __version__
 from .ablation import CausalEvidence, causal_agreement, causal_evidence
 from .capture import HeadScores, capture, encode, natural_probes, probe, random_probes
 from .catalogue import set_hypotheses
-from .checkpoint import ModelBundle, build_model, load_checkpoint
-from .device import device_of, place
+from .checkpoint import ModelBundle
+from .loader import bits as _bits, check_fit, open_checkpoint
 from .classes import CLASS_NAMES, CharClasses
 from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
@@ -30,7 +29,7 @@ from .errors import ReportgenError
 from .hypotheses import check_targets
 from .languages import LANGUAGE
 from .languages import ensure as ensure_language
-from .progress import make_progress, say, stage_seconds
+from .progress import make_progress, stage_seconds
 from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run, Timeline
 from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
@@ -69,54 +68,6 @@ def check_script(bundle: ModelBundle, language: str | None) -> None:
         hint = f" (its letters are {' and '.join(others)})" if others else ""
         raise ReportgenError(f"{bundle.path}: language {lang.name} was given but the vocabulary has no {lang.name} "
                              f"letters{hint}; give the model's own language")
-
-
-@torch.no_grad()
-def _bits(model, ids: np.ndarray, n_windows: int = 8) -> float:
-    """Bits/char of `model` on up to `n_windows` evenly spread windows of `ids`."""
-    from .ablation import nll_bits
-
-    T = model.config.max_context_len
-    n = (len(ids) - 1) // (T + 1)
-    starts = np.linspace(0, n - 1, min(n, n_windows)).round().astype(int) * (T + 1)
-    return float(nll_bits(model, torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))).mean())
-
-
-def check_fit(bundle: ModelBundle, spec: ModelSpec, ids: np.ndarray, source: str) -> ModelBundle:
-    """Catch wrong architecture flags: a course checkpoint whose residual setting is neither recorded nor given
-    is evaluated both ways on the text and the better fit is kept (and said); a loss far worse than the
-    checkpoint records, or no better than uniform guessing, stops the run naming the likely cause."""
-    meta = dict(bundle.metadata)
-    measured = _bits(bundle.model, ids)
-    if meta.get("format") == "course" and spec.with_residuals is None and \
-            "with_residuals" not in meta.get("recorded", ()):
-        other_cfg = replace(bundle.config, with_residuals=not bundle.config.with_residuals)
-        other = place(build_model(other_cfg, bundle.model.state_dict(), bundle.path), device_of(bundle.model))
-        alternative = _bits(other, ids)
-        if alternative < measured:
-            bundle, measured, alternative = replace(bundle, model=other), alternative, measured
-        meta["with_residuals_inferred"] = {"chosen": bundle.config.with_residuals, "bits_per_char": measured,
-                                           "other_setting_bits_per_char": alternative}
-        say(f"{spec.path}: {'with' if bundle.config.with_residuals else 'without'} residual connections fits the "
-            f"text better ({measured:.2f} vs {alternative:.2f} bits/char); using it (set --residuals or "
-            f"--no-residuals to choose)")
-    uniform = math.log2(max(2, bundle.tokenizer.vocab_size()))
-    recorded = meta.get("heldout_bits_per_char")
-    for key in ("train_loss", "best_val_loss"):  # nats per character in course and nanoGPT checkpoints
-        if recorded is None and isinstance(meta.get(key), (int, float)):
-            recorded = meta[key] / math.log(2)
-    meta["measured_bits_per_char"] = measured
-    cause = ("wrong architecture flags (--no-residuals / --residuals) or a vocabulary that does not belong to "
-             "this checkpoint")
-    if meta.get("format") == "course" and recorded is not None and measured >= uniform - 0.05 and \
-            recorded < 0.8 * uniform:  # course checkpoints do not record their residual setting
-        raise ReportgenError(f"{bundle.path}: measured {measured:.2f} bits/char on {source}, no better than "
-                             f"uniform guessing ({uniform:.2f}), though the checkpoint records {recorded:.2f}; "
-                             f"likely {cause}")
-    if recorded is not None and measured > 1.5 * recorded + 0.5:
-        say(f"warning: {bundle.path}: measured {measured:.2f} bits/char on {source} but the checkpoint records "
-            f"{recorded:.2f}; if this is the model's own kind of text, suspect {cause}")
-    return replace(bundle, metadata=meta)
 
 
 def contiguous_block(starts: np.ndarray, length: int) -> int:
@@ -211,19 +162,11 @@ def _average_linkage(dist: np.ndarray) -> list[tuple[int, int, float]]:
 
 def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
     """Load the checkpoint and text and check every input before any work starts (errors are one line)."""
-    bundle = load_checkpoint(spec.path, with_residuals=spec.with_residuals is not False,
-                             train_text=spec.train_text, language=spec.language, meta_path=spec.meta,
-                             device=cfg.torch_device())
+    bundle = open_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
+                             language=spec.language, meta=spec.meta, device=cfg.torch_device())
     ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab,
                     cfg.vowels.get(spec.language or bundle.language or "", ""))
     check_script(bundle, spec.language)
-    fmt = bundle.metadata.get("format")
-    if fmt != "course" and spec.with_residuals is not None:
-        raise ReportgenError(f"{spec.path}: --no-residuals/--residuals apply to course checkpoints; this {fmt} "
-                             f"checkpoint records its own architecture")
-    if fmt != "course" and spec.train_text is not None:
-        raise ReportgenError(f"{spec.path}: --train-text rebuilds a course checkpoint's vocabulary; this {fmt} "
-                             f"checkpoint has its own")
     split = load_text(spec, spec.language or bundle.language)
     classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)
     sources = {"train": str(spec.text or f"{split.name} (training books)"),
@@ -235,7 +178,7 @@ def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
         if len(ids[s]) // T < 2:
             raise ReportgenError(f"{sources[s]}: {s} text has {len(ids[s])} characters, shorter than two "
                                  f"windows of {T} (the model's context); windows are the unit of every statistic")
-    bundle = check_fit(bundle, spec, ids["heldout"], sources["heldout"])
+    bundle = check_fit(bundle, spec.with_residuals, ids["heldout"], sources["heldout"])
     if cfg.hypotheses:  # an empty target set is a mistake in the hypothesis, found before any work
         sample = torch.as_tensor(ids["train"][: (len(ids["train"]) // T) * T].reshape(-1, T)[:64])
         check_targets(cfg.hypotheses, sample, torch.as_tensor(classes.lookup())[sample], bundle.tokenizer.vocab,

@@ -20,19 +20,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import ModelBundle, load_checkpoint
+from . import loader
+from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .detectors import SKIP, batch_stats
 from .device import resolve
 from .errors import ReportgenError
 
 
-def load(path: str | Path, *, with_residuals: bool = True, train_text: str | Path | None = None,
-         meta: str | Path | None = None, language: str | None = None, device: str = "auto") -> ModelBundle:
-    """Load a checkpoint of any supported kind (file or run folder) into a `ModelBundle`; forward passes run on
+def load(path: str | Path, *, text: str | Path | None = None, heldout: str | Path | None = None,
+         with_residuals: bool | None = None, train_text: str | Path | None = None, meta: str | Path | None = None,
+         language: str | None = None, device: str = "auto", oov: str = "error") -> ModelBundle:
+    """Load a checkpoint of any supported kind (file or run folder) into a `ModelBundle`, as `reportgen run` does
+    (`loader.load`): a course checkpoint that does not record whether it was trained with residual connections is
+    evaluated both ways on `text` (a string, or a `Path` whose held-out part the run would use; default the
+    language's corpus) and the better fit is kept; `with_residuals` says it instead. Forward passes run on
     `device` (auto: cuda when torch sees a GPU, else cpu) and every result comes back as CPU numpy."""
-    return load_checkpoint(path, with_residuals=with_residuals, train_text=train_text, language=language,
-                           meta_path=Path(meta) if meta else None, device=resolve(device))
+    return loader.load(path, text=text, heldout=heldout, with_residuals=with_residuals, train_text=train_text,
+                       language=language, meta=meta, device=resolve(device), oov=oov)
 
 
 def _ids(model: ModelBundle, text: str) -> torch.Tensor:

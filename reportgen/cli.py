@@ -49,15 +49,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     """Load a checkpoint and print what it holds."""
     import json
 
-    from .checkpoint import load_checkpoint
+    from .loader import load
 
-    bundle = load_checkpoint(args.checkpoint, with_residuals=not args.no_residuals, train_text=args.train_text,
-                             meta_path=Path(args.meta) if args.meta else None)
+    bundle = load(args.checkpoint, text=Path(args.text) if args.text else None, with_residuals=_residuals(args),
+                  train_text=args.train_text, language=args.language, meta=args.meta, decide=False)
     meta = {k: v for k, v in bundle.metadata.items() if k != "history"}
+    config = bundle.config.to_dict()
+    if "with_residuals_inferred" in meta and meta["with_residuals_inferred"] is None:
+        config["with_residuals"] = None  # not recorded, and no text to infer it on
+        say(f"{bundle.path}: whether it was trained with residual connections is not recorded; give --text FILE to "
+            f"infer it, or --residuals / --no-residuals")
     print(json.dumps({"path": str(bundle.path), "sha256": bundle.sha256, "language": bundle.language,
-                      "config": bundle.config.to_dict(), "vocab_size": bundle.tokenizer.vocab_size(),
+                      "config": config, "vocab_size": bundle.tokenizer.vocab_size(),
                       "metadata": meta}, indent=2, ensure_ascii=False, default=str))
     return 0
+
+
+def _residuals(args: argparse.Namespace) -> bool | None:
+    """--residuals / --no-residuals as the loader takes them: None when neither is given (recorded or inferred)."""
+    return False if args.no_residuals else True if args.residuals else None
 
 
 def _per_model(option: str, values: list[str] | None, models: list[str] | None) -> list[Path | None]:
@@ -146,15 +156,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from . import api
     from .corpora import read_text
 
-    model = api.load(args.model, with_residuals=not args.no_residuals, train_text=args.train_text, meta=args.meta,
-                     language=args.language, device=args.device or "auto")
+    if not args.passage and not args.text:
+        raise ReportgenError("export needs --passage TEXT or --text FILE")
+    # the residual setting of a course checkpoint is inferred as the run infers it: on --text's held-out part,
+    # else on the passages themselves
+    model = api.load(args.model, text=Path(args.text) if args.text else "".join(args.passage),
+                     with_residuals=_residuals(args), train_text=args.train_text, meta=args.meta,
+                     language=args.language, device=args.device or "auto", oov="drop")
     T = model.config.max_context_len
     passages = list(args.passage or [])
     if args.text:
         text = read_text(args.text)
         passages += [text[k * T:(k + 1) * T] for k in range(args.windows) if text[k * T:(k + 1) * T]]
-    if not passages:
-        raise ReportgenError("export needs --passage TEXT or --text FILE")
     out = Path(args.out)
     if out.exists() and not out.is_file():
         raise ReportgenError(f"{out}: exists and is not a file")
@@ -217,7 +230,7 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     residuals = p.add_mutually_exclusive_group()
     residuals.add_argument("--no-residuals", action="store_true",
                            help="course checkpoints: the model was trained without residual connections (default: "
-                                "inferred by evaluating both settings on the text; with residuals for `info`)")
+                                "recorded, else inferred by evaluating both settings on the text, as every command does)")
     residuals.add_argument("--residuals", action="store_true",
                            help="course checkpoints: the model was trained with residual connections")
     p.add_argument("--train-text", help="course checkpoints without tokenizer.json: rebuild the vocabulary from this text")
@@ -255,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="load a checkpoint and print its hyperparameters and metadata")
     i.add_argument("checkpoint", help="a .pt file, or a folder of course checkpoints (latest step is used)")
+    i.add_argument("--text", help="course checkpoints: infer the residual setting on this text, as `run` does")
+    i.add_argument("--language", type=_language, help="the checkpoint's language, if it does not record it (its "
+                                                      "default corpus is then the text for the residual setting)")
     _add_checkpoint_options(i)
     i.set_defaults(func=_cmd_info)
 
