@@ -1,9 +1,10 @@
 """The output folder: what reportgen writes there, its inventory, and how a new output replaces an old one.
 
 Files: results.json (the typed `Run`), windows.npz (held-out per-window values for paired
-diffs), .figure-inputs.npz (arrays figures need beyond results.json), figures/, the HTML pages,
-style.css, report.pdf, timings.json, and the status file, which records the cache keys and the
-inventory: every file the run wrote, with its sha256. `complete()` says whether every inventoried
+diffs), figures/, the HTML pages and the explorer's model scripts, style.css, report.pdf,
+timings.json, and, in the hidden subfolder .reportgen/ (a cache, never to be published), the
+figure inputs (arrays figures need beyond results.json) and the status file, which records the
+cache keys and the inventory: every file the run wrote, with its sha256. `complete()` says whether every inventoried
 file is still there unchanged; `clean()` removes exactly those files and nothing else.
 
 Safety: `--out` must be new, empty, or a previous reportgen output (it has a status file); any
@@ -33,11 +34,14 @@ from .stages import FigureInputs
 
 RESULTS = "results.json"
 WINDOWS = "windows.npz"
-FIGURE_INPUTS = ".figure-inputs.npz"
-STATUS = ".reportgen-status.json"
+CACHE = ".reportgen"  # reportgen's own files in an output folder: read back by the next run, never published
+FIGURE_INPUTS = f"{CACHE}/figure-inputs.npz"
+STATUS = f"{CACHE}/status.json"
 TIMINGS = "timings.json"
 FIGURES = "figures"
-JOURNAL = ".reportgen-install.json"
+JOURNAL = f"{CACHE}/install.json"
+# where reportgen before the cache subfolder kept them (top level): read, and removed when a new output replaces them
+LEGACY_STATUS, LEGACY_FIGURE_INPUTS, LEGACY_JOURNAL = ".reportgen-status.json", ".figure-inputs.npz", ".reportgen-install.json"
 KEEP = ("README.md", "diff", ".gitignore")  # may sit in an output folder without making it someone else's
 
 
@@ -64,8 +68,9 @@ class OutputFolder:
     # ---- status and inventory -------------------------------------------------------------------
     def status(self) -> dict:
         """The status file's content, or {} if there is none or it is unreadable."""
+        path = self.path / STATUS if (self.path / STATUS).exists() else self.path / LEGACY_STATUS
         try:
-            doc = json.loads((self.path / STATUS).read_text())
+            doc = json.loads(path.read_text())
             return doc if isinstance(doc, dict) else {}
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return {}
@@ -76,7 +81,7 @@ class OutputFolder:
         status = self.status()
         if status and "files" not in status:  # an output of an older reportgen: its files by name
             return {str(p.relative_to(self.path)): "" for p in sorted(self.path.rglob("*"))
-                    if p.is_file() and p.name != STATUS and (p.parent == self.path / FIGURES or
+                    if p.is_file() and p.name != LEGACY_STATUS and (p.parent == self.path / FIGURES or
                                                             (p.parent == self.path and _reportgen_name(p.name)))}
         files = status.get("files", {})
         files = dict(files) if isinstance(files, dict) else {f: "" for f in files if isinstance(f, str)}
@@ -91,7 +96,7 @@ class OutputFolder:
     def complete(self, wanted: list[str] = ()) -> bool:
         """Whether the status lists files, each is present with its recorded hash, and `wanted` files exist."""
         files = self.inventory()
-        if not files or (self.path / JOURNAL).exists():
+        if not files or (self.path / JOURNAL).exists() or (self.path / LEGACY_JOURNAL).exists():
             return False
         ok = all((self.path / f).is_file() and (not h or file_sha256(self.path / f) == h) for f, h in files.items())
         return ok and all((self.path / f).is_file() for f in wanted)
@@ -99,7 +104,7 @@ class OutputFolder:
     def record(self, **status) -> None:
         """Write the status file: the given keys plus the inventory (path -> sha256) of every file written."""
         files = {str(p.relative_to(self.path)): file_sha256(p) for p in sorted(self.path.rglob("*"))
-                 if p.is_file() and p.name != STATUS}
+                 if p.is_file() and p.relative_to(self.path).as_posix() != STATUS}
         write_json(self.path / STATUS, {**status, "files": files})
 
     def clean(self) -> list[Path]:
@@ -111,10 +116,11 @@ class OutputFolder:
                 p.unlink()
                 removed.append(p)
         _prune_empty(self.path / FIGURES)
-        for name in (STATUS, JOURNAL):
+        for name in (STATUS, JOURNAL, LEGACY_STATUS, LEGACY_JOURNAL):
             if (self.path / name).exists():
                 (self.path / name).unlink()
                 removed.append(self.path / name)
+        _prune_empty(self.path / CACHE)
         return removed
     # ---- results and arrays ---------------------------------------------------------------------
     def write_run(self, run: Run) -> None:
@@ -157,13 +163,15 @@ class OutputFolder:
                 arrays[f"{p}example{j}"] = e[2]
             for name in ("mean_attn", "class_matrix", "class_chance", "class_count"):
                 arrays[p + name] = getattr(it, name)
+        (self.path / CACHE).mkdir(exist_ok=True)
         with (self.path / FIGURE_INPUTS).open("wb") as fh:
             self._savez(fh, **arrays)
 
     def read_figure_inputs(self) -> list[FigureInputs] | None:
         """Inverse of write_figure_inputs; None if missing or unreadable (the caller re-analyses)."""
+        path = self.path / FIGURE_INPUTS if (self.path / FIGURE_INPUTS).exists() else self.path / LEGACY_FIGURE_INPUTS
         try:
-            with np.load(self.path / FIGURE_INPUTS, allow_pickle=False) as data:
+            with np.load(path, allow_pickle=False) as data:
                 items, k = [], 0
                 while f"m{k}_meta" in data.files:
                     p = f"m{k}_"
@@ -188,8 +196,9 @@ class OutputFolder:
             return
         folder = cls(out)
         ours = set(folder.inventory())
-        others = [p.name for p in sorted(out.iterdir()) if p.name not in KEEP and p.name not in (STATUS, JOURNAL)
-                  and not (p.is_file() and p.name in ours) and not (p.name == FIGURES and p.is_dir())]
+        others = [p.name for p in sorted(out.iterdir()) if p.name not in KEEP
+                  and p.name not in (LEGACY_STATUS, LEGACY_JOURNAL) and not (p.is_file() and p.name in ours)
+                  and not (p.name in (FIGURES, CACHE) and p.is_dir())]
         if not ours and others:
             raise ReportgenError(f"{out}: folder holds files reportgen did not write (e.g. {others[0]}); "
                                  f"choose a new or empty --out")
@@ -232,7 +241,7 @@ def _prune_empty(folder: Path) -> None:
 def _reportgen_name(name: str) -> bool:
     """Whether a top-level name is one a reportgen output may use."""
     return (name.endswith((".html", ".pdf", ".css")) or
-            name in (RESULTS, WINDOWS, FIGURE_INPUTS, TIMINGS, FIGURES, STATUS, JOURNAL))
+            name in (RESULTS, WINDOWS, TIMINGS, FIGURES, CACHE, LEGACY_STATUS, LEGACY_FIGURE_INPUTS, LEGACY_JOURNAL))
 
 
 def _alive(pid: int) -> bool:
@@ -284,7 +293,8 @@ def install(staging: Path, out: Path) -> None:
     """Move a finished output from `staging` into `out` file by file (see the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
     old = sorted(OutputFolder(out).inventory())
-    new = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p.name != STATUS)
+    new = sorted(str(p.relative_to(staging)) for p in staging.rglob("*")
+                 if p.is_file() and p.relative_to(staging).as_posix() != STATUS)
     write_json(out / JOURNAL, {"staging": staging.name, "old": old, "new": new})
     _finish(staging, out, old, new)
 
@@ -301,12 +311,15 @@ def _finish(staging: Path, out: Path, old: list[str], new: list[str]) -> None:
             (out / rel).unlink(missing_ok=True)
     _prune_empty(out / FIGURES)
     if (staging / STATUS).exists():
+        (out / CACHE).mkdir(exist_ok=True)
         os.replace(staging / STATUS, out / STATUS)
+        (out / LEGACY_STATUS).unlink(missing_ok=True)  # an older reportgen's status, now replaced
     (out / JOURNAL).unlink(missing_ok=True)
 
 
 def recover(out: Path) -> None:
     """Finish an install that a crash interrupted: the journal names the staging folder and both file lists."""
+    (out / LEGACY_JOURNAL).unlink(missing_ok=True)  # an older reportgen's journal names a layout this one does not use
     journal = out / JOURNAL
     if not journal.exists():
         return

@@ -142,12 +142,14 @@ class HypothesisRow:
 
 @dataclass(frozen=True)
 class ExplorePage:
-    """The offline attention explorer of one model: everything its inline script shows, as JSON-ready data."""
+    """The offline attention explorer of one model: its script runs the model (`script`, a sibling file made by
+    webmodel) on any text; `data` is what else it shows (head pages, roles), JSON-ready."""
 
     file: str
     model: ModelResult
     model_file: str
     data: dict
+    script: str = ""
 
 
 @dataclass(frozen=True)
@@ -377,20 +379,18 @@ def methods_page(run: Run) -> MethodsPage:
                        run.settings.get("n_probes", 0), ALPHA, run.reportgen_version, run.environment, run.settings)
 
 
-def explore_page(m: ModelResult, passages: list[tuple[str, str, np.ndarray]]) -> ExplorePage:
-    """Explorer data: passages with attention (L, H, T, T) quantised to 0..255, head pages and role labels."""
-    data = {"layers": m.n_layers, "heads": m.n_heads,
+def explore_page(m: ModelResult, script: str) -> ExplorePage:
+    """Explorer data: the model script the page runs (its weights and default passages), head pages and roles."""
+    data = {"layers": m.n_layers, "heads": m.n_heads, "script": script,
             "roles": [[m.role_label(l, h) for h in range(m.n_heads)] for l in range(m.n_layers)],
-            "pages": [[head_file(m, f"L{l}H{h}") for h in range(m.n_heads)] for l in range(m.n_layers)],
-            "passages": [{"caption": caption, "chars": list(text),
-                          "attn": np.rint(np.clip(attn, 0, 1) * 255).astype(int).tolist()}
-                         for caption, text, attn in sorted(passages, key=lambda e: e[0] != "held-out passage")]}
-    return ExplorePage(explore_file(m), m, model_file(m), data)
+            "pages": [[head_file(m, f"L{l}H{h}") for h in range(m.n_heads)] for l in range(m.n_layers)]}
+    return ExplorePage(explore_file(m), m, model_file(m), data, script)
 
 
 def build_pages(run: Run, figs: dict, diff_link: bool = False, author: str = "", course: str = "",
-                passages: dict[str, list] | None = None) -> Pages:
-    """Every page record of a run, given the figure file names (see site.plan_figures)."""
+                passages: dict[str, str] | None = None) -> Pages:
+    """Every page record of a run, given the figure file names (see site.plan_figures) and, per model label, the
+    explorer's model script (`passages`; models without one get no explorer)."""
     models = run.models
     nav = ([("index.html", "Overview")] + [(model_file(m), m.label) for m in models] +
            [("gallery.html", "Gallery"), ("compare.html", compare_title(models)), ("methods.html", "Methods")] +

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import RunConfig, template_dir
-from .outputs import FIGURE_INPUTS, RESULTS, WINDOWS, OutputFolder, write_json
+from .config import RunConfig, slug, template_dir
+from .outputs import FIGURE_INPUTS, RESULTS, WINDOWS, OutputFolder, write_json, write_text_atomic
 from .progress import say
+from .webmodel import model_script_file
 
 RENDER_CODE = ("pages.py", "site.py", "figures.py", "explain.py")  # change how numbers are shown, not the numbers
 
@@ -43,6 +44,11 @@ def analysis_key(cfg: RunConfig) -> str:
         for f in [spec.path] + files:  # the checkpoint and its siblings (timeline), vocabulary, hyperparameters
             if f.is_file() or f == spec.path:
                 _file_digest(h, f)
+        for seed in spec.seeds:  # other seeds: the checkpoint measured (a folder's highest step) and its vocabulary
+            sf = sorted(seed.glob("*.pt")) + [seed / "tokenizer.json"] if seed.is_dir() else [seed]
+            for f in sf:
+                if f.is_file() or f == seed:
+                    _file_digest(h, f)
         for f in (spec.text, spec.heldout, spec.train_text, spec.meta):
             if f is not None:
                 _file_digest(h, f)
@@ -82,12 +88,21 @@ class Cache:
         return self.status.get("key") == self.key and self.folder.complete(self.wanted)
 
     def stored_analysis(self):
-        """(run, per-window values, figure inputs) of an unchanged analysis, or None."""
+        """(run, per-window values, figure inputs, explorer model scripts) of an unchanged analysis, or None."""
         files = [self.folder.path / f for f in (RESULTS, WINDOWS, FIGURE_INPUTS)]
         if self.status.get("analysis") != self.analysis or not all(f.is_file() for f in files):
             return None
         inputs = self.folder.read_figure_inputs()
-        return None if inputs is None else (self.folder.read_run(), self.folder.read_windows(), inputs)
+        if inputs is None:
+            return None
+        run = self.folder.read_run()
+        scripts = {}
+        for m in run.models:  # made with the analysis (the model is loaded there): reused, or analyse again
+            name = model_script_file(m.slug or slug(m.label))
+            if not (self.folder.path / name).is_file():
+                return None
+            scripts[m.label] = (name, (self.folder.path / name).read_text(encoding="utf-8"))
+        return run, self.folder.read_windows(), inputs, scripts
 
     def figures(self) -> dict[str, str]:
         """Figure job key -> file name, for figures still present in the output folder."""
@@ -112,26 +127,43 @@ def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Pa
     stored = cache.stored_analysis()
     if stored is not None:
         say(f"{cfg.out}: analysis unchanged; rendering again")
-        run, windows, inputs = stored
+        run, windows, inputs, scripts = stored
         stages = {}
     else:
         prepared = clock.lap("load", [prepare(spec, cfg) for spec in cfg.models])
         analysed = clock.lap("analyze", analyze(cfg, prepared))
         run, windows, inputs = new_run(cfg, analysed.models), analysed.windows, analysed.figure_inputs
         stages = analysed.stages
+        scripts = clock.lap("explorer_model", explorer_scripts(run, prepared))
     with OutputFolder.staged(cfg.out) as out:
         out.write_run(run)  # the pages are built from it as written (floats at 6 significant digits)
         out.write_windows(windows)
         out.write_figure_inputs(inputs)
         figures = {}
         if not analyze_only:
+            for name, text in scripts.values():
+                write_text_atomic(out.path / name, text)
             figures = cache.figures()
             write_site(out.read_run(), inputs, out, figures, pdf=cfg.pdf, previous=cache.folder, clock=clock,
-                       diff_link=(cfg.out / "diff" / "diff.html").exists(), title=(cfg.author, cfg.course))
+                       diff_link=(cfg.out / "diff" / "diff.html").exists(), title=(cfg.author, cfg.course),
+                       explorer={label: name for label, (name, _) in scripts.items()})
         write_json(out.path / "timings.json", {**clock.totals(), "analysis_stages": stages})
         out.record(key=cache.key, analysis=cache.analysis, figures=figures)
     say(f"wrote {cfg.out} in {clock.total():.1f} s ({clock.summary()})")
     return cfg.out
+
+
+def explorer_scripts(run, prepared) -> dict[str, tuple[str, str]]:
+    """Model label -> (file name, text) of the explorer's model script of each analysed model (webmodel)."""
+    from .webmodel import model_script
+
+    by_label = {p.spec.label: p for p in prepared}
+    scripts = {}
+    for m in run.models:
+        prep = by_label[m.label]
+        name = model_script_file(m.slug or slug(m.label))
+        scripts[m.label] = (name, model_script(prep.bundle, prep.split.language, prep.heldout_start(), name))
+    return scripts
 
 
 class Clock:

@@ -164,16 +164,17 @@ def write_pages(html: dict[str, str], folder: Path) -> None:
 
 
 def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_cache: dict, *, pdf: bool,
-               previous: OutputFolder, clock, diff_link: bool = False, title: tuple[str, str] = ("", "")) -> None:
-    """Figures, pages and (optionally) the PDF into `out`; `figure_cache` is updated with the figures used."""
+               previous: OutputFolder, clock, diff_link: bool = False, title: tuple[str, str] = ("", ""),
+               explorer: dict[str, str] | None = None) -> None:
+    """Figures, pages and (optionally) the PDF into `out`; `figure_cache` is updated with the figures used.
+    `explorer`: model label -> its explorer model script (already in `out`), for the models that get an explorer."""
     from .progress import stderr
 
     if (previous.path / FIGURES).is_dir():  # reuse unchanged figures
         shutil.copytree(previous.path / FIGURES, out.path / FIGURES)
     with stderr.status("rendering figures and pages"):
         figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache)
-        passages = {a.label: list(a.examples) for a in inputs}
-        html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=passages))
+        html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}))
         write_pages(html, out.path)
     used = set(figs.values())
     for stale in (out.path / FIGURES).glob("*.png"):
