@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterator, Mapping
 
 import torch
@@ -67,9 +67,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         mask = torch.tril(torch.ones(config.max_context_len, config.max_context_len))
         self.register_buffer("mask", mask.unsqueeze(0))  # (1, ctx, ctx)
-        # Ablation state, set only inside TransformerLM.ablate(): {head: (mode, mean (hs,), donor shift or None)}.
+        # Ablation state, set only inside TransformerLM.ablate() / patch(): {head: (mode, value)}, the value a mean
+        # (hs,), a donor shift, or patched outputs (B or 1, N, hs).
         self._ablation: dict[int, tuple[str, torch.Tensor | int | None]] = {}
-        self._record: list[torch.Tensor] | None = None  # set only inside TransformerLM.run_with_cache()
+        self._record: dict[str, torch.Tensor] | None = None  # set only inside TransformerLM.run_with_cache()
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project x (B, N, D) to q, k, v, each (B, H, N, hs), with one fused matmul."""
@@ -88,6 +89,8 @@ class CausalSelfAttention(nn.Module):
         into `out` (contiguous, (B, H, N, N)) when given."""
         B, N, D = x.shape
         q, k, v = self._qkv(x)  # each (B, H, N, hs)
+        if self._record is not None:
+            self._record.update(q=q, k=k, v=v)
         if need_weights or any(mode == "uniform" for mode, _ in self._ablation.values()):
             att = self._weights(q, k, out)  # (B, H, N, N)
             y = self.dropout(att) @ v  # (B, H, N, hs)
@@ -105,8 +108,13 @@ class CausalSelfAttention(nn.Module):
                 if B < 2:
                     raise ValueError("resample ablation needs a batch of at least two windows (donors)")
                 y[:, h] = y[:, h].roll(int(value) % B or 1, dims=0)
+            elif mode == "patch":  # outputs recorded on another input of the same length
+                if value.shape[-2] != N or value.shape[0] not in (1, B):
+                    raise ValueError(f"head {h}'s patched output covers {value.shape[0]} x {value.shape[-2]} "
+                                     f"positions; this batch is {B} x {N}")
+                y[:, h] = value.to(y.device, y.dtype)
         if self._record is not None:
-            self._record.append(y)  # (B, H, N, hs): per-head outputs after any ablation, before the projection
+            self._record["z"] = y  # (B, H, N, hs): per-head outputs after any ablation, before the projection
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, H*hs)
         return self.proj(y), att
 
@@ -172,6 +180,7 @@ class TransformerDecoderBlock(nn.Module):
         self.causal_attention = CausalSelfAttention(config)
         self.layer_norm_2 = nn.LayerNorm(config.embed_size)
         self.mlp = MLP(config)
+        self._record: dict[str, torch.Tensor] | None = None  # set only inside TransformerLM.run_with_cache()
 
     def forward(
         self, x: torch.Tensor, need_weights: bool = False, out: torch.Tensor | None = None
@@ -180,6 +189,8 @@ class TransformerDecoderBlock(nn.Module):
         a, att = self.causal_attention(self.layer_norm_1(x), need_weights, out)
         x = x + a if self.with_residuals else a
         m = self.mlp(self.layer_norm_2(x))
+        if self._record is not None:
+            self._record.update(attn_out=a, resid_mid=x, mlp_out=m)
         x = x + m if self.with_residuals else m
         return x, att
 
@@ -204,13 +215,23 @@ class Embed(nn.Module):
 class ActivationCache:
     """Activations of one forward pass (`TransformerLM.run_with_cache`): per layer the residual stream entering it
     (B, N, D), its attention (B, H, N, N) and per-head outputs before the projection (B, H, N, hs); the final
-    residual before the last LayerNorm (B, N, D) and the logits (B, N, V)."""
+    residual before the last LayerNorm (B, N, D) and the logits (B, N, V). Also per layer: queries, keys and values
+    (B, H, N, hs; the keys' and queries' dot product over sqrt(hs), causally masked, is the attention's softmax
+    input), the attention block's output after the projection (B, N, D), the stream after it (B, N, D; what the
+    MLP reads, through its LayerNorm) and the MLP's output (B, N, D). Without residual connections each layer's
+    output replaces the stream instead of adding to it."""
 
     resid_pre: list[torch.Tensor]
     attention: list[torch.Tensor]
     head_outputs: list[torch.Tensor]
     final_resid: torch.Tensor
     logits: torch.Tensor
+    queries: list[torch.Tensor] = field(default_factory=list)
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    attn_out: list[torch.Tensor] = field(default_factory=list)
+    resid_mid: list[torch.Tensor] = field(default_factory=list)
+    mlp_out: list[torch.Tensor] = field(default_factory=list)
 
 
 class TransformerLM(nn.Module):
@@ -323,19 +344,22 @@ class TransformerLM(nn.Module):
         """One forward pass that keeps what interpretability needs: the residual stream entering each layer, each
         layer's attention and per-head outputs, the final residual and the logits (any ablation in force applies)."""
         x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
-        resid, attn, heads = [], [], []
+        resid, attn, records = [], [], []
         for block in self.layers:
             resid.append(x)
-            record: list[torch.Tensor] = []
-            block.causal_attention._record = record
+            record: dict[str, torch.Tensor] = {}
+            block._record = block.causal_attention._record = record
             try:
                 x, att = block(x, True)
             finally:
-                block.causal_attention._record = None
+                block._record = block.causal_attention._record = None
             attn.append(att)
-            heads.append(record[0])
+            records.append(record)
         logits = self.word_prediction(self.layer_norm(x))
-        return ActivationCache(resid, attn, heads, x, logits)
+        kept = {name: [r[key] for r in records] for name, key in (
+            ("head_outputs", "z"), ("queries", "q"), ("keys", "k"), ("values", "v"), ("attn_out", "attn_out"),
+            ("resid_mid", "resid_mid"), ("mlp_out", "mlp_out"))}
+        return ActivationCache(resid, attn, final_resid=x, logits=logits, **kept)
 
     def direct_logits(self, cache: "ActivationCache", layer: int) -> torch.Tensor:
         """Direct logit attribution of every head of `layer`, (B, H, N, V): its write to the residual stream through
@@ -362,23 +386,46 @@ class TransformerLM(nn.Module):
         every position by its output at the same position of another window of the same batch (window b takes
         window b - `shift`'s, cyclically; batches need >= 2 windows): the head keeps its typical output but loses
         the information about this window. Weights are never modified and the ablation state is cleared on
-        exit, even after an exception.
+        exit, even after an exception (to what an enclosing `ablate` or `patch` set).
         """
         for (layer, head), mode in heads.items():
             if mode not in ABLATION_MODES:
                 raise ValueError(f"unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}")
-            if not (0 <= layer < self.config.n_layers and 0 <= head < self.config.n_heads):
-                raise ValueError(f"no head L{layer}H{head} in a {self.config.n_layers}x{self.config.n_heads} model")
+            self._check_head(layer, head)
             if mode == "mean" and (means is None or (layer, head) not in means):
                 raise ValueError(f"mean ablation of L{layer}H{head} needs its mean output")
-        try:
-            for (layer, head), mode in heads.items():
-                value = means[(layer, head)] if mode == "mean" else shift if mode == "resample" else None
-                self.layers[layer].causal_attention._ablation[head] = (mode, value)
+        with self._replacing({key: (mode, means[key] if mode == "mean" else shift if mode == "resample" else None)
+                              for key, mode in heads.items()}):
             yield self
+
+    @contextlib.contextmanager
+    def patch(self, outputs: Mapping[tuple[int, int], torch.Tensor]) -> Iterator["TransformerLM"]:
+        """Within the block, replace heads {(layer, head): outputs} by given per-head outputs (B or 1, N, hs), e.g.
+        their `run_with_cache(...).head_outputs[layer][:, head]` on another input of the same length (activation
+        patching); a forward pass of another length is a ValueError. Weights are never modified; the state is
+        restored on exit, even after an exception."""
+        for (layer, head), value in outputs.items():
+            self._check_head(layer, head)
+            if not isinstance(value, torch.Tensor) or value.dim() != 3 or value.shape[-1] != self.config.head_size:
+                raise ValueError(f"patched output of L{layer}H{head} must be a (B, N, {self.config.head_size}) tensor")
+        with self._replacing({key: ("patch", value.detach()) for key, value in outputs.items()}):
+            yield self
+
+    def _check_head(self, layer: int, head: int) -> None:
+        if not (0 <= layer < self.config.n_layers and 0 <= head < self.config.n_heads):
+            raise ValueError(f"no head L{layer}H{head} in a {self.config.n_layers}x{self.config.n_heads} model")
+
+    @contextlib.contextmanager
+    def _replacing(self, state: Mapping[tuple[int, int], tuple]) -> Iterator[None]:
+        """Set {(layer, head): (mode, value)} on the attention modules for the block; restore the previous state."""
+        before = [dict(layer.causal_attention._ablation) for layer in self.layers]
+        try:
+            for (layer, head), entry in state.items():
+                self.layers[layer].causal_attention._ablation[head] = entry
+            yield
         finally:
-            for layer in self.layers:
-                layer.causal_attention._ablation = {}
+            for layer, saved in zip(self.layers, before):
+                layer.causal_attention._ablation = saved
 
     @torch.no_grad()
     def generate(
