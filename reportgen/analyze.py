@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -160,14 +161,15 @@ def _average_linkage(dist: np.ndarray) -> list[tuple[int, int, float]]:
     return merges
 
 
-def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
-    """Load the checkpoint and text and check every input before any work starts (errors are one line)."""
+def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> Prepared:
+    """Load the checkpoint and text and check every input before any work starts (errors are one line); other
+    seeds of the recipe (`spec.seeds`) are loaded the same way on the same text."""
     bundle = open_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
                              language=spec.language, meta=spec.meta, device=cfg.torch_device())
     ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab,
                     cfg.vowels.get(spec.language or bundle.language or "", ""))
     check_script(bundle, spec.language)
-    split = load_text(spec, spec.language or bundle.language)
+    split = split or load_text(spec, spec.language or bundle.language)
     classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)
     sources = {"train": str(spec.text or f"{split.name} (training books)"),
                "heldout": str(spec.heldout or spec.text or f"{split.name} (held-out books)")}
@@ -183,11 +185,21 @@ def prepare(spec: ModelSpec, cfg: RunConfig) -> Prepared:
         sample = torch.as_tensor(ids["train"][: (len(ids["train"]) // T) * T].reshape(-1, T)[:64])
         check_targets(cfg.hypotheses, sample, torch.as_tensor(classes.lookup())[sample], bundle.tokenizer.vocab,
                       sources["train"])
-    return Prepared(spec, bundle, split, classes, ids, sources)
+    seeds = []
+    for k, path in enumerate(spec.seeds):
+        other = prepare(replace(spec, path=path, seeds=(), label=f"{spec.label} (seed {k + 1})"), cfg, split)
+        if (other.bundle.config.n_layers, other.bundle.config.n_heads) != (bundle.config.n_layers,
+                                                                           bundle.config.n_heads):
+            raise ReportgenError(f"{other.bundle.path}: {other.bundle.config.n_layers} layers x "
+                                 f"{other.bundle.config.n_heads} heads, but {bundle.path} has "
+                                 f"{bundle.config.n_layers} x {bundle.config.n_heads}: not a seed of the same recipe")
+        seeds.append(other)
+    return Prepared(spec, bundle, split, classes, ids, sources, tuple(seeds))
 
 
-def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> ModelAnalysis:
-    """Capture both splits and probes, and compute per-split statistics (q-values come later)."""
+def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: str = "") -> ModelAnalysis:
+    """Capture both splits and probes, and compute per-split statistics (q-values come later). `stage` prefixes
+    the progress tasks' stage names ("seeds: " for extra seeds, which draw no figures)."""
     spec, bundle, classes, ids = prep.spec, prep.bundle, prep.classes, prep.ids
     T = bundle.config.max_context_len
     limits = {"train": cfg.train_windows, "heldout": cfg.heldout_windows}
@@ -195,13 +207,13 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
     for s in SPLITS:
         n = len(ids[s]) // T
         n = min(n, limits[s]) if limits[s] else n
-        task = progress.add_task(f"{spec.label}: capture {s} ({n} windows)", total=n)
+        task = progress.add_task(f"{spec.label}: {stage}capture {s} ({n} windows)", total=n)
         scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
                             source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k),
                             hypotheses=cfg.hypotheses)
     # Probes per split: fresh random sequences, and repeated passages from that split's own text, so a
     # probe-based role found on training text is confirmed on sequences it never saw.
-    task = progress.add_task(f"{spec.label}: repeated-sequence probes", total=2 * len(SPLITS))
+    task = progress.add_task(f"{spec.label}: {stage}repeated-sequence probes", total=2 * len(SPLITS))
     split_probes = {}
     for k, s in enumerate(SPLITS):
         rand, period = random_probes(classes, cfg.n_probes, T, np.random.default_rng([cfg.seed, index, 7, k]))
@@ -211,19 +223,21 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress) -> Model
         split_probes[s]["probe_natural"] = probe(bundle, nat, period, "natural", scores["train"].mean_attn)
         progress.advance(task)
     probes = split_probes["heldout"]
-    task = progress.add_task(f"{spec.label}: bootstrap and tests", total=2)
+    task = progress.add_task(f"{spec.label}: {stage}bootstrap and tests", total=2)
     stats = {}
     for k, s in enumerate(SPLITS):
         stats[s] = split_stats(scores[s], split_probes[s], np.random.default_rng([cfg.seed, index, k]),
                                block=contiguous_block(scores[s].window_starts, T))
         progress.advance(task)
+    if stage:  # an extra seed: no head-similarity map or example figures
+        return ModelAnalysis(prep, scores, probes, stats, np.zeros((0, 0)), [], ())
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(prep, scores, probes, stats, dist, cluster_heads(dist.copy(), bundle.config.n_heads),
                          example_attention(bundle, prep.split.language, prep.heldout_start(200)))
 
 
 def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Timeline | None,
-                 seed: int = 0) -> ModelResult:
+                 seed: int = 0, seeds: list = ()) -> ModelResult:
     """The typed results of one model."""
     prep, cfg = a.prep, a.prep.bundle.config
     heads = [HeadResult(layer, head,
@@ -259,7 +273,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug,
         unigram_bits_per_char=unigram_bits(prep.ids["heldout"]),
         measured_bits_per_char=causal.baseline if causal is not None else _bits(prep.bundle.model, prep.ids["heldout"]),
-        **causal_fields)
+        seeds=list(seeds), **causal_fields)
 
 
 def unigram_bits(ids: np.ndarray) -> float:
@@ -323,19 +337,52 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
     prepared = prepared if prepared is not None else [prepare(spec, cfg) for spec in cfg.models]
     with make_progress() as progress:
         analyses = [analyze_model(prep, cfg, index, progress) for index, prep in enumerate(prepared)]
-        for s in SPLITS:
-            add_q_values([a.stats[s] for a in analyses])
-        analyses = [replace(a, findings=[with_books(replace(f, role=role_name(f.role, a.prep.split.language)), a)
-                                         for f in findings(a.stats, a.prep.bundle.config.n_layers,
-                                                           a.prep.bundle.config.n_heads)])
-                    for a in analyses]
+        # Seeds share their model's random streams (the same probes, resamples and donors: paired comparisons).
+        extra = [[(index, analyze_model(sp, cfg, index, progress, "seeds: ")) for sp in prep.seeds]
+                 for index, prep in enumerate(prepared)]
+        for s in SPLITS:  # one BH family per split: every model, seed, layer, head and tested detector
+            add_q_values([a.stats[s] for a in analyses] + [x.stats[s] for group in extra for _, x in group])
+        analyses = [_with_findings(a) for a in analyses]
+        extra = [[(i, _with_findings(x)) for i, x in group] for group in extra]
         models = []
-        for index, a in enumerate(analyses):  # the causal stage needs the roles, so it runs after the FDR step
+        for index, (a, group) in enumerate(zip(analyses, extra)):  # the causal stage needs the roles (after FDR)
             causal = causal_evidence(a, cfg, index, progress) if cfg.ablation_windows else None
             timeline = emergence(a, cfg, index, progress) if cfg.timeline_windows else None
-            models.append(model_result(a, causal, timeline, cfg.seed))
+            seeds = _seeds(a, causal, group, cfg, progress) if group else []
+            models.append(model_result(a, causal, timeline, cfg.seed, seeds))
     return Analysed(models, {a.prep.spec.label: window_values(a) for a in analyses},
                     [figure_inputs(a) for a in analyses], stage_seconds(progress))
+
+
+def _with_findings(a: ModelAnalysis) -> ModelAnalysis:
+    """The analysis with its roles (after the FDR step), in the language's own terms, with per-book shares."""
+    cfg = a.prep.bundle.config
+    return replace(a, findings=[with_books(replace(f, role=role_name(f.role, a.prep.split.language)), a)
+                                for f in findings(a.stats, cfg.n_layers, cfg.n_heads)])
+
+
+def _seeds(a: ModelAnalysis, causal: CausalEvidence | None, group: list[tuple[int, ModelAnalysis]],
+           cfg: RunConfig, progress) -> list:
+    """The drawn seed's record (from its full analysis) followed by every other seed's (`seeds.measure`)."""
+    from . import seeds
+
+    unigram = unigram_bits(a.prep.ids["heldout"])
+    label, number = seeds.seed_label(a, 0)
+    rng = np.random.default_rng([cfg.seed, 0, 13])
+    if causal is not None:
+        drawn = seeds.record(a, label, number, True, causal.baseline, causal.baseline_ci, unigram, causal.heads,
+                             causal.writes, rng, [f"{e.source} -> {e.target}" for e in
+                                                  (causal.circuit.edges if causal.circuit else [])])
+    else:
+        drawn = seeds.record(a, label, number, True, _bits(a.prep.bundle.model, a.prep.ids["heldout"]), None,
+                             unigram, [], [], rng)
+    out = [drawn]
+    for k, (index, x) in enumerate(group):
+        label, number = seeds.seed_label(x, k + 1)
+        out.append(seeds.measure(x, cfg, index, label, number, unigram_bits(x.prep.ids["heldout"]), progress))
+    labels = [s.label for s in out]
+    return [s if labels.count(s.label) == 1 else replace(s, label=f"{s.label} ({Path(s.checkpoint).name})")
+            for s in out]  # two checkpoints recording the same seed: told apart by file name
 
 
 def new_run(cfg: RunConfig, models: list[ModelResult]) -> Run:

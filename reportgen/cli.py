@@ -84,7 +84,7 @@ def _per_model(option: str, values: list[str] | None, models: list[str] | None) 
 
 def _run_config(args: argparse.Namespace):
     """RunConfig from --config TOML and command-line options."""
-    from .config import DEFAULT_TOML, ModelSpec, build_config
+    from .config import DEFAULT_TOML, ModelSpec, build_config, family
 
     models = None
     for option, values in (("--label", args.label), ("--language", args.language)):
@@ -98,12 +98,12 @@ def _run_config(args: argparse.Namespace):
         labels = list(args.label or [])
         languages = list(args.language or [])
         models = tuple(
-            ModelSpec(Path(m), labels[i] if i < len(labels) else Path(m).stem.replace("_", " "),
+            ModelSpec(family(Path(m))[0], labels[i] if i < len(labels) else Path(m).stem.replace("_", " "),
                       languages[i] if i < len(languages) else None,
                       texts[i], heldouts[i],
                       False if args.no_residuals else True if args.residuals else None,
                       Path(args.train_text) if args.train_text else None,
-                      meta=Path(args.meta) if args.meta else None)
+                      meta=Path(args.meta) if args.meta else None, seeds=family(Path(m))[1])
             for i, m in enumerate(args.model))
     elif args.text:
         raise ReportgenError("--text needs --model: say which model should read it")

@@ -57,6 +57,8 @@ class ModelSpec:
     train_text: Path | None = None
     slug: str = ""  # file-name-safe, unique within the run (pages are named after it)
     meta: Path | None = None  # nanoGPT: the dataset's meta.pkl when it is not where nanoGPT keeps it
+    seeds: tuple[Path, ...] = ()  # other training seeds of the same recipe (checkpoints or folders): roles,
+    # replication, copying and ablation are measured on each; pages and figures are drawn for `path`
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,37 @@ def latest_checkpoint(folder: Path) -> Path:
     return found[-1]
 
 
+SEED_FOLDER = re.compile(r"seed(\d+)")
+
+
+def seed_folders(folder: Path) -> list[Path]:
+    """A family folder's `seedN/` subfolders, by N (none when `folder` is a file or has none)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if p.is_dir() and (m := SEED_FOLDER.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def family(path: Path) -> tuple[Path, tuple[Path, ...]]:
+    """(the checkpoint or folder whose pages are drawn, the other seeds) of a model path. A folder with `seedN/`
+    subfolders is a family of seeds of one recipe: its own checkpoints (if it holds any) are the drawn seed, else
+    its lowest-numbered `seedN/`; every other `seedN/` is measured alongside."""
+    seeds = seed_folders(path)
+    if not seeds:
+        return path, ()
+    own = any(path.glob("*.pt"))
+    drawn = path if own else seeds[0]
+    return drawn, tuple(s for s in seeds if s != drawn)
+
+
 def default_models() -> tuple[ModelSpec, ...]:
-    """The shipped English and Hebrew models (their final checkpoints)."""
-    return (ModelSpec(latest_checkpoint(DEFAULT_MODELS / "en"), "English", "en"),
-            ModelSpec(latest_checkpoint(DEFAULT_MODELS / "he"), "Hebrew", "he"))
+    """The shipped English and Hebrew models (their final checkpoints), with their other seeds when shipped."""
+    out = []
+    for code, label in (("en", "English"), ("he", "Hebrew")):
+        folder = DEFAULT_MODELS / code
+        _, seeds = family(folder)
+        out.append(ModelSpec(latest_checkpoint(folder), label, code, seeds=seeds))
+    return tuple(out)
 
 
 # Settings: (type, minimum, maximum) for numbers; checked the same way from the CLI and from TOML.
@@ -123,7 +152,7 @@ LIMITS = {
     "control_draws": (int, 1, 1000),
     "timeline_windows": (int, 0, 10_000), "batch_size": (int, 1, 1024),
 }
-MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text", "meta"}
+MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text", "meta", "seeds"}
 MAX_LABEL = 1000  # labels are shown as given; file names use a slug of at most MAX_SLUG characters
 MAX_SLUG = 40
 
@@ -163,9 +192,14 @@ def _spec(entry, source: str, n: int) -> ModelSpec:
             raise ReportgenError(f"{where}: {key} must be a string, not {type(entry[key]).__name__}")
     if "with_residuals" in entry and not isinstance(entry["with_residuals"], bool):
         raise ReportgenError(f"{where}: with_residuals must be true or false, not {entry['with_residuals']!r}")
+    seeds = entry.get("seeds", [])
+    if not isinstance(seeds, list) or not all(isinstance(x, str) and x for x in seeds):
+        raise ReportgenError(f"{where}: seeds must be a list of checkpoint paths (strings)")
     p = lambda k: Path(entry[k]) if entry.get(k) else None
-    return ModelSpec(Path(entry["path"]), entry.get("label") or Path(entry["path"]).stem, entry.get("language"),
-                     p("text"), p("heldout"), entry.get("with_residuals"), p("train_text"), meta=p("meta"))
+    path, found = family(Path(entry["path"]))
+    return ModelSpec(path, entry.get("label") or Path(entry["path"]).stem, entry.get("language"),
+                     p("text"), p("heldout"), entry.get("with_residuals"), p("train_text"), meta=p("meta"),
+                     seeds=found + tuple(Path(x) for x in seeds))
 
 
 def _check(cfg: RunConfig, origin) -> None:

@@ -113,6 +113,48 @@ class Circuit:
 
 
 @dataclass(frozen=True)
+class SeedRole:
+    """One head's replicated role in one training seed, with that head's resample-ablation Δ (bits/char, 95% CI),
+    whether removing it breaks the model (ablated loss no better than the unigram model), and what it writes."""
+
+    layer: int
+    head: int
+    role: str
+    family: str
+    pattern: str
+    primary: bool
+    effect: float  # held-out mean minus the strictest null
+    delta: float | None = optional()
+    delta_ci_low: float | None = optional()
+    delta_ci_high: float | None = optional()
+    breaks: bool = False
+    writes: str | None = optional()  # copies / next / class / none (role heads of models with residuals)
+
+
+@dataclass(frozen=True)
+class Seed:
+    """One training seed of a model's recipe, measured with the run's detectors, nulls, replication, copying
+    probe and resample ablation (`drawn`: the seed whose pages and figures are drawn)."""
+
+    label: str  # "seed 1"
+    seed: int | None  # the training seed the checkpoint records
+    checkpoint: str  # display path
+    sha256: str
+    drawn: bool
+    bits_per_char: float  # held-out, on the ablation windows (or every held-out window without ablation)
+    ci_low: float | None
+    ci_high: float | None
+    unigram_bits_per_char: float
+    roles: list[SeedRole]
+    copy_first: float | None  # repeated held-out passages: bits/char on the first and on later copies
+    copy_later: float | None
+    copy_ci_low: float | None  # 95% CI of first minus later (the copying gain)
+    copy_ci_high: float | None
+    heads_that_matter: int | None  # heads whose resample-ablation CI lies above 0
+    edges: list[str] = field(default_factory=list)  # composition edges "L0H1 -> L3H2" (the drawn seed only)
+
+
+@dataclass(frozen=True)
 class ControlResult:
     """Roles and discoveries on one control (random-init model or shuffled text).
 

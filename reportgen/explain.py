@@ -68,6 +68,8 @@ class Explanation:
     inputs: str = ""  # which earlier heads feed its role, which later ones it feeds
     profile: str = ""  # the per-character profile behind a class role and the role's distance profile
     verdict: str = ""  # the causal evidence in one sentence (the overview's cards)
+    seeds: str = ""  # whether the role recurs in the recipe's other seeds
+    recurs: str = ""  # the same in a few words (the overview's cards)
 
 
 def _what(f: Finding) -> str:
@@ -122,7 +124,8 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
                        narrate.explain_writes(f, m), narrate.explain_inputs(f, m),
                        " ".join(x for x in (explain_profile(m.head(f.layer, f.head), f.pattern),
                                             explain_distance(m.head(f.layer, f.head), f.pattern)) if x),
-                       verdict=narrate.causal_verdict(f, m))
+                       verdict=narrate.causal_verdict(f, m), seeds=narrate.explain_seeds(f, m),
+                       recurs=narrate.recurs(f, m))
 
 
 def _show(text: str) -> str:

@@ -236,3 +236,39 @@ def causal_verdict(f: Finding, m: ModelResult) -> str:
                 f"role should matter, so its linguistic use is not claimed.")
     return (f"Causal evidence is mixed: removing it costs {_s(a.delta_bits_per_char)} bits/char, but not specifically "
             f"where its role predicts.")
+
+
+def _seed_list(rec, present: bool, seeds) -> str:
+    return ", ".join(s.label for s, c in zip(seeds, rec.counts) if (c > 0) == present)
+
+
+def explain_seeds(f: Finding, m: ModelResult) -> str:
+    """Whether this role recurs in the recipe's other seeds (matched by role, never by head index): in how many,
+    in which layers, and the spread of its strongest head's effect and resample Δ over the seeds holding it."""
+    from .seeds import recurrence
+
+    if len(m.seeds) < 2 or not f.replicated:
+        return ""
+    rec = next((r for r in recurrence(m.seeds) if r.role == f.role), None)
+    if rec is None:
+        return ""
+    n, k = rec.seeds, rec.present
+    where = (f"in layer {', '.join(map(str, next(ls for ls in rec.layers if ls)))} each time" if rec.same_layers
+             else "in layers " + " / ".join(",".join(map(str, ls)) or "–" for ls in rec.layers) + " by seed")
+    text = (f"{article(f.role).title()} {f.role} recurs in all {n} seeds of this recipe, {where}" if k == n else
+            f"{article(f.role).title()} {f.role} is found in {k} of {n} seeds ({_seed_list(rec, True, m.seeds)}; "
+            f"not in {_seed_list(rec, False, m.seeds)}), {where}")
+    eff, dlt = rec.spread(rec.effects), rec.spread(rec.deltas)
+    if k > 1 and eff:
+        text += f"; the strongest such head's effect ranges {_n(eff[0])}–{_n(eff[1])}"
+        if dlt:
+            text += f" and its resample Δ {_s(dlt[0])} to {_s(dlt[1])} bits/char"
+    return text + ("." if k == n else ": a property of this training run at least as much as of the recipe.")
+
+
+def recurs(f: Finding, m: ModelResult) -> str:
+    """'In 3 of 3 seeds of this recipe.' for a replicated role of a model measured on several seeds, else ''."""
+    from .seeds import recurrence
+
+    rec = next((r for r in recurrence(m.seeds) if r.role == f.role), None) if len(m.seeds) > 1 and f.replicated else None
+    return f"In {rec.present} of {rec.seeds} seeds of this recipe." if rec else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import RunConfig, slug, template_dir
-from .outputs import FIGURE_INPUTS, RESULTS, WINDOWS, OutputFolder, write_json, write_text_atomic
+from .outputs import RESULTS, WINDOWS, OutputFolder, write_json, write_text_atomic
 from .progress import say
 from .webmodel import model_script_file
 
@@ -89,10 +89,10 @@ class Cache:
 
     def stored_analysis(self):
         """(run, per-window values, figure inputs, explorer model scripts) of an unchanged analysis, or None."""
-        files = [self.folder.path / f for f in (RESULTS, WINDOWS, FIGURE_INPUTS)]
+        files = [self.folder.path / f for f in (RESULTS, WINDOWS)]
         if self.status.get("analysis") != self.analysis or not all(f.is_file() for f in files):
             return None
-        inputs = self.folder.read_figure_inputs()
+        inputs = self.folder.read_figure_inputs()  # also where an older reportgen kept them
         if inputs is None:
             return None
         run = self.folder.read_run()

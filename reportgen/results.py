@@ -21,7 +21,7 @@ import numpy as np
 from .catalogue import FAMILIES, run_detectors
 from .codec import decode, encode, optional
 from .errors import ReportgenError
-from .evidence import Ablation, CausalAgreement, Circuit, Controls, Edge, Generation, RoleEffect, Timeline, Writes
+from .evidence import Ablation, CausalAgreement, Circuit, Controls, Edge, Generation, RoleEffect, Seed, Timeline, Writes
 from .evidence import CharProfile, DistanceProfile
 
 SCHEMA_VERSION = 3
@@ -214,6 +214,7 @@ class ModelResult:
     circuit: Circuit | None = None  # composition edges into role heads
     unigram_bits_per_char: float | None = optional()  # plug-in entropy of the held-out text's characters
     measured_bits_per_char: float | None = optional()  # the model on held-out text (the causal baseline if run)
+    seeds: list[Seed] = field(default_factory=list)  # other seeds of the recipe, the drawn one first (or empty)
 
     def writes_of(self, layer: int, head: int) -> Writes | None:
         """What the head writes, if it was measured."""

@@ -32,6 +32,7 @@ class Prepared:
     classes: CharClasses
     ids: dict[str, np.ndarray]  # split -> token ids
     sources: dict[str, str]  # split -> where the text came from (for error messages)
+    seeds: tuple["Prepared", ...] = ()  # other seeds of the same recipe, on the same text
 
     def heldout_start(self, n_chars: int = 4000) -> str:
         """The start of the held-out text as the model reads it (after the out-of-vocabulary policy)."""

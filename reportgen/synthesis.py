@@ -15,6 +15,7 @@ import numpy as np
 from .catalogue import FAMILIES
 from .explain import num, pct, signed, subsumed_positional
 from . import narrate
+from . import seeds as seedlib
 from .results import Finding, ModelResult
 
 MAX_Q1_HEADS = 6
@@ -109,14 +110,24 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     total = sum(m.n_layers * m.n_heads for m in models)
     q1 = [f"{m.label} {f.head_name}, {f.role}: held-out {num(f.heldout.mean)} against a strictest null of "
           f"{num(f.heldout.mean - f.effect)}, above it in {pct(f.heldout.consistency)} of held-out windows; "
-          f"{_cost(m, f)}." for m, f in ranked(models)[:MAX_Q1_HEADS] if narrate.supported(f, m)
+          f"{_cost(m, f)}." + (f" {narrate.recurs(f, m)}" if narrate.recurs(f, m) else "")
+          for m, f in ranked(models)[:MAX_Q1_HEADS] if narrate.supported(f, m)
           or not any(mm.ablation for mm in models)]
     q2 = [f"{len(heads)} of {total} heads have a replicated role (each counted once, by its main role)."]
+    seeded = [m for m in models if len(m.seeds) > 1]
+    if seeded:
+        q2.append("Over the seeds of each recipe (the drawn seed first): " + "; ".join(
+            f"{m.label} {' / '.join(map(str, seedlib.counts_or_drawn(m)))} heads with a replicated role over "
+            f"{len(m.seeds)} seeds" for m in seeded) + ".")
     for fam in FAMILIES:
         n = [sum(f.family == fam.name for f in m.primary) for m in models]
-        if any(n):
-            q2.append(f"{fam.name}: {sum(n)} head{'s' if sum(n) != 1 else ''}" + (" (" + ", ".join(f"{m.label} {k}" for m, k in zip(models, n))
-                                                        + ")" if len(models) > 1 else ""))
+        per_seed = [seedlib.fam_counts(m, fam.name) for m in models]
+        if any(n) or any(any(c) for c in per_seed):
+            def one(m, k, c):
+                return f"{m.label} {k}" + (f"; {' / '.join(map(str, c))} by seed" if len(c) > 1 else "")
+            q2.append(f"{fam.name}: {sum(n)} head{'s' if sum(n) != 1 else ''}" + (
+                " (" + "; ".join(one(m, k, c) for m, k, c in zip(models, n, per_seed)) + ")"
+                if len(models) > 1 or seeded else ""))
     found = [f for m in models for f in m.findings]
     rep = [f for f in found if f.replicated]
     q3 = [f"{len(rep)} of {len(found)} roles discovered on training windows held on held-out text."]
@@ -194,12 +205,22 @@ def _differences(models: list[ModelResult]) -> list[str]:
     if len(models) < 2:
         return ["Only one model was analysed."]
     out = []
+    seeded = all(len(m.seeds) > 1 for m in models)
+    if seeded:
+        out.append("Each model was measured on several training seeds of its recipe (counts below: the drawn seed, "
+                   "then per seed); a difference is called one only when it holds for every pair of seeds.")
     for fam in FAMILIES:
-        if any(f.family == fam.name for m in models for f in m.primary):
-            out.append(f"{fam.name}: " + "; ".join(f"{m.label} {sum(f.family == fam.name for f in m.primary)} "
-                                                   f"({_layers(m, fam.name)})" for m in models))
+        if any(any(seedlib.fam_counts(m, fam.name)) for m in models):
+            verdict = seedlib.compare_counts(models, lambda m: seedlib.fam_counts(m, fam.name))
+            out.append(f"{fam.name}: " + "; ".join(
+                f"{m.label} {sum(f.family == fam.name for f in m.primary)} ({_layers(m, fam.name)}"
+                + (f"; {' / '.join(map(str, seedlib.fam_counts(m, fam.name)))} by seed" if len(m.seeds) > 1 else "")
+                + ")" for m in models) + (f" — {verdict}" if verdict else ""))
+    for role, kn, verdict in seedlib.role_presence(models):
+        out.append(f"{role}: " + "; ".join(f"{m.label} in {k} of {n} seeds" for m, (k, n) in zip(models, kn))
+                   + f" — {verdict}")
     absent = [fam.name for fam in FAMILIES if fam.compared and
-              not any(f.family == fam.name for m in models for f in m.primary)]
+              not any(any(seedlib.fam_counts(m, fam.name)) for m in models)]
     subsumed = {m.label: subsumed_positional(m) for m in models} if "positional" in absent else {}
     if any(subsumed.values()):  # the rule is met, but as part of another role: not "absent"
         absent.remove("positional")
@@ -207,16 +228,25 @@ def _differences(models: list[ModelResult]) -> list[str]:
                    "role of theirs in " + "; ".join(f"{label} " + ", ".join(f"{s.head}, {s.by.role}" for s in heads)
                                                    for label, heads in subsumed.items() if heads))
     if absent:
-        out.append(f"in neither model: {', '.join(absent)}")
+        out.append(f"in neither model{' (in no seed)' if seeded else ''}: {', '.join(absent)}")
     copying = []
     for m in models:
         p = m.probes.get("probe_natural")
         if p:
             gain = p.loss_first_copy_bits_per_char - p.loss_later_copies_bits_per_char
             copying.append(f"{m.label} {num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} "
-                           f"bits/char ({'copies' if gain > 0 else 'no copying gain'})")
+                           f"bits/char ({'copies' if gain > 0 else 'no copying gain'}"
+                           + (f"; copies in {sum(bool(seedlib.copies(x)) for x in m.seeds)} of {len(m.seeds)} seeds"
+                              if len(m.seeds) > 1 else "") + ")")
     if copying:
-        out.append("Repeated held-out passages, first → second copy: " + "; ".join(copying) + ".")
+        verdict = seedlib.compare_counts(models, lambda m: tuple(int(bool(seedlib.copies(x))) for x in m.seeds))
+        out.append("Repeated held-out passages, first → second copy: " + "; ".join(copying)
+                   + (f" — copying {verdict}" if verdict else "") + ".")
+    if seeded:
+        out.append("Held-out bits/char by seed [95% CI]: " + "; ".join(
+            f"{m.label} " + ", ".join(f"{x.label} {num(x.bits_per_char)}" + (
+                f" [{num(x.ci_low)}, {num(x.ci_high)}]" if x.ci_low is not None else "") for x in m.seeds)
+            for m in models) + ".")
     circuits = [m for m in models if circuit_text(m)]
     if circuits:
         out.append("Circuits (composition edges: removing the earlier head cuts the later head's role score above chance "
@@ -229,7 +259,9 @@ def _differences(models: list[ModelResult]) -> list[str]:
                            + ("; possibly general disruption" if narrate.selective(m, e) is False else "") + ")"
                            for e in sorted(m.circuit.edges, key=lambda e: -e.cut)) or "none") + "."
                        for m in circuits)
-                   + " Each model is one training run: a difference here is not yet a property of the languages.")
+                   + (" Composition was measured on the drawn seed only: a difference here is not yet tested across "
+                      "seeds." if seeded else
+                      " Each model is one training run: a difference here is not yet a property of the languages."))
     return out
 
 
@@ -279,7 +311,12 @@ def limitations(models: list[ModelResult]) -> list[str]:
     out.append("What a head writes is read directly (through the unembedding) for role heads only; its effect through later "
                "layers is seen only in composition. Ablation removes one head at a time and misses heads that back each "
                "other up.")
-    out.append("One training run per language: roles may differ between seeds of the same recipe.")
+    if all(len(m.seeds) > 1 for m in models):
+        out.append("Roles were measured on " + ", ".join(f"{len(m.seeds)} seeds of {m.label}" for m in models)
+                   + "; pages, figures, generation, controls and composition are drawn from one seed each, and a "
+                     "role found in fewer than every seed is marked so on its page.")
+    else:
+        out.append("One training run per model: roles may differ between seeds of the same recipe.")
     return out
 
 
