@@ -265,3 +265,47 @@ def test_api_test_gives_the_runs_numbers_for_a_hypothesis_and_the_built_in_detec
         api.test({"name": "Bad Name", "key_offset": 1}, api.load(ckpt), text)
     with pytest.raises(ReportgenError, match="unknown option"):
         api.test({"name": "prev", "key_offset": 1}, api.load(ckpt), text, windows=3)
+
+
+# ---- the README's examples ------------------------------------------------------------------------------------
+
+def test_every_api_call_in_the_readme_runs(monkeypatch, capsys):
+    """Each ```python block of the README runs as written, and every `api.NAME(` it shows is called while it does."""
+    import re
+
+    readme = Path(__file__).parent.parent / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    shown = {name for code in blocks for name in re.findall(r"\bapi\.(\w+)\(", code)}
+    assert {"run_with_cache", "ablate", "patch", "logit_attribution", "test", "explore"} <= shown
+    called: set[str] = set()
+
+    def counting(name):
+        original = getattr(api, name)
+
+        def wrapper(*args, **kwargs):
+            called.add(name)
+            return original(*args, **kwargs)
+        return wrapper
+
+    for name in shown:
+        original = getattr(api, name)
+        if isinstance(original, type):  # a class (api.Hypothesis): count its instances, keep the class itself
+            init = original.__init__
+            monkeypatch.setattr(original, "__init__", lambda self, *a, _n=name, _i=init, **k: (called.add(_n),
+                                                                                               _i(self, *a, **k))[1])
+        else:
+            monkeypatch.setattr(api, name, counting(name))
+    monkeypatch.chdir(readme.parent)
+    spaces = []
+    for code in blocks:
+        spaces.append({})
+        exec(compile(code, "README.md", "exec"), spaces[-1])
+    assert called == shown
+    notebook = next(s for s in spaces if "result" in s)
+    model, text = notebook["model"], notebook["text"]
+    assert notebook["ablated"] > notebook["clean"]  # two heads the model uses, zeroed
+    assert notebook["patched"].shape == (len(text), model.tokenizer.vocab_size())
+    assert not np.allclose(notebook["patched"], api.logits(model, text), atol=1e-3)
+    result = notebook["result"]
+    assert result.supported and result.supported == [f.head_name for f in result.findings if f.replicated]
+    assert all(result.summary(*map(int, h[1:].split("H"))).q < 0.05 for h in result.supported)
