@@ -260,9 +260,11 @@ def explain_seeds(f: Finding, m: ModelResult) -> str:
             f"not in {_seed_list(rec, False, m.seeds)}), {where}")
     eff, dlt = rec.spread(rec.effects), rec.spread(rec.deltas)
     if k > 1 and eff:
-        text += f"; the strongest such head's effect ranges {_n(eff[0])}–{_n(eff[1])}"
+        text += "; the strongest such head's effect " + (f"is {_n(eff[0])} in each" if _n(eff[0]) == _n(eff[1]) else
+                                                         f"ranges {_n(eff[0])}–{_n(eff[1])}")
         if dlt:
-            text += f" and its resample Δ {_s(dlt[0])} to {_s(dlt[1])} bits/char"
+            text += " and its resample Δ " + (f"{_s(dlt[0])} bits/char in each" if _s(dlt[0]) == _s(dlt[1]) else
+                                               f"{_s(dlt[0])} to {_s(dlt[1])} bits/char")
     return text + ("." if k == n else ": a property of this training run at least as much as of the recipe.")
 
 
