@@ -174,7 +174,9 @@ def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> 
     sources = {"train": str(spec.text or f"{split.name} (training books)"),
                "heldout": str(spec.heldout or spec.text or f"{split.name} (held-out books)")}
     texts = {"train": split.train, "heldout": split.heldout}
-    ids = {s: encode(bundle, texts[s], sources[s], cfg.oov) for s in SPLITS}
+    shares: dict[str, dict[str, float]] = {s: {} for s in SPLITS}
+    ids = {s: encode(bundle, texts[s], sources[s], cfg.oov, shares[s]) for s in SPLITS}
+    oov_share = {s: v for s in SPLITS for v in shares[s].values()}
     T = bundle.config.max_context_len
     for s in SPLITS:
         if len(ids[s]) // T < 2:
@@ -194,7 +196,7 @@ def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> 
                                  f"{other.bundle.config.n_heads} heads, but {bundle.path} has "
                                  f"{bundle.config.n_layers} x {bundle.config.n_heads}: not a seed of the same recipe")
         seeds.append(other)
-    return Prepared(spec, bundle, split, classes, ids, sources, tuple(seeds))
+    return Prepared(spec, bundle, split, classes, ids, sources, tuple(seeds), oov_share)
 
 
 def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: str = "") -> ModelAnalysis:
@@ -264,7 +266,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         hyperparameters=cfg.to_dict(),
         corpus=CorpusInfo(split.name, split.description, split.sha256, len(split.train), len(split.heldout),
                           list(split.heldout_books), {s: a.scores[s].n_windows for s in SPLITS},
-                          cfg.max_context_len),
+                          cfg.max_context_len, dict(prep.oov_share)),
         classes={prep.classes.label(n): chars for n, chars in prep.classes.members().items() if chars},
         heads=heads, findings=a.findings, probes=probes,
         class_matrix={s: ClassMatrix(list(CLASS_NAMES), a.scores[s].class_matrix, a.scores[s].class_chance,

@@ -55,11 +55,32 @@ class HeadScores:
         return len(self.window_starts)
 
 
-def encode(bundle: ModelBundle, text: str, source: str, oov: str = "error") -> np.ndarray:
-    """Text -> token ids (N,), applying the out-of-vocabulary policy; errors name `source`."""
+OOV_MAX_SHARE = 0.05  # --oov drop/replace refuse a text with more of its characters outside the vocabulary
+
+
+def encode(bundle: ModelBundle, text: str, source: str, oov: str = "error", shares: dict | None = None,
+           max_share: float = OOV_MAX_SHARE) -> np.ndarray:
+    """Text -> token ids (N,), applying the out-of-vocabulary policy; errors name `source`. Dropping or replacing
+    more than `max_share` of the characters is refused (the text is then mostly not the model's own kind); the
+    share dropped or replaced is said, and stored in `shares[source]` when a dict is passed."""
     if not text.strip():
         raise ReportgenError(f"{source}: text is empty")
-    text, _ = bundle.tokenizer.clean(text, policy=oov, source=source)
+    n = len(text)
+    text, changed = bundle.tokenizer.clean(text, policy=oov, source=source)
+    if changed:
+        share = changed / n
+        verb = "dropped" if oov == "drop" else "replaced"
+        if share > max_share:
+            raise ReportgenError(f"{source}: {changed} of {n} characters ({share:.1%}) are outside the model's "
+                                 f"vocabulary, more than the {max_share:.0%} --oov {oov} accepts; is this text in "
+                                 f"the model's language and script?")
+        from .progress import say
+
+        say(f"{source}: {verb} {changed} character(s) outside the vocabulary ({share:.2%} of the text)")
+        if shares is not None:
+            shares[source] = share
+    if not text.strip():
+        raise ReportgenError(f"{source}: no character of the text is in the model's vocabulary")
     chars = sorted((ord(c), i) for c, i in bundle.tokenizer.stoi.items() if len(c) == 1)
     points = np.array([p for p, _ in chars], dtype=np.uint32)
     ids = np.array([i for _, i in chars], dtype=np.int64)

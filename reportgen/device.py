@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 def resolve(name: str | None, where: str = "device") -> torch.device:
     """'auto' (or None) -> cuda when torch sees a GPU, else cpu; 'cpu', 'cuda', 'cuda:N', 'mps' checked."""
     name = AUTO if name is None else name
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ReportgenError(f"{where}: device must be auto, cpu, cuda, cuda:N or mps, not {name!r}")
     if name == AUTO:
         return torch.device("cuda") if torch.cuda.is_available() else CPU

@@ -179,6 +179,7 @@ class CorpusInfo:
     heldout_books: list[str]
     windows: dict[str, int]
     window_length: int
+    oov_share: dict[str, float] = field(default_factory=dict)  # split -> share dropped or replaced (--oov)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class Prepared:
     ids: dict[str, np.ndarray]  # split -> token ids
     sources: dict[str, str]  # split -> where the text came from (for error messages)
     seeds: tuple["Prepared", ...] = ()  # other seeds of the same recipe, on the same text
+    oov_share: dict[str, float] = field(default_factory=dict)  # split -> share of characters dropped or replaced
 
     def heldout_start(self, n_chars: int = 4000) -> str:
         """The start of the held-out text as the model reads it (after the out-of-vocabulary policy)."""

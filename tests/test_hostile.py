@@ -458,3 +458,35 @@ def test_train_numbers_and_api_export_arguments_are_checked(tmp_path):
     with pytest.raises(ReportgenError, match="list of strings"):
         api.export(model, "In the beginning", tmp_path / "a.npz")
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_a_text_mostly_outside_the_vocabulary_is_refused_even_with_oov_replace(world, capsys, tmp_path):
+    """English on a Hebrew-like vocabulary: --oov replace would leave a text of spaces; refused in one line with
+    the share, before any analysis. A text with a few unknown characters goes through, its share said."""
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("שלום עולם זה טקסט בעברית ולא באנגלית כלל\n" * 400, encoding="utf-8")
+    for policy in ("replace", "drop"):
+        err = _refused(capsys, _args(world, **{"--text": str(foreign), "--oov": policy}), world,
+                       "foreign.txt", "outside the model's vocabulary", f"--oov {policy}")
+        assert "%" in err
+
+
+def test_oov_share_is_counted_and_bounded():
+    from reportgen.capture import encode
+    from reportgen.checkpoint import ModelBundle
+    from reportgen.errors import ReportgenError
+
+    tok = CharTokenizer.from_text(["abc "])
+    bundle = ModelBundle.__new__(ModelBundle)
+    object.__setattr__(bundle, "tokenizer", tok)
+    shares: dict = {}
+    ids = encode(bundle, "abc " * 99 + "xyzw", "t.txt", "replace", shares)  # 4 of 400 characters
+    assert shares == {"t.txt": 0.01} and len(ids) == 400
+    with pytest.raises(ReportgenError, match=r"t.txt: 40 of 400 characters \(10.0%\)"):
+        encode(bundle, "abc " * 90 + "xyzw" * 10, "t.txt", "drop")
+    with pytest.raises(ReportgenError, match="no character of the text"):
+        encode(bundle, "xyz", "t.txt", "replace", max_share=1.0)
+
+
+def test_a_device_name_with_a_trailing_newline_is_refused(world, capsys):
+    _refused(capsys, _args(world, **{"--device": "cpu\n"}), world, "device must be")
