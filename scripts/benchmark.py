@@ -1,6 +1,6 @@
 """Benchmark: capture + all detectors vs a plain fused forward pass, memory vs text size, stage times.
 
-Prints figures; asserts nothing (timings on shared machines are noisy: compare ratios within one run).
+Prints figures (the explorer's model export first: bytes per model and seconds); asserts nothing (timings on shared machines are noisy: compare ratios within one run).
 Usage: python scripts/benchmark.py [--full] [--diff] [--course]
   --full    also times a whole default `reportgen run` (cold, then cached)
   --diff    a diff of two uncached shipped checkpoints against one model's capture (and the floor set by one side's
@@ -59,6 +59,19 @@ def throughput(windows: int = 512, rounds: int = 5) -> None:
     print(f"throughput ratio (capture / fused), median of {rounds}: {float(np.median(ratios)):.2f}   (target >= 0.5)")
 
 
+def explorer_export() -> None:
+    """The explorer's model scripts (webmodel): seconds to make each shipped model's, and its bytes on the site."""
+    from reportgen.webmodel import model_script
+
+    for lang in ("en", "he"):
+        bundle = load_checkpoint(latest_checkpoint(DEFAULT_MODELS / lang))
+        heldout = bible_split(lang).heldout[:4000]
+        t = time.perf_counter()
+        text = model_script(bundle, lang, heldout, f"explore-{lang}.model.js")
+        took = time.perf_counter() - t
+        print(f"explorer model script ({lang}): {len(text.encode()):,} bytes, made in {took:.2f} s")
+
+
 def _peak_child(n_windows: int) -> float:
     """Peak RSS (MiB) of a fresh process that captures n_windows of held-out text."""
     code = f"""
@@ -102,6 +115,8 @@ def full_run() -> None:
                 timings = json.loads((out / "timings.json").read_text())
                 stages = timings.pop("analysis_stages", {})
                 print(json.dumps(timings, indent=1))
+                print(f"explorer model scripts: {timings.get('explorer_model', 0.0):.2f} s, " + ", ".join(
+                    f"{p.name} {p.stat().st_size:,} bytes" for p in sorted(out.glob("*.model.js"))))
                 total = timings.get("total") or 1.0
                 print("analysis stages (both models), seconds and share of the whole run:")
                 for name, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
@@ -183,6 +198,7 @@ def main() -> None:
     parser.add_argument("--course", action="store_true", help="also time a course-size model's full report")
     args = parser.parse_args()
     torch.manual_seed(0)
+    explorer_export()
     throughput()
     memory()
     print(f"this process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reportgen.cli import cli
-from reportgen.outputs import FIGURES, RESULTS, STATUS, OutputFolder
+from reportgen.outputs import FIGURES, JOURNAL, RESULTS, STATUS, OutputFolder
 from reportgen.pipeline import analysis_key, render_key
 
 
@@ -72,7 +72,8 @@ def test_inventory_lists_what_the_run_wrote(site_copy):
     assert RESULTS in files and "index.html" in files and STATUS not in files
     assert any(f.startswith(f"{FIGURES}/") for f in files)
     assert folder.complete([RESULTS])
-    assert sorted(files) == sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file() and p.name != STATUS)
+    assert sorted(files) == sorted(str(p.relative_to(copy)) for p in copy.rglob("*")
+                                   if p.is_file() and p.relative_to(copy).as_posix() != STATUS)
 
 
 def test_deleting_an_output_file_forces_a_rebuild(site_copy, capsys):
@@ -178,7 +179,7 @@ def test_a_killed_run_leaves_a_complete_site_and_the_next_run_cleans_up(site_cop
                 assert (copy / ref).exists(), (delay, page.name, ref)
     assert subprocess.run(command, capture_output=True).returncode == 0
     assert OutputFolder(copy).complete(["index.html"])
-    assert not list(copy.parent.glob(f".{copy.name}.staging-*")) and not (copy / ".reportgen-install.json").exists()
+    assert not list(copy.parent.glob(f".{copy.name}.staging-*")) and not (copy / JOURNAL).exists()
 
 
 def test_an_edited_output_file_is_not_up_to_date(site_copy, capsys):

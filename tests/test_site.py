@@ -167,6 +167,7 @@ def test_every_page_loads_in_headless_chromium_without_errors(site):
             assert wide[0] <= wide[1], f"{page.name}: {wide[0]} px wide in a {wide[1]} px viewport"
             driver.set_window_size(1280, 900)
             if page.name.startswith("explore-"):  # the one page with a script: inline, and it works offline
+                driver.execute_script("document.querySelector('input[name=\"mode\"][value=\"tokens\"]').click()")
                 driver.execute_script("document.querySelectorAll('#query .ch')[12].dispatchEvent("
                                       "new MouseEvent('mouseover', {bubbles: true}))")
                 shaded = driver.execute_script(
