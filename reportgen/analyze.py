@@ -166,8 +166,12 @@ def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> 
     seeds of the recipe (`spec.seeds`) are loaded the same way on the same text."""
     bundle = open_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
                              language=spec.language, meta=spec.meta, device=cfg.torch_device())
-    ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab,
-                    cfg.vowels.get(spec.language or bundle.language or "", ""))
+    vowels = cfg.vowels.get(spec.language or bundle.language or "", "")
+    missing = sorted(set(vowels) - set(bundle.tokenizer.vocab))
+    if missing:
+        raise ReportgenError(f"{spec.path}: vowels.{spec.language or bundle.language} lists {', '.join(map(repr, missing))}, "
+                             f"not in the model's vocabulary; list the vowel letters the model reads")
+    ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab, vowels)
     check_script(bundle, spec.language)
     split = split or load_text(spec, spec.language or bundle.language)
     classes = CharClasses.for_vocab(bundle.tokenizer.vocab, split.language).with_overrides(cfg.class_overrides)

@@ -237,6 +237,12 @@ def _check(cfg: RunConfig, origin) -> None:
     if not isinstance(cfg.vowels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in cfg.vowels.items()):
         raise ReportgenError(f"{origin('vowels')}: vowels must be a table of language code = \"letters\"")
+    for code, letters in cfg.vowels.items():
+        if code in LANGUAGE_CODES:
+            raise ReportgenError(f"{origin('vowels')}: vowels.{code}: {code} has its own vowel record; the vowels "
+                                 f"table is for languages reportgen has no record of")
+        if not letters or not all(c.isalpha() for c in letters):
+            raise ReportgenError(f"{origin('vowels')}: vowels.{code} must be letters, not {letters!r}")
     for m in cfg.models:
         if m.language is not None and m.language not in LANGUAGE_CODES and not CODE.match(m.language):
             raise ReportgenError(f"{origin('models')}: language of {m.path} must be a language code such as "

@@ -490,3 +490,14 @@ def test_oov_share_is_counted_and_bounded():
 
 def test_a_device_name_with_a_trailing_newline_is_refused(world, capsys):
     _refused(capsys, _args(world, **{"--device": "cpu\n"}), world, "device must be")
+
+
+def test_vowels_outside_the_vocabulary_or_for_a_recorded_language_are_refused(world, capsys):
+    """[vowels] that the model's vocabulary lacks would leave the vowel class silently empty; vowels for en or he
+    would be ignored silently; both are one line before analysis."""
+    toml = world / "bad.toml"
+    for body, expect in [('[vowels]\nxx = "аеиоу"\n', "not in the model's vocabulary"),
+                         ('[vowels]\nen = "aeiou"\n', "own vowel record"),
+                         ('[vowels]\nxx = "a1"\n', "must be letters")]:
+        toml.write_text(body)
+        _refused(capsys, _args(world, **{"--language": "xx"}) + ["--config", str(toml)], world, expect)
