@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .activations import ActivationCache
 
 ABLATION_MODES = ("zero", "mean", "uniform", "resample")
 
@@ -67,8 +69,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         mask = torch.tril(torch.ones(config.max_context_len, config.max_context_len))
         self.register_buffer("mask", mask.unsqueeze(0))  # (1, ctx, ctx)
-        # Ablation state, set only inside TransformerLM.ablate() / patch(): {head: (mode, value)}, the value a mean
-        # (hs,), a donor shift, or patched outputs (B or 1, N, hs).
+        # Set only inside TransformerLM.ablate() / patch(): {head: (mode, mean (hs,) | shift | outputs (B|1, N, hs))}
         self._ablation: dict[int, tuple[str, torch.Tensor | int | None]] = {}
         self._record: dict[str, torch.Tensor] | None = None  # set only inside TransformerLM.run_with_cache()
 
@@ -90,7 +91,7 @@ class CausalSelfAttention(nn.Module):
         B, N, D = x.shape
         q, k, v = self._qkv(x)  # each (B, H, N, hs)
         if self._record is not None:
-            self._record.update(q=q, k=k, v=v)
+            self._record.update(queries=q, keys=k, values=v)
         if need_weights or any(mode == "uniform" for mode, _ in self._ablation.values()):
             att = self._weights(q, k, out)  # (B, H, N, N)
             y = self.dropout(att) @ v  # (B, H, N, hs)
@@ -110,11 +111,10 @@ class CausalSelfAttention(nn.Module):
                 y[:, h] = y[:, h].roll(int(value) % B or 1, dims=0)
             elif mode == "patch":  # outputs recorded on another input of the same length
                 if value.shape[-2] != N or value.shape[0] not in (1, B):
-                    raise ValueError(f"head {h}'s patched output covers {value.shape[0]} x {value.shape[-2]} "
-                                     f"positions; this batch is {B} x {N}")
+                    raise ValueError(f"head {h}'s patch is {value.shape[0]} x {value.shape[-2]}, the batch {B} x {N}")
                 y[:, h] = value.to(y.device, y.dtype)
         if self._record is not None:
-            self._record["z"] = y  # (B, H, N, hs): per-head outputs after any ablation, before the projection
+            self._record["head_outputs"] = y  # (B, H, N, hs): per-head outputs after any ablation, before proj
         y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, H*hs)
         return self.proj(y), att
 
@@ -209,29 +209,6 @@ class Embed(nn.Module):
         N = idx.shape[1]
         pos = torch.arange(N, device=idx.device)  # (N,)
         return self.dropout(self.token_embeddings(idx) + self.position_embeddings(pos))
-
-
-@dataclass(frozen=True)
-class ActivationCache:
-    """Activations of one forward pass (`TransformerLM.run_with_cache`): per layer the residual stream entering it
-    (B, N, D), its attention (B, H, N, N) and per-head outputs before the projection (B, H, N, hs); the final
-    residual before the last LayerNorm (B, N, D) and the logits (B, N, V). Also per layer: queries, keys and values
-    (B, H, N, hs; the keys' and queries' dot product over sqrt(hs), causally masked, is the attention's softmax
-    input), the attention block's output after the projection (B, N, D), the stream after it (B, N, D; what the
-    MLP reads, through its LayerNorm) and the MLP's output (B, N, D). Without residual connections each layer's
-    output replaces the stream instead of adding to it."""
-
-    resid_pre: list[torch.Tensor]
-    attention: list[torch.Tensor]
-    head_outputs: list[torch.Tensor]
-    final_resid: torch.Tensor
-    logits: torch.Tensor
-    queries: list[torch.Tensor] = field(default_factory=list)
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    attn_out: list[torch.Tensor] = field(default_factory=list)
-    resid_mid: list[torch.Tensor] = field(default_factory=list)
-    mlp_out: list[torch.Tensor] = field(default_factory=list)
 
 
 class TransformerLM(nn.Module):
@@ -344,22 +321,17 @@ class TransformerLM(nn.Module):
         """One forward pass that keeps what interpretability needs: the residual stream entering each layer, each
         layer's attention and per-head outputs, the final residual and the logits (any ablation in force applies)."""
         x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
-        resid, attn, records = [], [], []
+        records = []
         for block in self.layers:
-            resid.append(x)
-            record: dict[str, torch.Tensor] = {}
+            record: dict[str, torch.Tensor] = {"resid_pre": x}  # the layers add queries, ..., mlp_out
             block._record = block.causal_attention._record = record
             try:
-                x, att = block(x, True)
+                x, record["attention"] = block(x, True)
             finally:
                 block._record = block.causal_attention._record = None
-            attn.append(att)
             records.append(record)
         logits = self.word_prediction(self.layer_norm(x))
-        kept = {name: [r[key] for r in records] for name, key in (
-            ("head_outputs", "z"), ("queries", "q"), ("keys", "k"), ("values", "v"), ("attn_out", "attn_out"),
-            ("resid_mid", "resid_mid"), ("mlp_out", "mlp_out"))}
-        return ActivationCache(resid, attn, final_resid=x, logits=logits, **kept)
+        return ActivationCache(final_resid=x, logits=logits, **{k: [r[k] for r in records] for k in records[0]})
 
     def direct_logits(self, cache: "ActivationCache", layer: int) -> torch.Tensor:
         """Direct logit attribution of every head of `layer`, (B, H, N, V): its write to the residual stream through
@@ -391,7 +363,6 @@ class TransformerLM(nn.Module):
         for (layer, head), mode in heads.items():
             if mode not in ABLATION_MODES:
                 raise ValueError(f"unknown ablation mode {mode!r}; choose one of {ABLATION_MODES}")
-            self._check_head(layer, head)
             if mode == "mean" and (means is None or (layer, head) not in means):
                 raise ValueError(f"mean ablation of L{layer}H{head} needs its mean output")
         with self._replacing({key: (mode, means[key] if mode == "mean" else shift if mode == "resample" else None)
@@ -400,24 +371,20 @@ class TransformerLM(nn.Module):
 
     @contextlib.contextmanager
     def patch(self, outputs: Mapping[tuple[int, int], torch.Tensor]) -> Iterator["TransformerLM"]:
-        """Within the block, replace heads {(layer, head): outputs} by given per-head outputs (B or 1, N, hs), e.g.
-        their `run_with_cache(...).head_outputs[layer][:, head]` on another input of the same length (activation
-        patching); a forward pass of another length is a ValueError. Weights are never modified; the state is
-        restored on exit, even after an exception."""
+        """Within the block, heads {(layer, head): outputs (B or 1, N, hs)} output those, e.g. their `run_with_cache`
+        head outputs on another input of the same length (activation patching); state restored as in `ablate`."""
         for (layer, head), value in outputs.items():
-            self._check_head(layer, head)
             if not isinstance(value, torch.Tensor) or value.dim() != 3 or value.shape[-1] != self.config.head_size:
                 raise ValueError(f"patched output of L{layer}H{head} must be a (B, N, {self.config.head_size}) tensor")
         with self._replacing({key: ("patch", value.detach()) for key, value in outputs.items()}):
             yield self
 
-    def _check_head(self, layer: int, head: int) -> None:
-        if not (0 <= layer < self.config.n_layers and 0 <= head < self.config.n_heads):
-            raise ValueError(f"no head L{layer}H{head} in a {self.config.n_layers}x{self.config.n_heads} model")
-
     @contextlib.contextmanager
     def _replacing(self, state: Mapping[tuple[int, int], tuple]) -> Iterator[None]:
         """Set {(layer, head): (mode, value)} on the attention modules for the block; restore the previous state."""
+        for layer, head in state:
+            if not (0 <= layer < self.config.n_layers and 0 <= head < self.config.n_heads):
+                raise ValueError(f"no head L{layer}H{head} in a {self.config.n_layers}x{self.config.n_heads} model")
         before = [dict(layer.causal_attention._ablation) for layer in self.layers]
         try:
             for (layer, head), entry in state.items():

@@ -43,7 +43,8 @@ SCRIPT = """
     for(var j=0;j<=q;j++){var a=row[j]/1000;chars[j].style.background='rgba(31,95,168,'+a+')';
       chars[j].title=(a*100).toFixed(1)+'%%';}
     chars[q].className='q';
-    label.textContent=d.names[head]+', query '+(q+1)+' ('+JSON.stringify(d.text[q])+'): shading = attention on each earlier character';
+    label.textContent=d.names[head]+', query '+(q+1)+' ('+JSON.stringify(d.text[q])+
+      '): shading = attention on each earlier character';
   }
   for(var b=0;b<buttons.length;b++){(function(k){buttons[k].onclick=function(){
     buttons[head].className='';head=k;buttons[k].className='on';paint(pinned);};})(b);}

@@ -225,7 +225,8 @@ def test_the_explorer_is_self_contained_deterministic_html_with_every_head(en):
 def test_api_test_gives_the_runs_numbers_for_a_hypothesis_and_the_built_in_detector_it_restates(tmp_path):
     """`reportgen analyze` with a key_offset = 1 hypothesis in its settings, and `api.test` of the same hypothesis:
     every field of every head on both splits (mean, chance, CI, p, q, ...; as results.json holds them, to 6
-    significant digits) and the findings are the same, and they are the run's offset_1 numbers too (one BH family: the run's detectors, probes and the hypothesis)."""
+    significant digits) and the findings are the same, and they are the run's offset_1 numbers too (one BH family:
+    the run's detectors, probes and the hypothesis)."""
     from .planted import write_planted
 
     ckpt, text = write_planted(tmp_path)
@@ -251,7 +252,8 @@ def test_api_test_gives_the_runs_numbers_for_a_hypothesis_and_the_built_in_detec
                     assert mine == value, (name, split, key, mine, value)
                     compared += 1
     assert compared > 100
-    run_found = [(f["head_name"], f["replicated"], f["heldout"]["q"]) for f in m["findings"] if f["pattern"] == "hyp_prev"]
+    run_found = [(f["head_name"], f["replicated"], f["heldout"]["q"])
+                 for f in m["findings"] if f["pattern"] == "hyp_prev"]
     assert [(f.head_name, f.replicated, float(f"{f.heldout.q:.6g}")) for f in result.findings] == run_found
     assert result.supported == ["L0H0"]  # the planted previous-character head
     assert result.summary(0, 0).q < 0.05 and result.summary(0, 3).mean < 0.5
