@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -344,12 +345,31 @@ def cli(args: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see `main`): staging folders and locks are cleaned up
         say("terminated" if isinstance(exc, Terminated) else "interrupted")
         return 143 if isinstance(exc, Terminated) else 130
+    except OSError as exc:  # the environment (disk full, file size limit, read-only, permissions): name it
+        if ns.debug or exc.errno not in ENVIRONMENT_ERRNOS:
+            if ns.debug:
+                raise
+            return _unexpected(exc)
+        from .config import display_path
+
+        where = display_path(exc.filename) if exc.filename else "writing the output"
+        say(f"error: {where}: {exc.strerror or exc} (a problem of this machine's disk or permissions, not of "
+            f"the inputs; nothing was installed)")
+        return 2
     except Exception as exc:  # a bug, not a user mistake: still one line unless --debug
         if ns.debug:
             raise
-        say(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (a reportgen bug; "
-            f"rerun with --debug for the traceback)")
-        return 2
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    say(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (a reportgen bug; "
+        f"rerun with --debug for the traceback)")
+    return 2
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.EIO}
 
 
 class Terminated(KeyboardInterrupt):

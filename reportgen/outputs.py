@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -189,7 +190,14 @@ class OutputFolder:
     # ---- staging and installing -----------------------------------------------------------------
     @classmethod
     def check_target(cls, out: Path) -> None:
-        """Refuse an `out` that is a file or a folder holding someone else's files (before any work)."""
+        """Refuse an `out` that is a file or a folder holding someone else's files, or one this machine cannot
+        write (before any work): a name that is not a folder's (., ..), a dangling link, a name too long for
+        the staging folder beside it, a parent that cannot be written."""
+        if out.name in ("", ".", "..") or out.resolve() == Path.cwd().resolve():
+            raise ReportgenError(f"{out}: --out must name a folder of its own (not . or ..), e.g. site")
+        if out.is_symlink() and not out.exists():
+            raise ReportgenError(f"{out}: a symbolic link to something that does not exist; choose another --out")
+        _check_writable(out)
         if out.exists() and not out.is_dir():
             raise ReportgenError(f"{out}: exists and is not a folder; choose another --out")
         if not out.is_dir():
@@ -225,6 +233,29 @@ class OutputFolder:
                 install(staging, out)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_writable(out: Path) -> None:
+    """The staging name beside `out` fits the file system and its nearest existing parent takes a new folder
+    (read-only, permissions): probed by making and removing one, so the error comes before any analysis."""
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    staging = f".{out.name}.staging-{os.getpid()}"
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(staging.encode()) > limit:
+        raise ReportgenError(f"{out}: folder name too long ({len(out.name.encode())} bytes; reportgen stages the output "
+                             f"beside it under a name {len(staging) - len(out.name)} bytes longer, and this file "
+                             f"system allows {limit}); choose a shorter --out")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".reportgen-probe-", dir=parent))
+        probe.rmdir()
+    except OSError as exc:
+        raise ReportgenError(f"{out}: cannot write in the folder that would hold it ({exc.strerror or exc}); "
+                             f"choose another --out") from None
 
 
 def _inside(rel: str) -> bool:

@@ -501,3 +501,34 @@ def test_vowels_outside_the_vocabulary_or_for_a_recorded_language_are_refused(wo
                          ('[vowels]\nxx = "a1"\n', "must be letters")]:
         toml.write_text(body)
         _refused(capsys, _args(world, **{"--language": "xx"}) + ["--config", str(toml)], world, expect)
+
+
+def test_outputs_this_machine_cannot_write_are_refused_before_analysis(world, capsys, monkeypatch):
+    """--out ., a dangling link, a name too long for the staging folder beside it and an unwritable parent are
+    one line each before any work; a disk that fills up during the run is named as such, not as a bug."""
+    monkeypatch.chdir(world)
+    _refused(capsys, _args(world, **{"--out": "."}), world, "--out must name a folder")
+    (world / "dangling").symlink_to(world / "nowhere")
+    _refused(capsys, _args(world, **{"--out": str(world / "dangling")}), world, "does not exist")
+    _refused(capsys, _args(world, **{"--out": str(world / ("x" * 245))}), world, "too long")
+    import errno
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkdtemp", read_only)
+        _refused(capsys, _args(world, **{"--out": str(world / "new")}), world, "Read-only file system")
+
+    from reportgen.outputs import OutputFolder
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "results.json"))
+
+    monkeypatch.setattr(OutputFolder, "write_run", full)
+    before = _snapshot(world)
+    assert cli(_args(world) + ["--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "No space left on device" in err and "unexpected" not in err and "results.json" in err
+    assert _snapshot(world) == before  # the earlier output is intact
