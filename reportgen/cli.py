@@ -189,9 +189,10 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from .outputs import OutputFolder
 
     folder = OutputFolder(Path(args.out))
-    if not folder.status():
-        raise ReportgenError(f"{folder.path}: holds no reportgen output (no status file); nothing removed")
-    removed = folder.clean()
+    with OutputFolder.locked(folder.path):  # refused while a run writes there; clears what killed runs left
+        if not folder.status():
+            raise ReportgenError(f"{folder.path}: holds no reportgen output (no status file); nothing removed")
+        removed = folder.clean()
     say(f"{folder.path}: removed {len(removed)} file(s) reportgen wrote")
     return 0
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import file_sha256
 from .errors import ReportgenError
+from .locks import lock, remove_dead, remove_dead_staging
 from .results import Run, dumps, read_run
 from .stages import FigureInputs
 
@@ -217,13 +218,23 @@ class OutputFolder:
 
     @classmethod
     @contextlib.contextmanager
+    def locked(cls, out: Path) -> Iterator[None]:
+        """Hold `out`'s lock for a whole run (taken before any work, so a second run is refused at once); clears
+        what killed runs left beside it."""
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        with lock(out):
+            remove_dead(out)
+            yield
+
+    @classmethod
+    @contextlib.contextmanager
     def staged(cls, out: Path) -> Iterator["OutputFolder"]:
         """A fresh staging folder beside `out`, installed into `out` only if the block completes; holds the lock."""
         cls.check_target(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _lock(out):
+        with lock(out):
             recover(out)
-            _remove_dead_staging(out)
+            remove_dead_staging(out)
             staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
             if staging.exists():
                 shutil.rmtree(staging)
@@ -275,51 +286,6 @@ def _reportgen_name(name: str) -> bool:
             name in (RESULTS, WINDOWS, TIMINGS, FIGURES, CACHE, LEGACY_STATUS, LEGACY_FIGURE_INPUTS, LEGACY_JOURNAL))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """An exclusive lock file beside `out`; a lock left by a dead process is taken over."""
-    lock = out.with_name(f".{out.name}.reportgen-lock")
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or "0")
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid) and pid != os.getpid():
-                raise ReportgenError(f"{out}: another reportgen run (process {pid}) is writing this folder; wait "
-                                     f"for it to finish or choose another --out") from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise ReportgenError(f"{lock}: cannot take the output lock")
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _remove_dead_staging(out: Path) -> None:
-    """Staging folders of runs that no longer exist."""
-    for p in out.parent.glob(f".{out.name}.staging-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def install(staging: Path, out: Path) -> None:
     """Move a finished output from `staging` into `out` file by file (see the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -333,7 +299,11 @@ def install(staging: Path, out: Path) -> None:
 def _finish(staging: Path, out: Path, old: list[str], new: list[str]) -> None:
     """Move what is left in `staging`, remove old files the new output does not have, then the status file."""
     moving = [f for f in new if (staging / f).is_file()]
-    for rel in sorted(moving, key=lambda f: (not f.startswith(f"{FIGURES}/"), f)):  # figures before pages
+    existing = set(old)
+    # New names first (figures, then pages), then names the old output has, index.html last: until the very end
+    # every old page still links to old pages that exist; the status file moves after everything.
+    for rel in sorted(moving, key=lambda f: (f in existing or (out / f).exists(), f == "index.html",
+                                             not f.startswith(f"{FIGURES}/"), f)):
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / rel, target)

@@ -111,9 +111,15 @@ class Cache:
 
 
 def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Path:
-    """Run every stage for `cfg`; return the output folder (unchanged if already up to date)."""
-    clock = Clock()
+    """Run every stage for `cfg`; return the output folder (unchanged if already up to date). The output's lock
+    is held from the start: a second run into the same folder is refused before it does any work."""
     OutputFolder.check_target(cfg.out)  # before any work: never write into someone else's folder
+    with OutputFolder.locked(cfg.out):
+        return _build(cfg, analyze_only, force)
+
+
+def _build(cfg: RunConfig, analyze_only: bool, force: bool) -> Path:
+    clock = Clock()
     from .catalogue import set_hypotheses
 
     set_hypotheses(cfg.hypotheses)  # your hypotheses are detectors for this run, analysed or re-rendered

@@ -228,3 +228,101 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_the_previous_output_whole(sit
     for page in copy.glob("*.html"):
         for ref in re.findall(r'(?:href|src)="([^"#:]+)"', page.read_text(encoding="utf-8")):
             assert (copy / ref).exists(), (page.name, ref)
+
+
+def _site(folder: Path, pages: dict[str, list[str]], figures=()) -> None:
+    """A tiny output: pages linking to other pages, figures, and its status file (what a run records)."""
+    folder.mkdir(parents=True)
+    for name, links in pages.items():
+        (folder / name).write_text("".join(f'<a href="{x}">x</a>' for x in links), encoding="utf-8")
+    for f in figures:
+        (folder / FIGURES).mkdir(exist_ok=True)
+        (folder / FIGURES / f).write_bytes(b"png")
+    OutputFolder(folder).record(key="k")
+
+
+def _links_hold(out: Path) -> None:
+    import re
+
+    for page in out.glob("*.html"):
+        for ref in re.findall(r'href="([^"]+)"', page.read_text(encoding="utf-8")):
+            assert (out / ref).exists(), (page.name, ref)
+
+
+OLD = {"index.html": ["model-a.html", "gallery.html"], "gallery.html": ["model-a.html"], "model-a.html": ["index.html"]}
+NEW = {"index.html": ["model-b.html", "gallery.html"], "gallery.html": ["model-b.html", "figures/b.png"],
+       "model-b.html": ["index.html", "figures/b.png"]}
+
+
+def test_a_kill_at_every_install_step_leaves_every_link_whole_and_the_next_run_finishes(tmp_path, monkeypatch):
+    """A label change renames pages. The install moves new names first, then the names the old output has,
+    index.html last and the status file after everything: killed after any number of moves, every page in the
+    folder links only to files that are there; the next run's recovery finishes the install."""
+    import os
+
+    from reportgen import outputs
+
+    moves = len(NEW) + 1  # every file of the new output (pages and the figure)
+    for k in range(moves + 1):
+        out, staging = tmp_path / f"out{k}", tmp_path / f".out{k}.staging-1"
+        _site(tmp_path / "first", OLD)
+        outputs.install(tmp_path / "first", out)  # the previous output
+        shutil.rmtree(tmp_path / "first")
+        _site(staging, NEW, ["b.png"])
+        done, real = [], os.replace
+
+        def replace(src, dst, k=k, staging=staging):
+            if Path(src).is_relative_to(staging):  # a move out of staging (not the journal's own atomic write)
+                if len(done) == k:
+                    raise KeyboardInterrupt  # the kill
+                done.append(Path(dst).name)
+            real(src, dst)
+
+        with monkeypatch.context() as m:
+            m.setattr(outputs.os, "replace", replace)
+            with pytest.raises(KeyboardInterrupt):
+                outputs.install(staging, out)
+        _links_hold(out)
+        if k == moves:  # all files moved, killed before the status file: the new pages are complete
+            assert done[-1] == "index.html" and done[0] == "b.png"
+        outputs.recover(out)
+        assert sorted(p.name for p in out.glob("*.html")) == sorted(NEW) and not (out / JOURNAL).exists()
+        _links_hold(out)
+
+
+def test_the_lock_is_taken_before_any_work_and_an_empty_young_lock_is_held(site_copy, capsys, monkeypatch):
+    import os
+    import time
+
+    from reportgen import analyze
+
+    copy, args = site_copy
+
+    def no_work(*a, **k):
+        raise AssertionError("the analysis started although another run holds the lock")
+
+    monkeypatch.setattr(analyze, "prepare", no_work)
+    lock = copy.with_name(f".{copy.name}.reportgen-lock")
+    lock.write_text("")  # another run between creating its lock and writing its PID
+    assert cli(args + ["--force"]) == 2
+    assert "a process starting up" in capsys.readouterr().err and lock.exists()
+    old = time.time() - 600
+    os.utime(lock, (old, old))  # an empty lock ten minutes old: its run died before writing; taken over
+    assert cli(args + ["--force"]) == 2  # now the run starts (and meets the stubbed analysis)
+    assert "the analysis started" in capsys.readouterr().err and not lock.exists()
+
+
+def test_up_to_date_reruns_and_clean_remove_what_killed_runs_left(site_copy, capsys):
+    import subprocess
+
+    copy, args = site_copy
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = copy.with_name(f".{copy.name}.staging-{dead.pid}")
+    lock = copy.with_name(f".{copy.name}.reportgen-lock")
+    for run in (args, ["clean", "--out", str(copy)]):
+        stale.mkdir()
+        lock.write_text(str(dead.pid))
+        assert cli(run) == 0
+        assert not stale.exists() and not lock.exists()
+    assert "up to date" in capsys.readouterr().err
