@@ -57,8 +57,9 @@ def _safe_load(path: Path) -> Any:
         raise ReportgenError(f"{path}: checkpoint not found")
     if not path.is_file():
         raise ReportgenError(f"{path}: not a file")
+    _check_archive(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; all mean "not loadable"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
@@ -68,6 +69,75 @@ def _safe_load(path: Path) -> Any:
         else:
             reason = f"not a loadable PyTorch checkpoint ({first[:120]})"
         raise ReportgenError(f"{path}: {reason}") from None
+    _check_structure(payload, path)
+    return payload
+
+
+MAX_ARCHIVE_BYTES = 4 * 2 ** 30  # the members of a checkpoint archive, uncompressed (a character model: a few MB)
+MAX_PICKLE_BYTES = 64 * 2 ** 20  # its pickle (the structure and metadata; tensors live in other members)
+MAX_RATIO = 200  # uncompressed / compressed size of any large member (float weights barely compress)
+MAX_NODES = 200_000  # containers and values met walking a checkpoint's structure (shared ones each time)
+MAX_DEPTH = 64
+MAX_CONTEXT = 16_384  # positions: the causal mask alone is context² floats
+
+
+def _check_archive(path: Path) -> None:
+    """Before unpickling: a zip checkpoint's declared member sizes and compression ratios are sane (a small
+    file must not inflate to gigabytes)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format: read as it is stored
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ReportgenError(f"{path}: truncated or not a PyTorch checkpoint ({exc})") from None
+    total = sum(m.file_size for m in members)
+    if total > MAX_ARCHIVE_BYTES:
+        raise ReportgenError(f"{path}: refused: its archive declares {total / 2 ** 30:.1f} GiB uncompressed, more than "
+                             f"{MAX_ARCHIVE_BYTES / 2 ** 30:.0f} GiB")
+    for m in members:
+        if m.filename.endswith(".pkl") and m.file_size > MAX_PICKLE_BYTES:
+            raise ReportgenError(f"{path}: refused: its pickle ({m.filename}) declares {m.file_size / 2 ** 20:.0f} MiB, "
+                                 f"more than a checkpoint's structure needs")
+        if m.file_size > 2 ** 20 and m.file_size > MAX_RATIO * max(1, m.compress_size):
+            raise ReportgenError(f"{path}: refused: member {m.filename} inflates {m.file_size / max(1, m.compress_size):.0f}"
+                                 f"-fold ({m.compress_size} -> {m.file_size} bytes); not a checkpoint's weights")
+
+
+def _check_structure(payload: Any, path: Path) -> None:
+    """After unpickling (plain data only): the structure is not absurdly deep or large (shared containers count
+    each time they are met, so a 'billion laughs' nesting is refused before anything walks it), and every
+    tensor's storage holds its shape without zero or negative strides."""
+    budget = [MAX_NODES]
+    stack: list[tuple[Any, int]] = [(payload, 0)]
+    while stack:
+        x, depth = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_DEPTH:
+            what = f"deeper than {MAX_DEPTH} levels" if depth > MAX_DEPTH else f"more than {MAX_NODES:,} values"
+            raise ReportgenError(f"{path}: refused: its metadata nests {what}; not a checkpoint")
+        if isinstance(x, torch.Tensor):
+            _check_tensor(x, path)
+        elif isinstance(x, dict):
+            stack.extend((v, depth + 1) for v in x.values())
+            stack.extend((k, depth + 1) for k in x.keys() if not isinstance(k, (str, int)))
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in x)
+
+
+def _check_tensor(t: torch.Tensor, path: Path) -> None:
+    """A tensor whose strides fit its storage: no zero or negative stride along a dimension of size > 1, and
+    the storage holds every element the shape and strides address."""
+    if t.numel() == 0:
+        return
+    if any(st <= 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+        raise ReportgenError(f"{path}: refused: a tensor of shape {tuple(t.shape)} has strides {t.stride()}: "
+                             f"it repeats one stored value instead of holding its elements")
+    last = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    if (last + 1) * t.element_size() > t.untyped_storage().nbytes():
+        raise ReportgenError(f"{path}: refused: a tensor of shape {tuple(t.shape)} reaches past its storage")
 
 
 def _check_vocab(vocab: list[str], path: Path) -> None:
@@ -95,6 +165,9 @@ def infer_config(state: dict[str, torch.Tensor], path: Path, with_residuals: boo
         mlp_hidden_size = state["layers.0.mlp.i2h.weight"].shape[0]
     except KeyError as exc:
         raise ReportgenError(f"{path}: not a TransformerLM state dict (missing {exc.args[0]})") from None
+    if max_context_len > MAX_CONTEXT:
+        raise ReportgenError(f"{path}: context of {max_context_len} positions is more than reportgen reads "
+                             f"({MAX_CONTEXT}); a character model's attention over it would not fit in memory")
     values = dict(n_layers=n_layers, n_heads=n_heads, embed_size=int(embed_size),
                   max_context_len=int(max_context_len), vocab_size=int(vocab_size),
                   mlp_hidden_size=int(mlp_hidden_size), with_residuals=with_residuals)

@@ -496,7 +496,7 @@ def test_vowels_outside_the_vocabulary_or_for_a_recorded_language_are_refused(wo
     """[vowels] that the model's vocabulary lacks would leave the vowel class silently empty; vowels for en or he
     would be ignored silently; both are one line before analysis."""
     toml = world / "bad.toml"
-    for body, expect in [('[vowels]\nxx = "аеиоу"\n', "not in the model's vocabulary"),
+    for body, expect in [('[vowels]\nxx = "аеиоу"\n', "is in the model's vocabulary"),
                          ('[vowels]\nen = "aeiou"\n', "own vowel record"),
                          ('[vowels]\nxx = "a1"\n', "must be letters")]:
         toml.write_text(body)
@@ -532,3 +532,60 @@ def test_outputs_this_machine_cannot_write_are_refused_before_analysis(world, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "No space left on device" in err and "unexpected" not in err and "results.json" in err
     assert _snapshot(world) == before  # the earlier output is intact
+
+
+def _limited(args: list[str], gib: float = 3.0, seconds: int = 60):
+    """The CLI in a child process under an address-space limit and a timeout."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        cap = int(gib * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    return subprocess.run([sys.executable, "-m", "reportgen", *args], capture_output=True, text=True,
+                          timeout=seconds, preexec_fn=limit, cwd=Path(__file__).parent.parent)
+
+
+def _planted_payload():
+    text = planted_text()
+    tok = CharTokenizer.from_text([text])
+    return planted_model(tok), tok
+
+
+def test_checkpoints_built_to_exhaust_memory_are_refused_within_bounds(tmp_path):
+    """Each loads under weights_only, yet would take gigabytes: nested shared metadata (a 'billion laughs'), a
+    zero-stride position table of 60,000 rows, an archive member that inflates a thousandfold, a context of
+    20,000 positions. Each is one line and exit 2 within 60 s under a 3 GiB address-space limit."""
+    import zipfile
+
+    model, tok = _planted_payload()
+    cases = {}
+    laughs: list = ["lol"]
+    for _ in range(40):
+        laughs = [laughs] * 10
+    path = tmp_path / "laughs.pt"
+    save_checkpoint(path, model, tok, step=1, train_loss=1.0, heldout_bits_per_char=1.0, corpus={"language": "en"},
+                    seed=0, history=laughs, dtype=torch.float32)
+    cases[path] = "metadata nests"
+    for name, rows, expect in (("strided.pt", 60_000, "strides"), ("long.pt", 20_000, "context")):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        table = state["embed.position_embeddings.weight"]
+        state["embed.position_embeddings.weight"] = (table[:1].expand(rows, -1) if name == "strided.pt"
+                                                     else torch.zeros(rows, table.shape[1]))
+        torch.save({"model_state_dict": state}, tmp_path / name)
+        cases[tmp_path / name] = expect
+    bomb = tmp_path / "bomb.pt"
+    shutil.copy(next(iter(cases)), bomb)
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("laughs/extra", b"\0" * (64 * 2 ** 20))
+    cases[bomb] = "inflates"
+    for path, expect in cases.items():
+        for command in (["info", str(path)], ["analyze", "--model", str(path), "--language", "en",
+                                               "--out", str(tmp_path / "site")]):
+            done = _limited(command)
+            err = done.stderr.strip()
+            assert done.returncode == 2 and len(err.splitlines()) == 1, (path.name, command[0], err[-400:])
+            assert expect in err and "unexpected" not in err, (path.name, err)
+    assert not (tmp_path / "site").exists()
