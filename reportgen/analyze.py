@@ -168,9 +168,13 @@ def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> 
                              language=spec.language, meta=spec.meta, device=cfg.torch_device())
     vowels = cfg.vowels.get(spec.language or bundle.language or "", "")
     missing = sorted(set(vowels) - set(bundle.tokenizer.vocab))
+    if vowels and len(missing) == len(set(vowels)):  # the vowel class would be silently empty
+        raise ReportgenError(f"{spec.path}: none of vowels.{spec.language or bundle.language} "
+                             f"({', '.join(map(repr, missing))}) is in the model's vocabulary; list the vowel letters "
+                             f"the model reads")
     if missing:
-        raise ReportgenError(f"{spec.path}: vowels.{spec.language or bundle.language} lists {', '.join(map(repr, missing))}, "
-                             f"not in the model's vocabulary; list the vowel letters the model reads")
+        say(f"{spec.path}: vowels.{spec.language or bundle.language} lists {', '.join(map(repr, missing))}, not in the "
+            f"model's vocabulary (ignored)")
     ensure_language(spec.language or bundle.language, bundle.tokenizer.vocab, vowels)
     check_script(bundle, spec.language)
     split = split or load_text(spec, spec.language or bundle.language)

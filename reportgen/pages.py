@@ -25,7 +25,7 @@ from .explain import Absent, Explanation, absent_families, explain
 from .languages import LANGUAGE
 from .narrate import breaks, supported
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
-from .seeds import compare_counts, fam_counts, recurrence, role_presence
+from .seeds import family_rows, only_seeds, recurrence, role_presence
 from .stats import BLOCK, N_BOOT
 from .synthesis import Criterion, Question, circuit_paragraph, circuit_text, conclusion, criteria, key_questions, limitations, model_quality, ranked
 
@@ -367,29 +367,11 @@ def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
     only = []
     if len(models) == 2:
         fams = [{f.family for f in m.primary} for m in models]
-        only = [f"{fam}: only in {models[i].label}" + _only_seeds(models, i, fam)
+        only = [f"{fam}: only in {models[i].label}" + only_seeds(models, i, fam)
                 for i in (0, 1) for fam in sorted(fams[i] - fams[1 - i])]
-    seed_rows = []
-    if len(models) == 2 and all(len(m.seeds) > 1 for m in models):
-        for fam in FAMILIES:
-            counts = [fam_counts(m, fam.name) for m in models]
-            if fam.compared and any(any(c) for c in counts):
-                seed_rows.append((fam.name, [" / ".join(map(str, c)) for c in counts],
-                                  compare_counts(models, lambda m: fam_counts(m, fam.name))))
     return ComparePage(compare_title(models), models, rows, by_layer, strength, only, figs.get("compare"),
-                       [t for t in (circuit_paragraph(m) for m in models) if t], seed_rows, role_presence(models))
-
-
-def _only_seeds(models: list[ModelResult], i: int, family: str) -> str:
-    """For a family found in one model's drawn seed only: in how many seeds of each model it is found, and whether
-    the difference holds in every seed."""
-    if any(len(m.seeds) < 2 for m in models):
-        return " (not measured on several seeds: not yet a property of the models)"
-    k = [sum(c > 0 for c in fam_counts(m, family)) for m in models]
-    n = [len(m.seeds) for m in models]
-    holds = k[i] == n[i] and k[1 - i] == 0
-    return (f" (in {k[i]} of {n[i]} seeds of {models[i].label}, {k[1 - i]} of {n[1 - i]} of {models[1 - i].label}: "
-            + ("holds in every seed)" if holds else "not a difference in every seed)"))
+                       [t for t in (circuit_paragraph(m) for m in models) if t], family_rows(models),
+                       role_presence(models))
 
 
 def _or0(x: float | None) -> float:

@@ -103,9 +103,9 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
         heads = sorted({(f.layer, f.head) for f in a.findings if f.replicated})
         writes = head_writes(bundle.model, windows[:, :-1], prep.classes, heads, rng)
     else:
-        from .analyze import _bits
+        from .loader import bits
 
-        baseline = _bits(bundle.model, prep.ids["heldout"])
+        baseline = bits(bundle.model, prep.ids["heldout"])
     return record(a, label, seed, False, baseline, ci, unigram, ablation, writes, rng)
 
 
@@ -245,3 +245,31 @@ def role_presence(models) -> list[tuple[str, list[tuple[int, int]], str]]:
                    "present in some seeds of each or not in every seed: not a difference between the models")
         out.append((role, kn, verdict))
     return out
+
+
+def family_rows(models) -> list[tuple[str, list[str], str]]:
+    """Two models measured on several seeds: per compared family, each model's heads per seed ('4 / 1 / 6') and
+    whether the difference holds across seeds."""
+    from .catalogue import FAMILIES
+
+    if len(models) != 2 or any(len(m.seeds) < 2 for m in models):
+        return []
+    rows = []
+    for fam in FAMILIES:
+        counts = [fam_counts(m, fam.name) for m in models]
+        if fam.compared and any(any(c) for c in counts):
+            rows.append((fam.name, [" / ".join(map(str, c)) for c in counts],
+                         compare_counts(models, lambda m, f=fam.name: fam_counts(m, f))))
+    return rows
+
+
+def only_seeds(models, i: int, family: str) -> str:
+    """For a family found in one model's drawn seed only: in how many seeds of each model it is found, and whether
+    the difference holds in every seed."""
+    if any(len(m.seeds) < 2 for m in models):
+        return " (not measured on several seeds: not yet a property of the models)"
+    k = [sum(c > 0 for c in fam_counts(m, family)) for m in models]
+    n = [len(m.seeds) for m in models]
+    holds = k[i] == n[i] and k[1 - i] == 0
+    return (f" (in {k[i]} of {n[i]} seeds of {models[i].label}, {k[1 - i]} of {n[1 - i]} of {models[1 - i].label}: "
+            + ("holds in every seed)" if holds else "not a difference in every seed)"))
