@@ -100,7 +100,7 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
         baseline, ablation = ablate_heads(bundle, windows, torch.as_tensor(nat), period, prep.classes, rng,
                                           on_head=lambda: progress.advance(task), baseline_ci=found)
         ci = (found[0], found[1]) if found else None
-        heads = sorted({(f.layer, f.head) for f in a.findings if f.replicated})
+        heads = sorted({(f.layer, f.head) for f in a.findings if f.primary})  # as for the drawn seed
         writes = head_writes(bundle.model, windows[:, :-1], prep.classes, heads, rng)
     else:
         from .loader import bits
@@ -223,7 +223,7 @@ def compare_counts(models, counts) -> str:
     if side:
         more = models[0] if side > 0 else models[1]
         return f"more in {more.label} in every pair of seeds: a difference that holds across seeds"
-    if a == b:
+    if len(set(a) | set(b)) == 1:
         return "the same in every seed"
     return "the seeds' ranges overlap: not a difference between the models"
 
