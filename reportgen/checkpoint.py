@@ -15,7 +15,6 @@ Nothing is ever unpickled beyond tensors and plain containers (`torch.load(weigh
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,12 @@ from . import nanogpt
 from .config import file_sha256
 from .device import CPU, place
 from .errors import ReportgenError
+from .layouts import COURSE_NAME, beside_or_above, props_file, resolve, step_of
 from .model import ModelConfig, TransformerLM
 from .tokenizer import CharTokenizer
 
 FORMAT = "reportgen-checkpoint"
 FORMAT_VERSION = 1
-COURSE_NAME = re.compile(r"checkpoint_step(?P<step>\d+)_loss(?P<loss>[-+0-9.eE]+?)\.pt$")
 
 
 @dataclass(frozen=True)
@@ -233,8 +232,10 @@ def save_checkpoint(path: Path, model: TransformerLM, tokenizer: CharTokenizer, 
 
 
 def _course_tokenizer(ckpt: Path, train_text: str | Path | None, vocab_size: int) -> CharTokenizer:
-    """tokenizer.json beside the checkpoint, else the vocabulary rebuilt from the training text."""
+    """tokenizer.json beside the checkpoint (or above its step folder), else the vocabulary rebuilt from the training
+    text."""
     tok_path = ckpt.parent / "tokenizer.json"
+    tok_path = tok_path if tok_path.exists() else beside_or_above(ckpt, "tokenizer.json") or tok_path
     if tok_path.exists():
         tok = CharTokenizer.load(tok_path)
         source = tok_path
@@ -251,35 +252,6 @@ def _course_tokenizer(ckpt: Path, train_text: str | Path | None, vocab_size: int
     return tok
 
 
-REPORTGEN_NAME = re.compile(r"^step(?P<step>\d+)\.pt$")
-
-
-def step_of(path: Path) -> int | None:
-    """The training step in a checkpoint's file name (course or reportgen naming), else None."""
-    match = COURSE_NAME.search(path.name) or REPORTGEN_NAME.search(path.name)
-    return int(match["step"]) if match else None
-
-
-def checkpoint_series(path: Path) -> list[Path]:
-    """The checkpoints of one training run beside `path` (same naming), in numeric step order."""
-    pattern = "checkpoint_step*_loss*.pt" if COURSE_NAME.search(path.name) else "step*.pt"
-    found = [p for p in path.parent.glob(pattern) if p.is_file() and step_of(p) is not None]
-    return sorted(found, key=lambda p: (step_of(p), p.name))
-
-
-def _resolve(path: Path) -> Path:
-    """A checkpoint file, or the latest checkpoint inside a folder: the highest step (numerically), else the
-    only / last .pt file (e.g. nanoGPT's ckpt.pt)."""
-    if path.is_dir():
-        pts = [p for p in path.glob("*.pt") if p.is_file()]
-        stepped = sorted((p for p in pts if step_of(p) is not None), key=lambda p: (step_of(p), p.name))
-        found = stepped or sorted(pts)
-        if not found:
-            raise ReportgenError(f"{path}: folder holds no .pt checkpoint")
-        return found[-1]
-    return path
-
-
 def _number(x: Any) -> float | int | None:
     """A plain number from checkpoint metadata (nanoGPT stores some as 0-d tensors)."""
     if isinstance(x, torch.Tensor) and x.numel() == 1:
@@ -292,7 +264,7 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
                     device: torch.device | None = None) -> ModelBundle:
     """Load a reportgen, course or nanoGPT checkpoint (file or folder) into a ModelBundle on `device`
     (default the CPU; see device.place: inputs and outputs stay CPU tensors either way)."""
-    path = _resolve(Path(path))
+    path = resolve(Path(path))
     payload = _safe_load(path)
     if not isinstance(payload, dict):
         raise ReportgenError(f"{path}: not a checkpoint (holds a {type(payload).__name__}, expected a dict)")
@@ -326,7 +298,7 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
         state = _strip_prefix(raw)
         known: dict[str, Any] = {}
         match = COURSE_NAME.search(path.name)
-        props = path.parent / f"checkpoint_step{match['step']}_props.json" if match else None
+        props = props_file(path)
         if props is not None and props.exists():
             try:
                 known = json.loads(props.read_text(encoding="utf-8"))
@@ -334,7 +306,7 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
                 raise ReportgenError(f"{props}: not valid JSON ({exc})") from None
         config = infer_config(state, path, with_residuals=with_residuals, known=known)
         tokenizer = _course_tokenizer(path, train_text, config.vocab_size)
-        meta = {"format": "course", "step": _number(payload.get("step", int(match["step"]) if match else None)),
+        meta = {"format": "course", "step": _number(payload.get("step", step_of(path))),
                 "train_loss": _number(payload.get("loss", float(match["loss"]) if match else None)),
                 "hyperparameters_inferred": sorted(set(config.to_dict()) - set(known)),
                 "recorded": sorted(k for k in known if k in {f.name for f in fields(ModelConfig)})}

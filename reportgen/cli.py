@@ -86,6 +86,7 @@ def _per_model(option: str, values: list[str] | None, models: list[str] | None) 
 def _run_config(args: argparse.Namespace):
     """RunConfig from --config TOML and command-line options."""
     from .config import DEFAULT_TOML, ModelSpec, build_config, family
+    from .layouts import run_name
 
     models = None
     for option, values in (("--label", args.label), ("--language", args.language)):
@@ -99,7 +100,7 @@ def _run_config(args: argparse.Namespace):
         labels = list(args.label or [])
         languages = list(args.language or [])
         models = tuple(
-            ModelSpec(family(Path(m))[0], labels[i] if i < len(labels) else Path(m).stem.replace("_", " "),
+            ModelSpec(family(Path(m))[0], labels[i] if i < len(labels) else run_name(Path(m)),
                       languages[i] if i < len(languages) else None,
                       texts[i], heldouts[i],
                       False if args.no_residuals else True if args.residuals else None,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ReportgenError
+from .layouts import run_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ROOT / "inputs" / "models"
@@ -197,7 +198,7 @@ def _spec(entry, source: str, n: int) -> ModelSpec:
         raise ReportgenError(f"{where}: seeds must be a list of checkpoint paths (strings)")
     p = lambda k: Path(entry[k]) if entry.get(k) else None
     path, found = family(Path(entry["path"]))
-    return ModelSpec(path, entry.get("label") or Path(entry["path"]).stem, entry.get("language"),
+    return ModelSpec(path, entry.get("label") or run_name(Path(entry["path"])), entry.get("language"),
                      p("text"), p("heldout"), entry.get("with_residuals"), p("train_text"), meta=p("meta"),
                      seeds=found + tuple(Path(x) for x in seeds))
 

@@ -273,9 +273,11 @@ class Series:
 @dataclass(frozen=True)
 class Timeline:
     steps: list[int | None]
-    heldout_bits_per_char: list[float | None]
+    heldout_bits_per_char: list[float | None]  # recorded by reportgen's training on its held-out text
     windows: int
     series: list[Series]
+    recorded_bits_per_char: list[float | None] | None = optional()  # another trainer's recorded loss, in bits/char
+    recorded: str | None = optional()  # what that loss is (e.g. "training loss"), when any is recorded
 
 
 @dataclass(frozen=True)

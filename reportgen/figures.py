@@ -137,6 +137,30 @@ def head_figure(d: HeadFigureData) -> bytes:
         return png_bytes(fig)
 
 
+def role_panel(title: str, text: str, attn: np.ndarray, marks: np.ndarray, rtl: bool) -> bytes:
+    """One head on one short window (panels.Panel), legible at its print width of 3.3 in: upright character ticks of
+    8 pt, the role's target cells dotted, the last row (the query) outlined; a right-to-left window's keys run right
+    to left, as the text reads."""
+    n = len(text)
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(3.3, 3.35))
+        ax = fig.add_axes([0.12, 0.13, 0.7, 0.7])
+        img = ax.imshow(attn, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest", aspect="equal")
+        ii, jj = np.nonzero(marks)
+        ax.scatter(jj, ii, s=5, c="#18a8c0", linewidths=0)
+        ax.add_patch(matplotlib.patches.Rectangle((-0.5, n - 1.5), n, 1, fill=False, ec="#c0392b", lw=1.0))
+        if rtl:
+            ax.invert_xaxis()
+        _char_ticks(ax, visible(text), 8)
+        ax.set_xlabel("key (attended-to character)" + (", read right to left" if rtl else ""), fontsize=7)
+        ax.set_ylabel("query", fontsize=7)
+        ax.set_title(title, fontsize=8)
+        cb = fig.colorbar(img, cax=fig.add_axes([0.86, 0.13, 0.03, 0.7]))
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label("attention (square-root scale)", fontsize=6)
+        return png_bytes(fig, dpi=200)
+
+
 def thumbnail(attn: np.ndarray) -> bytes:
     """One head's attention (T, S) as a T × S pixel PNG in the heatmaps' colours (no axes: the page scales it
     up, pixelated, inside a link to the head's page)."""
@@ -235,14 +259,17 @@ def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads
         return png_bytes(fig)
 
 
-def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[float | None]) -> bytes:
-    """Role strength (mean with 95% CI) against training step, with held-out loss on a second axis."""
+def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[float | None],
+                    loss: str = "held-out bits/char") -> bytes:
+    """Role strength (mean with 95% CI) against training step, with the recorded loss (`loss`: what it is) on a second
+    axis."""
     with matplotlib.rc_context(FONT):
         fig = Figure(figsize=(7.5, 3.6), layout="constrained")
         ax = fig.add_subplot()
         for s in series:
             mean = np.asarray(s["mean"])
             err = np.vstack([mean - np.asarray(s["ci_low"]), np.asarray(s["ci_high"]) - mean])
+            err = np.clip(err, 0, None)  # a constant statistic's CI can miss its float32 mean in the last digit
             ax.errorbar(steps, mean, yerr=err, marker="o", ms=3, capsize=2, label=s["label"])
         ax.set_xscale("log")
         ax.set_xticks(steps, [str(x) for x in steps])  # label the checkpoints themselves, nothing in between
@@ -253,8 +280,8 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
         ax.grid(alpha=0.3)
         if all(b is not None for b in bpc):
             ax2 = ax.twinx()
-            ax2.plot(steps, bpc, color="black", ls="--", lw=1, label="held-out bits/char")
-            ax2.set_ylabel("held-out bits/char (dashed)")
+            ax2.plot(steps, bpc, color="black", ls="--", lw=1, label=loss)
+            ax2.set_ylabel(f"{loss} (dashed)" if loss.endswith("bits/char") else f"{loss}, bits/char (dashed)")
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.12, 1.0))
         ax.set_title(title)
         return png_bytes(fig)

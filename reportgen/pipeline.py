@@ -15,9 +15,10 @@ from pathlib import Path
 
 from . import __version__
 from .config import RunConfig, slug, template_dir
+from .layouts import run_files
 from .outputs import RESULTS, WINDOWS, OutputFolder, write_json, write_text_atomic
 from .progress import say
-from .webmodel import model_script_file
+from .webmodel import model_script_file, rename_script
 
 RENDER_CODE = ("pages.py", "site.py", "figures.py", "explain.py")  # change how numbers are shown, not the numbers
 
@@ -38,9 +39,10 @@ def analysis_key(cfg: RunConfig) -> str:
     h = hashlib.sha256(__version__.encode())
     h.update(json.dumps(cfg.fingerprint(), sort_keys=True, default=str).encode())
     for spec in cfg.models:
-        h.update(f"{spec.label}|{spec.language}|{spec.with_residuals}".encode())
+        h.update(f"{spec.language}|{spec.with_residuals}".encode())  # not the label: it changes no number
         folder = spec.path if spec.path.is_dir() else spec.path.parent
         files = sorted(folder.glob("*.pt")) + [folder / "tokenizer.json"] + sorted(folder.glob("*_props.json"))
+        files += [f for f in run_files(spec.path) if f not in files]  # a nested layout's step folders
         for f in [spec.path] + files:  # the checkpoint and its siblings (timeline), vocabulary, hyperparameters
             if f.is_file() or f == spec.path:
                 _file_digest(h, f)
@@ -65,7 +67,7 @@ def analysis_key(cfg: RunConfig) -> str:
 def render_key(cfg: RunConfig, akey: str) -> str:
     """Hash of the analysis key plus everything that only changes how the numbers are shown."""
     h = hashlib.sha256(akey.encode())
-    h.update(json.dumps([cfg.pdf, cfg.author, cfg.course]).encode())
+    h.update(json.dumps([cfg.pdf, cfg.author, cfg.course, [[m.label, m.slug] for m in cfg.models]]).encode())
     code = Path(__file__).resolve().parent
     for path in [code / n for n in RENDER_CODE] + sorted(template_dir().iterdir()):
         h.update(path.name.encode())
@@ -77,6 +79,7 @@ class Cache:
     """What the previous run in `cfg.out` left that this run may reuse."""
 
     def __init__(self, cfg: RunConfig, analyze_only: bool, force: bool):
+        self.cfg = cfg
         self.folder = OutputFolder(cfg.out)
         self.analysis = analysis_key(cfg)
         self.key = self.analysis if analyze_only else render_key(cfg, self.analysis)
@@ -102,12 +105,35 @@ class Cache:
             if not (self.folder.path / name).is_file():
                 return None
             scripts[m.label] = (name, (self.folder.path / name).read_text(encoding="utf-8"))
-        return run, self.folder.read_windows(), inputs, scripts
+        return relabel(run, self.folder.read_windows(), inputs, scripts, self.cfg)
 
     def figures(self) -> dict[str, str]:
         """Figure job key -> file name, for figures still present in the output folder."""
         cached = self.status.get("figures", {})
         return {k: v for k, v in cached.items() if (self.folder.path / "figures" / v).is_file()}
+
+
+def relabel(run, windows, inputs, scripts, cfg: RunConfig):
+    """A stored analysis under this run's labels and page names (slugs): a label changes no number, so it is not part
+    of the analysis key and is applied here, to results, per-window values, figure inputs and the explorer's model
+    files alike. None (analyse again) when the stored models are not this run's models one for one."""
+    from dataclasses import replace
+
+    if len(run.models) != len(cfg.models) or {it.label for it in inputs} != {m.label for m in run.models}:
+        return None
+    new = {m.label: (spec.label, spec.slug or slug(spec.label)) for m, spec in zip(run.models, cfg.models)}
+    if all(m.label == label and (m.slug or slug(m.label)) == s for m, (label, s) in zip(run.models, new.values())):
+        return run, windows, inputs, scripts
+    renamed = {}
+    for old, (name, text) in scripts.items():
+        label, s = new[old]
+        text = rename_script(text, name, model_script_file(s))
+        if text is None:
+            return None
+        renamed[label] = (model_script_file(s), text)
+    run = replace(run, models=[replace(m, label=new[m.label][0], slug=new[m.label][1]) for m in run.models])
+    return (run, {new[k][0] if k in new else k: v for k, v in windows.items()},
+            [replace(it, label=new[it.label][0]) for it in inputs], renamed)
 
 
 def build(cfg: RunConfig, analyze_only: bool = False, force: bool = False) -> Path:

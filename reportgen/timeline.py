@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .capture import capture, window_starts
-from .checkpoint import checkpoint_series, load_checkpoint
+from .checkpoint import load_checkpoint
 from .device import device_of
 from .evidence import Series, Timeline
+from .layouts import series as checkpoint_series
 from .stats import block_resample_counts, bootstrap_ci, split_stats
 
 if TYPE_CHECKING:
@@ -37,6 +39,19 @@ def _from_main_capture(a: ModelAnalysis, cfg: RunConfig, rng: np.random.Generato
     return out, len(wanted)
 
 
+RECORDED = {"course": ("train_loss", "training loss"), "nanogpt": ("best_val_loss", "validation loss (best so far)")}
+
+
+def recorded_loss(meta: dict) -> tuple[float | None, str | None]:
+    """(bits/char, what it is) of the loss a course or nanoGPT checkpoint recorded in training (nats per character,
+    as cross-entropy is), else (None, None)."""
+    key, what = RECORDED.get(meta.get("format"), (None, None))
+    value = meta.get(key) if key else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        return None, None
+    return float(value) / math.log(2), what
+
+
 def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timeline | None:
     """Strength of the final model's strongest roles at every sibling checkpoint (step*.pt), with CIs.
 
@@ -59,7 +74,8 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
         l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
         series.append(("induction", int(l), int(h), f"L{l}H{h} natural-text induction attention (strongest at the final step)"))
     task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
-    steps, bpc, values = [], [], {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
+    steps, bpc, recorded, kinds = [], [], [], set()
+    values = {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
     for ckpt in siblings:
         bundle = prep.bundle if ckpt == path else load_checkpoint(
             ckpt, with_residuals=prep.bundle.config.with_residuals, train_text=prep.spec.train_text,
@@ -76,6 +92,9 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
         summary, n_windows = point
         steps.append(bundle.metadata.get("step"))
         bpc.append(bundle.metadata.get("heldout_bits_per_char"))
+        value, kind = recorded_loss(bundle.metadata)
+        recorded.append(value)
+        kinds.update([kind] if kind else [])
         for det, l, h, label in series:
             for k in ("mean", "ci_low", "ci_high"):
                 values[label][k].append(float(summary[det][k][l, h]))
@@ -83,4 +102,5 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
     if len(steps) < 3:
         return None
     return Timeline(steps, bpc, n_windows,
-                    [Series(label, det, l, h, None, **values[label]) for det, l, h, label in series])
+                    [Series(label, det, l, h, None, **values[label]) for det, l, h, label in series],
+                    recorded if kinds else None, " / ".join(sorted(kinds)) if kinds else None)

@@ -89,3 +89,10 @@ def model_script(bundle, language: str | None, heldout: str, name: str) -> str:
     return (f"// reportgen: the weights the attention explorer runs ({dtype}, {len(raw)} bytes before base64)\n"
             f"window.{GLOBAL} = window.{GLOBAL} || {{}};\n"
             f"window.{GLOBAL}[{json.dumps(name)}] = {body};\n")
+
+
+def rename_script(text: str, old: str, new: str) -> str | None:
+    """A model script registered under file name `old`, registered under `new` instead (a label change renames the
+    explorer's files; the weights are the same); None when `text` is not registered under `old`."""
+    before, after = f"window.{GLOBAL}[{json.dumps(old)}] = ", f"window.{GLOBAL}[{json.dumps(new)}] = "
+    return text.replace(before, after, 1) if text.count(before) == 1 else None

@@ -35,7 +35,6 @@ def test_every_input_class_changes_the_cache_key(planted_site, tmp_path, monkeyp
         "text": dataclasses.replace(cfg, models=(dataclasses.replace(spec, text=copy),)),
         "heldout": dataclasses.replace(cfg, models=(dataclasses.replace(spec, heldout=copy),)),
         "checkpoint": dataclasses.replace(cfg, models=(dataclasses.replace(spec, path=ckpt),)),
-        "label": dataclasses.replace(cfg, models=(dataclasses.replace(spec, label="Other"),)),
         "language": dataclasses.replace(cfg, models=(dataclasses.replace(spec, language="he"),)),
         "residuals": dataclasses.replace(cfg, models=(dataclasses.replace(spec, with_residuals=False),)),
         "seed": dataclasses.replace(cfg, seed=1),
@@ -48,6 +47,8 @@ def test_every_input_class_changes_the_cache_key(planted_site, tmp_path, monkeyp
     assert analysis_key(cfg) == base  # and it is stable
     rkey = render_key(cfg, base)
     assert render_key(dataclasses.replace(cfg, pdf=not cfg.pdf), base) != rkey
+    relabelled = dataclasses.replace(cfg, models=(dataclasses.replace(spec, label="Other", slug="other"),))
+    assert analysis_key(relabelled) == base and render_key(relabelled, base) != rkey  # a label changes no number
     templates = tmp_path / "templates"
     shutil.copytree(Path(__file__).parent.parent / "templates", templates)
     monkeypatch.setattr("reportgen.pipeline.template_dir", lambda: templates)
