@@ -21,14 +21,14 @@ from .ablation import CausalEvidence, causal_agreement, causal_evidence
 from .capture import HeadScores, capture, encode, natural_probes, probe, random_probes
 from .catalogue import set_hypotheses
 from .checkpoint import ModelBundle
-from .loader import bits as _bits, check_fit, open_checkpoint
+from .loader import bits as _bits, check_fit, check_script, open_checkpoint
 from .classes import CLASS_NAMES, CharClasses
 from .config import ModelSpec, RunConfig, display_path
 from .corpora import TextSplit, bible_split, text_split
 from .detectors import SKIP
 from .errors import ReportgenError
 from .hypotheses import check_targets
-from .languages import LANGUAGE
+from .languages import LANGUAGE, example_inputs
 from .languages import ensure as ensure_language
 from .progress import make_progress, stage_seconds
 from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run, Timeline
@@ -39,12 +39,13 @@ from .timeline import emergence
 
 
 @torch.no_grad()
-def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple[tuple[str, str, np.ndarray], ...]:
-    """Attention on short illustrative inputs and a held-out passage, skipping inputs outside the vocabulary."""
+def example_attention(bundle: ModelBundle, language: str, heldout: str,
+                      own_text: bool = False) -> tuple[tuple[str, str, np.ndarray], ...]:
+    """Attention on short illustrative inputs (the language's own, or with `own_text` the first words of the held-out
+    text: languages.example_inputs) and a held-out passage, skipping inputs outside the vocabulary."""
     T = bundle.config.max_context_len
     n, k = min(24, T), min(12, T // 2)  # short enough for legible character ticks; fits the model's context
-    lang = LANGUAGE.get(language)
-    inputs = [(f"input: {t}", t) for t in (lang.examples if lang else ())]
+    inputs = [(f"input: {t}", t) for t in example_inputs(language, heldout if own_text else None)]
     inputs.append(("held-out passage", heldout[:n]))
     inputs.append((f"the same {k} characters twice", heldout[n:n + k] * 2))  # shows copying / induction
     out = []
@@ -55,20 +56,6 @@ def example_attention(bundle: ModelBundle, language: str, heldout: str) -> tuple
         _, attn = bundle.model(idx, return_attention_weights=True)  # (L, 1, H, T, T)
         out.append((caption, text, attn[:, 0].numpy()))
     return tuple(out)
-
-
-def check_script(bundle: ModelBundle, language: str | None) -> None:
-    """Refuse a language whose letters the model's vocabulary does not have (e.g. Hebrew for an English model)."""
-    lang = LANGUAGE.get(language) if language else None
-    if lang is None:
-        return
-    symbols = [c for c in bundle.tokenizer.vocab if len(c) == 1 and c.isalpha()]
-    own = sum(lang.letters(c) for c in symbols)
-    if symbols and own == 0:
-        others = [other.name for other in LANGUAGE.values() if any(other.letters(c) for c in symbols)]
-        hint = f" (its letters are {' and '.join(others)})" if others else ""
-        raise ReportgenError(f"{bundle.path}: language {lang.name} was given but the vocabulary has no {lang.name} "
-                             f"letters{hint}; give the model's own language")
 
 
 def contiguous_block(starts: np.ndarray, length: int) -> int:
@@ -243,7 +230,8 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: s
         return ModelAnalysis(prep, scores, probes, stats, np.zeros((0, 0)), [], ())
     dist = js_distance(scores["heldout"].samples)
     return ModelAnalysis(prep, scores, probes, stats, dist, cluster_heads(dist.copy(), bundle.config.n_heads),
-                         example_attention(bundle, prep.split.language, prep.heldout_start(200)))
+                         example_attention(bundle, prep.split.language, prep.heldout_start(200),
+                                           own_text=prep.spec.text is not None))
 
 
 def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Timeline | None,

@@ -23,6 +23,7 @@ batch axis). Heads are (layer, head) pairs or names such as "L1H0". Nothing here
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -42,6 +43,17 @@ from .errors import ReportgenError
 from .hypotheses import Hypothesis
 from .hyptest import HypothesisTest, test
 
+
+
+def _takes_model(func):
+    """Check that the first argument is a model from `load` (one ReportgenError, never an AttributeError)."""
+    @functools.wraps(func)
+    def checked(model, *args, **kwargs):
+        if not isinstance(model, ModelBundle):
+            raise ReportgenError(f"{func.__name__}: model must be a model from reportgen.api.load, not "
+                                 f"{type(model).__name__}")
+        return func(model, *args, **kwargs)
+    return checked
 
 def load(path: str | Path, *, text: str | Path | None = None, heldout: str | Path | None = None,
          with_residuals: bool | None = None, train_text: str | Path | None = None, meta: str | Path | None = None,
@@ -66,6 +78,7 @@ def _ids(model: ModelBundle, text: str) -> torch.Tensor:
 
 
 @torch.no_grad()
+@_takes_model
 def attention(model: ModelBundle, text: str) -> np.ndarray:
     """Attention of every layer and head on `text`: (layers, heads, N, N), rows = queries."""
     _, attn = model.model(_ids(model, text), return_attention_weights=True)  # (L, 1, H, N, N)
@@ -73,6 +86,7 @@ def attention(model: ModelBundle, text: str) -> np.ndarray:
 
 
 @torch.no_grad()
+@_takes_model
 def direct_logits(model: ModelBundle, text: str, layer: int, head: int) -> np.ndarray:
     """What head (layer, head) writes at each position of `text`, read through the final LayerNorm's scale and the
     unembedding: (N, vocab) logits centred over the vocabulary (direct logit attribution; models with residual
@@ -147,6 +161,7 @@ class Cache:
 
 
 @torch.no_grad()
+@_takes_model
 def run_with_cache(model: ModelBundle, text: str | Sequence[str]) -> Cache:
     """One forward pass of `text` keeping every activation (`Cache`), under any ablation or patch in force."""
     ids, batched = _batch(model, text)
@@ -165,6 +180,7 @@ def run_with_cache(model: ModelBundle, text: str | Sequence[str]) -> Cache:
 
 
 @torch.no_grad()
+@_takes_model
 def logits(model: ModelBundle, text: str | Sequence[str]) -> np.ndarray:
     """Logits (N, vocab) of `text` (under any ablation or patch in force)."""
     ids, batched = _batch(model, text)
@@ -173,6 +189,7 @@ def logits(model: ModelBundle, text: str | Sequence[str]) -> np.ndarray:
 
 
 @torch.no_grad()
+@_takes_model
 def loss(model: ModelBundle, text: str | Sequence[str]) -> float:
     """Mean loss in bits per character of predicting characters 2..N of `text` from the ones before them, in one
     forward pass of all N (so a patch from an input of length N applies), under any ablation or patch in force."""
@@ -219,6 +236,7 @@ def _windows(model: ModelBundle, reference: str | Path) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+@_takes_model
 def ablate(model: ModelBundle, heads, mode: str = "zero", *, reference: str | Path | None = None,
            shift: int = 1) -> Iterator[ModelBundle]:
     """Within the block, every function here runs with `heads` ablated (the weights are never changed; the state
@@ -245,6 +263,7 @@ def ablate(model: ModelBundle, heads, mode: str = "zero", *, reference: str | Pa
 
 
 @contextlib.contextmanager
+@_takes_model
 def patch(model: ModelBundle, heads, source: str | Sequence[str]) -> Iterator[ModelBundle]:
     """Within the block, each of `heads` outputs what it output on `source` (activation patching): its output
     before the projection, position by position, recorded in one forward pass of `source` (under any ablation
@@ -261,6 +280,7 @@ def patch(model: ModelBundle, heads, source: str | Sequence[str]) -> Iterator[Mo
 # ---- direct logit attribution ---------------------------------------------------------------------------------
 
 @torch.no_grad()
+@_takes_model
 def logit_attribution(model: ModelBundle, text: str | Sequence[str]) -> np.ndarray:
     """Direct logit attribution of every head to the character that comes next: (layers, heads, N - 1), entry
     [l, h, i] the logit of character i + 1 that head LlHh writes at position i (`direct_logits`, centred over the
@@ -285,6 +305,7 @@ def logit_attribution(model: ModelBundle, text: str | Sequence[str]) -> np.ndarr
 # ---- the explorer ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
+@_takes_model
 def explore(model: ModelBundle, text: str) -> "notebook.Explorer":
     """An attention explorer for `text` that displays in Jupyter (`_repr_html_`): pick a head, point at a character
     to see what it reads; per head its strongest offset and, with residual connections, its mean direct logit
@@ -294,12 +315,14 @@ def explore(model: ModelBundle, text: str) -> "notebook.Explorer":
     return notebook.Explorer(text, attn, dla, model.path.name)
 
 
+@_takes_model
 def classes(model: ModelBundle, language: str | None = None) -> CharClasses:
     """The character classes reportgen uses for this model's vocabulary."""
     return CharClasses.for_vocab(model.tokenizer.vocab, language or model.language or "en")
 
 
 @torch.no_grad()
+@_takes_model
 def scores(model: ModelBundle, text: str, language: str | None = None) -> dict[str, np.ndarray]:
     """Every detector's value on `text` per layer and head: name -> (layers, heads). Queries before the
     ninth character are skipped, as in the report, so `text` needs more than 8 characters."""
@@ -312,6 +335,7 @@ def scores(model: ModelBundle, text: str, language: str | None = None) -> dict[s
     return {name: v[0].numpy() for name, v in stats.observed.items()}
 
 
+@_takes_model
 def export(model: ModelBundle, passages: list[str], path: str | Path, language: str | None = None) -> Path:
     """Write attention (L, H, N, N) for each passage, with its text, character ids and classes, to one .npz."""
     if isinstance(passages, str) or not all(isinstance(t, str) for t in passages):

@@ -160,6 +160,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not args.passage and not args.text:
         raise ReportgenError("export needs --passage TEXT or --text FILE")
+    if not 1 <= args.windows <= MAX_EXPORT_WINDOWS:
+        raise ReportgenError(f"--windows must be between 1 and {MAX_EXPORT_WINDOWS}, not {args.windows}")
+    if len(args.passage or []) > MAX_EXPORT_WINDOWS:
+        raise ReportgenError(f"at most {MAX_EXPORT_WINDOWS} passages, not {len(args.passage)}")
     # the residual setting of a course checkpoint is inferred as the run infers it: on --text's held-out part,
     # else on the passages themselves
     model = api.load(args.model, text=Path(args.text) if args.text else "".join(args.passage),
@@ -370,6 +374,7 @@ def _unexpected(exc: Exception) -> int:
     return 2
 
 
+MAX_EXPORT_WINDOWS = 4096  # attention of every head on this many windows is what export writes (GBs beyond)
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
                       errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.EIO}
 

@@ -83,6 +83,7 @@ def test(hypothesis, model: ModelBundle, text: str | Path, *, heldout: str | Pat
 
     from . import catalogue
     from .analyze import analyze_model, check_script, load_text, role_name, with_books
+    from .loader import check_language
     from .capture import encode
     from .config import ModelSpec, build_config, display_path
     from .hypotheses import check_targets
@@ -92,6 +93,10 @@ def test(hypothesis, model: ModelBundle, text: str | Path, *, heldout: str | Pat
     from .stages import Prepared
     from .stats import add_q_values
 
+    if not isinstance(model, ModelBundle):
+        raise ReportgenError(f"test: model must be a model from reportgen.api.load, not {type(model).__name__}")
+    if language is not None:
+        check_language(language, "test")
     hyps = _hypotheses(hypothesis)
     allowed = {"seed", "train_windows", "heldout_windows", "n_probes", "batch_size", "oov", "class_overrides",
                "vowels"}

@@ -27,6 +27,7 @@ import torch
 from .checkpoint import ModelBundle, build_model, load_checkpoint
 from .device import device_of, place
 from .errors import ReportgenError
+from .languages import LANGUAGE
 from .progress import say
 
 
@@ -37,6 +38,9 @@ def open_checkpoint(path: str | Path, *, with_residuals: bool | None = None, tra
     (`undecided`, `check_fit`). Options that do not apply to the checkpoint's kind are one-line errors."""
     bundle = load_checkpoint(path, with_residuals=with_residuals is not False, train_text=train_text,
                              language=language, meta_path=Path(meta) if meta else None, device=device)
+    if language is not None:
+        check_language(language, path)
+        check_script(bundle, language)
     fmt = bundle.metadata.get("format")
     if fmt != "course" and with_residuals is not None:
         raise ReportgenError(f"{path}: --no-residuals/--residuals apply to course checkpoints; this {fmt} "
@@ -45,6 +49,29 @@ def open_checkpoint(path: str | Path, *, with_residuals: bool | None = None, tra
         raise ReportgenError(f"{path}: --train-text rebuilds a course checkpoint's vocabulary; this {fmt} "
                              f"checkpoint has its own")
     return bundle
+
+
+def check_language(language, where) -> None:
+    """A language is `en`, `he` or another ISO 639 code (the same rule in every entry point)."""
+    from .languages import CODE, LANGUAGE_CODES
+
+    if not isinstance(language, str) or (language not in LANGUAGE_CODES and not CODE.fullmatch(language)):
+        raise ReportgenError(f"{where}: language must be a language code such as {', '.join(LANGUAGE_CODES)}, "
+                             f"not {language!r}")
+
+
+def check_script(bundle: ModelBundle, language: str | None) -> None:
+    """Refuse a language whose letters the model's vocabulary does not have (e.g. Hebrew for an English model)."""
+    lang = LANGUAGE.get(language) if language else None
+    if lang is None:
+        return
+    symbols = [c for c in bundle.tokenizer.vocab if len(c) == 1 and c.isalpha()]
+    own = sum(lang.letters(c) for c in symbols)
+    if symbols and own == 0:
+        others = [other.name for other in LANGUAGE.values() if any(other.letters(c) for c in symbols)]
+        hint = f" (its letters are {' and '.join(others)})" if others else ""
+        raise ReportgenError(f"{bundle.path}: language {lang.name} was given but the vocabulary has no {lang.name} "
+                             f"letters{hint}; give the model's own language")
 
 
 def undecided(bundle: ModelBundle, with_residuals: bool | None) -> bool:
@@ -112,8 +139,7 @@ def sample_text(bundle: ModelBundle, text: str | Path | None, heldout: str | Pat
     folder (`heldout` if given, else its last 10 % cut at a line, `corpora.text_split`), a string as it is, or the
     held-out books of the language's default corpus; None when there is none of these."""
     from .corpora import bible_split, text_split
-    from .languages import LANGUAGE
-
+    
     if isinstance(text, Path):
         return text_split(text, language or "en", heldout).heldout, str(heldout or text)
     if isinstance(text, str):

@@ -589,3 +589,38 @@ def test_checkpoints_built_to_exhaust_memory_are_refused_within_bounds(tmp_path)
             assert done.returncode == 2 and len(err.splitlines()) == 1, (path.name, command[0], err[-400:])
             assert expect in err and "unexpected" not in err, (path.name, err)
     assert not (tmp_path / "site").exists()
+
+
+def test_api_arguments_are_checked_in_one_error(tmp_path):
+    """A wrong model argument or language through the Python API is one ReportgenError, never an AttributeError
+    or a silently accepted language whose letters the model does not have."""
+    from reportgen import api
+    from reportgen.errors import ReportgenError
+
+    model = api.load("inputs/models/en/step05000.pt")
+    for call in (lambda: api.export(123, ["abc"], tmp_path / "x.npz"), lambda: api.attention("model", "abc"),
+                 lambda: api.loss(None, "abc"), lambda: api.test(api.Hypothesis("h", "", key_offset=1), 3, "x")):
+        with pytest.raises(ReportgenError, match="must be a model from reportgen.api.load"):
+            call()
+    with pytest.raises(ReportgenError, match="no Hebrew letters"):
+        api.load("inputs/models/en/step05000.pt", language="he")
+    with pytest.raises(ReportgenError, match="language must be a language code"):
+        api.load("inputs/models/en/step05000.pt", language="English!")
+    with pytest.raises(ReportgenError, match="language must be a language code"):
+        api.test(api.Hypothesis("h", "", key_offset=1), model, "abc " * 300, language="??")
+    assert api.loss(model, "in the beginning") > 0
+
+
+def test_export_checks_its_language(tmp_path, capsys):
+    out = tmp_path / "a.npz"
+    assert cli(["export", "--model", "inputs/models/en/step05000.pt", "--passage", "in the beginning", "--out",
+                str(out), "--language", "he"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no Hebrew letters" in err and not out.exists()
+
+
+def test_export_windows_are_bounded(tmp_path, capsys):
+    for n in ("0", "10000000000000"):
+        assert cli(["export", "--model", "inputs/models/en/step05000.pt", "--text", "inputs/reportgen.toml",
+                    "--windows", n, "--out", str(tmp_path / "a.npz")]) == 2
+        assert "--windows must be between 1 and" in capsys.readouterr().err
