@@ -183,7 +183,8 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     (e.g. 'mean') adds that mode's overall Δ with its CI as a second column. The baseline's 95% CI over windows
     is appended to `baseline_ci` when one is passed.
     Targeted contrasts: `in_word` (predicting letters inside a word after its first: where knowing the word
-    start helps), `after_punct` (predicting right after punctuation), `second_copy` (the second copy of a
+    start helps), `after_punct` (predicting right after punctuation), `after_newline` (the first character of a
+    line: where a line-break head helps), `second_copy` (the second copy of a
     repeated passage), and per predicted class `class:<name>` (is this class where the head matters most?).
     """
     model = bundle.model
@@ -200,6 +201,7 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     in_word = ~np.isin(input_codes, boundary_codes) & ~np.isin(target_codes, boundary_codes)
     in_word[:, 1:] &= ~np.isin(input_codes[:, :-1], boundary_codes)  # the input is not the word's first letter
     masks = {"in_word": in_word, "after_punct": input_codes == CLASS_NAMES.index("punctuation"),
+             "after_newline": input_codes == CLASS_NAMES.index("newline"),  # where a line-break head should matter
              **(extra_masks or {})}  # e.g. the queries each of your hypotheses is about
     class_masks = {f"class:{CLASS_NAMES[c]}": target_codes == c for c in range(len(CLASS_NAMES))
                    if (target_codes == c).sum() >= 20}

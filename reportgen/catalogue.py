@@ -163,6 +163,7 @@ CAUSAL_TARGETS = {  # targeted ablation contrasts: name -> where the head's role
     "in_word": "when predicting letters inside a word (after its first letter)",
     "after_punct": "right after punctuation",
     "second_copy": "on the second copy of a repeated passage",
+    "after_newline": "right after a line break (the first character of a line)",
 }
 
 # ---- detectors ----------------------------------------------------------------------------------
@@ -180,6 +181,8 @@ class Detector:
     rule: Rule | None = None
     shown: frozenset[str] = frozenset({"scores"})  # scores: score matrix; compare: per-layer strength table
     note: str = ""  # what the pattern is good for, when no language record has its own note
+    target: str | None = None  # its own targeted-ablation contrast, instead of its family's
+    caveat: str = ""  # its own caveat, instead of its family's
 
     @property
     def tested(self) -> bool:
@@ -194,7 +197,7 @@ class Detector:
     @property
     def causal_target(self) -> str | None:
         """The targeted-ablation contrast where this detector's role should matter most."""
-        return FAMILY[self.family].causal_target if self.family else None
+        return self.target or (FAMILY[self.family].causal_target if self.family else None)
 
 
 COPYING = ("Reading what followed an earlier occurrence of the current character, together with the model's better "
@@ -239,12 +242,15 @@ def _detectors() -> tuple[Detector, ...]:
     class_notes = {
         "space": "A space head gathers the spaces in its window wherever they are: how many words there were and "
                  "where they fell, which bears on word lengths and on when the next space is due.",
-        "newline": "A line-break head reads where lines ended; in text written one sentence or verse per line this "
-                   "locates the start of the current line.",
+        "newline": "A line-break head reads where lines ended; in text written one sentence or one line of a poem "
+                   "per line this locates the start of the current line.",
     }
+    line = {"target": "after_newline", "caveat": "Line breaks are few and their spacing depends on how the text is "
+            "laid out; the positional null removes the share a recency profile alone would place on them."}
     ds += [Detector(f"class_{c}", "class", f"attention mass on {c} keys", *classes[c],
                     _LETTER if c in LETTER_CLASSES else _CLASS,
-                    _COMPARE if c in compared else frozenset({"scores"}), class_notes.get(c, ""))
+                    _COMPARE if c in compared else frozenset({"scores"}), class_notes.get(c, ""),
+                    **(line if c == "newline" else {}))
            for c in CLASS_NAMES]
     targets = [
         ("recent_space", "attention mass on the most recent space or line break before the query", "word boundary",

@@ -112,14 +112,16 @@ def explain(f: Finding, m: ModelResult) -> Explanation:
                        ("held-out passages repeated twice", "training passages repeated twice"))
         consistency = (f"It beats its positional null on {pct(h.consistency)} of {n} {held} (q {qval(h.q)}). "
                        f"Discovered on {n} {train} (mean {num(t.mean)}), it "
-                       f"{'replicated' if f.replicated else 'did not replicate'}.")
+                       f"{'replicated' if f.replicated else 'did not replicate: ' + narrate.not_replicated(f, m)}.")
     else:
         consistency = (f"It beats the strictest null in {pct(h.consistency)} of {windows['heldout']} held-out "
                        f"windows (q {qval(h.q)}). Discovered on {windows['train']} training windows "
-                       f"(mean {num(t.mean)}), it {'replicated' if f.replicated else 'did not replicate'} "
-                       f"on held-out text.")
+                       f"(mean {num(t.mean)}), it " + ("replicated on held-out text." if f.replicated else
+                                                       f"did not replicate on held-out text: "
+                                                       f"{narrate.not_replicated(f, m)}."))
     abl = m.ablation_of(f.layer, f.head)
-    return Explanation(what, strength, consistency, _significance(f, m, abl), FAMILY[f.family].caveat,
+    own = DETECTOR[f.pattern].caveat if f.pattern in DETECTOR else ""  # a line-break head's, not the spaces'
+    return Explanation(what, strength, consistency, _significance(f, m, abl), own or FAMILY[f.family].caveat,
                        narrate.explain_ablation(f, m), explain_controls(f, m), explain_example(f, m),
                        narrate.explain_writes(f, m), narrate.explain_inputs(f, m),
                        " ".join(x for x in (explain_profile(m.head(f.layer, f.head), f.pattern),

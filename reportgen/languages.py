@@ -106,6 +106,18 @@ LANGUAGE_CODES = tuple(LANGUAGE)
 CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")  # ISO 639 codes, optionally with a region or script
 
 
+def example_inputs(code: str | None, own_text: str | None = None) -> tuple[str, ...]:
+    """Short illustrative inputs: the language's own (from its default corpus) for a run on that corpus; for a run on
+    your own text (`own_text`: its held-out part) the first words of its first line of 30+ characters, so no example
+    comes from another text (no Bible verse in a report on Shakespeare)."""
+    if own_text is None:
+        lang = LANGUAGE.get(code or "")
+        return lang.examples if lang else ()
+    line = next((x for x in own_text.splitlines() if len(x.strip()) >= 30), own_text).strip()[:24]
+    cut = line.rfind(" ")
+    return (line[:cut] if cut >= 8 else line,) if line else ()
+
+
 def script(char: str) -> str:
     """The Unicode script of a letter, from its character name ("CYRILLIC SMALL LETTER A" -> "CYRILLIC")."""
     return unicodedata.name(char, "").split(" ")[0]

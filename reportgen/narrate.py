@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .catalogue import CAUSAL_TARGETS, DETECTOR, FAMILY
+from .catalogue import CAUSAL_TARGETS, DETECTOR, FAMILY, WIDE_MEMBERS
 from .classes import CLASS_NAMES
 from .evidence import Ablation, Contrast, standout
 from .results import Finding, ModelResult
@@ -57,7 +57,37 @@ def relied(a: Ablation | None) -> bool | None:
 
 
 def _target(f: Finding, a: Ablation) -> str | None:
-    return f.pattern if f.pattern in a.targeted else FAMILY[f.family].causal_target
+    d = DETECTOR.get(f.pattern)  # a line-break head has its own target, not its family's letters inside a word
+    return f.pattern if f.pattern in a.targeted else d.causal_target if d else FAMILY[f.family].causal_target
+
+
+def not_replicated(f: Finding, m: ModelResult) -> str:
+    """Why a role found on training text fails its rule on held-out text: each threshold the held-out values miss
+    (the same checks as `Rule.holds`), e.g. "not significant after FDR (q 0.21, not below 0.05)"."""
+    d, s = DETECTOR.get(f.pattern), m.head(f.layer, f.head).detectors.get(f.pattern, {}).get("heldout")
+    if d is None or d.rule is None or s is None:
+        return "its rule does not hold on held-out text"
+    r, v = d.rule, s.values()
+    bad = lambda key, limit, ok: limit is not None and not (key in v and math.isfinite(v[key]) and ok(v[key], limit))
+    why = []
+    if bad("q", r.q_below, lambda x, t: x < t):
+        why.append(f"not significant after FDR (q {_n(v.get('q', math.nan))}, not below {r.q_below:g})")
+    if bad("ci_low", r.ci_low_above, lambda x, t: x > t):
+        why.append(f"its lower 95% CI bound on held-out text ({_n(v.get('ci_low', math.nan))}) is not above "
+                   f"{r.ci_low_above:g}")
+    if bad("mean", r.mean_at_least, lambda x, t: x >= t):
+        why.append(f"it holds for {_n(v.get('mean', math.nan))} of held-out queries, below the rule's "
+                   f"{r.mean_at_least:.0%}")
+    if r.class_wide and "members_share" in v and (bad("wide_lift_ci_low", 1.0, lambda x, t: x > t) or
+                                                 bad("members_share", WIDE_MEMBERS, lambda x, t: x >= t)):
+        why.append("on held-out text the preference is not class-wide (it rests on a few members)")
+    rare = r.rare_below is not None and not bad("chance", r.rare_below, lambda x, t: x < t)
+    if bad("gain_ci_low", r.gain_ci_low_at_least, lambda x, t: x >= t) and not (
+            rare and not bad("lift_ci_low", r.rare_lift_ci_low_at_least, lambda x, t: x >= t)
+            and not bad("gain_ci_low", r.rare_gain_ci_low_at_least, lambda x, t: x >= t)):
+        why.append(f"effect on held-out text below the rule (lower 95% CI bound of its gain over the nulls "
+                   f"{_n(v.get('gain_ci_low', math.nan))}, the rule asks {r.gain_ci_low_at_least:.2f})")
+    return "; ".join(why) or "its rule does not hold on held-out text"
 
 
 def specific(f: Finding, a: Ablation | None) -> bool | None:

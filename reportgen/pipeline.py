@@ -194,7 +194,8 @@ def explorer_scripts(run, prepared) -> dict[str, tuple[str, str]]:
     for m in run.models:
         prep = by_label[m.label]
         name = model_script_file(m.slug or slug(m.label))
-        scripts[m.label] = (name, model_script(prep.bundle, prep.split.language, prep.heldout_start(), name))
+        scripts[m.label] = (name, model_script(prep.bundle, prep.split.language, prep.heldout_start(), name,
+                                               own_text=prep.spec.text is not None))
     return scripts
 
 

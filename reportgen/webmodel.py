@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from .languages import LANGUAGE, has_rtl
+from .languages import example_inputs, has_rtl
 
 GLOBAL = "REPORTGEN_MODELS"  # window.REPORTGEN_MODELS[file name] = the model's record
 
@@ -45,24 +45,24 @@ def exported_tensors(model) -> list:
     return [(n, sd[n].detach().to("cpu", torch.float32)) for n in names]
 
 
-def default_passages(tokenizer, language: str | None, heldout: str, context: int) -> list[dict]:
+def default_passages(tokenizer, language: str | None, heldout: str, context: int, own_text: bool = False) -> list[dict]:
     """The passages the explorer opens with: a held-out window of the full context, a passage repeated to fill it,
-    and the language's own short inputs (in the model's vocabulary, not all capitals), each with its caption."""
+    and short inputs (in the model's vocabulary, not all capitals): the language's own, or with `own_text` the first
+    words of the held-out text (languages.example_inputs), each with its caption."""
     passages = [{"caption": f"held-out window ({len(heldout[:context])} characters, the full context)",
                  "text": heldout[:context]}]
     half = heldout[context:context + context // 2]
     if len(half) >= 2:
         passages.append({"caption": f"a held-out passage of {len(half)} characters, then the same again",
                          "text": half * 2})
-    lang = LANGUAGE.get(language or "")
-    for text in (lang.examples if lang else ()):
+    for text in example_inputs(language, heldout if own_text else None):
         if text and not text.isupper() and len(text) <= context and not tokenizer.unknown_chars(text):
             passages.append({"caption": f"short input ({len(text)} characters): early characters draw extra "
                                         f"attention at the start of any input", "text": text})
     return passages
 
 
-def model_script(bundle, language: str | None, heldout: str, name: str) -> str:
+def model_script(bundle, language: str | None, heldout: str, name: str, own_text: bool = False) -> str:
     """The JavaScript file that registers this model under `name` in window.REPORTGEN_MODELS (ASCII only)."""
     model = bundle.model
     cfg = model.config
@@ -82,7 +82,7 @@ def model_script(bundle, language: str | None, heldout: str, name: str) -> str:
         "with_residuals": [bool(b.with_residuals) for b in blocks],
         "eps": [[float(b.layer_norm_1.eps), float(b.layer_norm_2.eps)] for b in blocks],
         "vocab": list(bundle.tokenizer.vocab), "language": language or "", "rtl": has_rtl(heldout[:cfg.max_context_len]),
-        "passages": default_passages(bundle.tokenizer, language, heldout, cfg.max_context_len),
+        "passages": default_passages(bundle.tokenizer, language, heldout, cfg.max_context_len, own_text),
         "dtype": dtype, "tensors": index, "data": base64.b64encode(raw).decode("ascii"),
     }
     body = json.dumps(record, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
