@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .catalogue import COPYING_ROLES, DETECTOR, FAMILIES, FAMILY, family_detectors, linguistic_note
 from .catalogue import WIDE_DROP, WIDE_MEMBERS
+from .languages import has_rtl
 from . import narrate
 from .results import Ablation, Finding, HeadResult, ModelResult
 
@@ -134,6 +135,13 @@ def _show(text: str) -> str:
     return text.replace(" ", "␣").replace("\n", "↵")
 
 
+def _quote(text: str) -> str:
+    """The model's text quoted in a sentence, with symbols for whitespace: isolated (FSI … PDI) when it has
+    right-to-left characters, so that it reads in its own direction and cannot reorder the sentence around it (the
+    quote marks and a following '(1 back' stay in place; a leading '…' stays at its start, on the right)."""
+    return f"'\u2068{_show(text)}\u2069'" if has_rtl(text) else f"'{_show(text)}'"
+
+
 def explain_profile(h: HeadResult, detector: str) -> str:
     """One sentence on the per-character profile behind a class detector (held-out): each frequent member's mass
     over its chance, and whether the preference is class-wide (the catalogue's gate) or a few characters'."""
@@ -141,20 +149,20 @@ def explain_profile(h: HeadResult, detector: str) -> str:
     if cp is None or cp.detector != detector:
         return ""
     cls = detector.removeprefix("class_")
-    chars = ", ".join(f"'{_show(c)}' {times(m / ch)}" for c, m, ch in cp.members if ch > 0)
+    chars = ", ".join(f"{_quote(c)} {times(m / ch)}" for c, m, ch in cp.members if ch > 0)
     text = f"Behind its {cls} mass, each frequent {cls} character's attention over its chance: {chars}"
     if cp.members_frequent is None or not math.isfinite(cp.members_frequent):
-        top = ", ".join(f"'{_show(c)}' {num(m)} (chance {num(ch)})" for c, m, ch in cp.top[:3])
+        top = ", ".join(f"{_quote(c)} {num(m)} (chance {num(ch)})" for c, m, ch in cp.top[:3])
         return text + f"; its largest excesses over chance are {top}."
     wide = cp.members_above / cp.members_frequent >= WIDE_MEMBERS and cp.wide_lift_ci_low > 1
     text += (f"; {cp.members_above:.0f} of {cp.members_frequent:.0f} are above chance, and without its {WIDE_DROP} "
              f"most preferred the class's share of letter mass is {times(cp.wide_lift)} its chance share "
              f"(lower CI bound {times(cp.wide_lift_ci_low)})")
     if wide:
-        below = [f"'{_show(c)}'" for c, m, ch in cp.members if ch > 0 and m <= ch]
+        below = [f"{_quote(c)}" for c, m, ch in cp.members if ch > 0 and m <= ch]
         return text + (": the rule's class-wide test passes" + (f", though {', '.join(below)} "
                        f"{'is' if len(below) == 1 else 'are'} not above chance." if below else "."))
-    liked = [f"'{_show(c)}'" for c, m, ch in cp.top if m > ch][:WIDE_DROP]
+    liked = [f"{_quote(c)}" for c, m, ch in cp.top if m > ch][:WIDE_DROP]
     return text + f": it prefers {' and '.join(liked)}, not {cls}s as a class." if liked else text + "."
 
 
@@ -197,9 +205,10 @@ def explain_example(f: Finding, m: ModelResult) -> str:
     ex = effect.example if effect is not None and effect.role == f.role else None
     if ex is None:
         return ""
-    keys = "; ".join(f"{num(w)} to '{_show(c)}' ({'itself' if k == ex.query else f'{ex.query - k} back'}"
+    keys = "; ".join(f"{num(w)} to {_quote(c)} ({'itself' if k == ex.query else f'{ex.query - k} back'}"
                      f"{', a target' if hit else ''})" for k, c, w, hit in ex.keys)
-    return (f"Reading '{_show(ex.char)}' at the end of '…{_show(ex.context)}', {f.head_name} sends {keys}; "
+    cut = "…" if ex.query + 1 > len(ex.context) else ""  # the passage goes on before the context shown
+    return (f"Reading {_quote(ex.char)} at the end of {_quote(cut + ex.context)}, {f.head_name} sends {keys}; "
             f"in all {num(ex.target_mass)} of its attention goes to its role's targets.")
 
 

@@ -137,6 +137,30 @@ def head_figure(d: HeadFigureData) -> bytes:
         return png_bytes(fig)
 
 
+def role_panel(title: str, text: str, attn: np.ndarray, marks: np.ndarray, rtl: bool) -> bytes:
+    """One head on one short window (panels.Panel), legible at its print width of 3.3 in: upright character ticks of
+    8 pt, the role's target cells dotted, the last row (the query) outlined; a right-to-left window's keys run right
+    to left, as the text reads."""
+    n = len(text)
+    with matplotlib.rc_context(FONT):
+        fig = Figure(figsize=(3.3, 3.35))
+        ax = fig.add_axes([0.12, 0.13, 0.7, 0.7])
+        img = ax.imshow(attn, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest", aspect="equal")
+        ii, jj = np.nonzero(marks)
+        ax.scatter(jj, ii, s=5, c="#18a8c0", linewidths=0)
+        ax.add_patch(matplotlib.patches.Rectangle((-0.5, n - 1.5), n, 1, fill=False, ec="#c0392b", lw=1.0))
+        if rtl:
+            ax.invert_xaxis()
+        _char_ticks(ax, visible(text), 8)
+        ax.set_xlabel("key (attended-to character)" + (", read right to left" if rtl else ""), fontsize=7)
+        ax.set_ylabel("query", fontsize=7)
+        ax.set_title(title, fontsize=8)
+        cb = fig.colorbar(img, cax=fig.add_axes([0.86, 0.13, 0.03, 0.7]))
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label("attention (square-root scale)", fontsize=6)
+        return png_bytes(fig, dpi=200)
+
+
 def thumbnail(attn: np.ndarray) -> bytes:
     """One head's attention (T, S) as a T × S pixel PNG in the heatmaps' colours (no axes: the page scales it
     up, pixelated, inside a link to the head's page)."""

@@ -21,16 +21,19 @@ from .figures import FigureWriter, HeadFigureData
 from .languages import LANGUAGE, has_rtl, without_bidi_controls
 from .narrate import selective
 from .outputs import FIGURES, OutputFolder, write_text_atomic
-from .pages import Pages, build_pages
+from .pages import MAX_HEADLINE_HEADS, Pages, build_pages
+from .panels import ScriptModel, passages, read_script, role_panel
 from .results import Run
 from .stages import FigureInputs
+from .synthesis import ranked
 
 
 def make_env() -> jinja2.Environment:
     """A fresh Jinja2 environment: autoescape on, StrictUndefined, the report's filters."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed, target=link_target, bidi=isolate)
+    env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed, target=link_target, bidi=isolate,
+                       direction=lambda text: "rtl" if has_rtl(str(text)) else "ltr")
     env.globals["in_pdf"] = False
     return env
 
@@ -58,10 +61,14 @@ def _class_label(name: str, language: str) -> str:
     return (lang.class_label(name) if lang else name).split(" (")[0]
 
 
-def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict) -> dict:
-    """Queue and render every figure; return a lookup of figure file names (relative to the site)."""
+def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict,
+                 scripts: dict[str, str] | None = None) -> dict:
+    """Queue and render every figure; return a lookup of figure file names (relative to the site), with each evidence
+    panel's caption under (label, "panel_caption", head). `scripts`: model label -> its explorer model script, from
+    which the headline roles' evidence panels are computed (models without one get none)."""
     fw = FigureWriter(folder)
     idx: dict = {}
+    captions: dict = {}
     detectors = shown_in("scores")
     for a, m in zip(inputs, run.models):
         L, H = m.n_layers, m.n_heads
@@ -78,6 +85,8 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
         for l in range(L):
             for h in range(H):
                 idx[(m.label, "thumb", f"L{l}H{h}")] = fw.add("thumbnail", attn[l, h])
+        if scripts and scripts.get(m.label):
+            _panels(fw, idx, captions, m, scripts[m.label])
         ratio = np.array([[_ratio(m.head(l, h).summary(d)) for l in range(L) for h in range(H)] for d in detectors])
         marked = np.array([[any(f.pattern == d for f in m.findings_at(l, h)) for l in range(L) for h in range(H)]
                            for d in detectors])
@@ -112,7 +121,19 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
                   for m in run.models}
         idx["compare"] = fw.add("comparison_figure", fams, counts, {m.label: m.n_layers * m.n_heads for m in run.models})
     names = fw.run(cache)
-    return {k: f"{FIGURES}/{names[v]}" for k, v in idx.items()}
+    return {**{k: f"{FIGURES}/{names[v]}" for k, v in idx.items()}, **captions}
+
+
+def _panels(fw: FigureWriter, idx: dict, captions: dict, m, script: str) -> None:
+    """Queue the evidence panel of each headline role of `m` (panels.role_panel) and note its caption."""
+    model = ScriptModel(read_script(script))
+    texts, attn = passages(model), {}
+    for _, f in ranked([m])[:MAX_HEADLINE_HEADS]:
+        p = role_panel(model, texts, f.layer, f.head, f.pattern, m.language, attn)
+        if p is not None:
+            idx[(m.label, "panel", f.head_name)] = fw.add("role_panel", f"{m.label} {f.head_name}: {f.role}", p.text,
+                                                          p.attn, p.marks, has_rtl(p.text))
+            captions[(m.label, "panel_caption", f.head_name)] = p.caption
 
 
 def _ratio(s) -> float:
@@ -122,9 +143,11 @@ def _ratio(s) -> float:
     return s.mean / s.chance
 
 
-def render(pages: Pages) -> tuple[dict[str, str], str]:
-    """Every page's HTML (file name -> HTML) and the PDF document's HTML."""
+def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tuple[dict[str, str], str]:
+    """Every page's HTML (file name -> HTML) and the PDF document's HTML; `figs` (plan_figures) gives the PDF its
+    evidence panels; `pdf_link`: the index links report.pdf."""
     env = make_env()
+    env.globals["pdf_link"] = pdf_link
     c = pages.common
 
     def page(template: str, name: str, **values) -> str:
@@ -140,8 +163,14 @@ def render(pages: Pages) -> tuple[dict[str, str], str]:
         html[ep.file] = page("explore.html.jinja2", ep.file, p=ep)
     html["compare.html"] = page("compare.html.jinja2", "compare.html", c=pages.compare)
     html["methods.html"] = page("methods.html.jinja2", "methods.html", mth=pages.methods)
+    figs = figs or {}
+    panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), "")) for k, v in figs.items()
+              if isinstance(k, tuple) and len(k) == 3 and k[1] == "panel"}
+    cards = {v.page for v in pages.index.headline}  # the PDF has a card for these heads, their model chapters for others
+    chapter = {hp.file: hp.model_file for hp in pages.heads if hp.file not in cards}
+    env.filters["target"] = lambda page, in_pdf: link_target(chapter.get(page, page) if in_pdf else page, in_pdf)
     pdf = env.get_template("report.html.jinja2").render(common=c, pages=pages, p=pages.index, c=pages.compare,
-                                                        mth=pages.methods, in_pdf=True)
+                                                        mth=pages.methods, in_pdf=True, panels=panels)
     return html, pdf
 
 
@@ -175,10 +204,12 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
     if (previous.path / FIGURES).is_dir():  # reuse unchanged figures
         shutil.copytree(previous.path / FIGURES, out.path / FIGURES)
     with stderr.status("rendering figures and pages"):
-        figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache)
-        html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}))
+        scripts = {label: (out.path / name).read_text(encoding="utf-8") for label, name in (explorer or {}).items()
+                   if (out.path / name).is_file()}
+        figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache, scripts)
+        html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}), figs, pdf)
         write_pages(html, out.path)
-    used = set(figs.values())
+    used = {v for k, v in figs.items() if not (isinstance(k, tuple) and k[1:2] == ("panel_caption",))}
     for stale in (out.path / FIGURES).glob("*.png"):
         if f"{FIGURES}/{stale.name}" not in used:
             stale.unlink()
