@@ -30,7 +30,7 @@ from .errors import ReportgenError
 from .hypotheses import check_targets
 from .languages import LANGUAGE, example_inputs
 from .languages import ensure as ensure_language
-from .progress import make_progress, stage_seconds
+from .progress import make_progress, say, stage_seconds
 from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult, ModelResult, Probe, Run, Timeline
 from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
