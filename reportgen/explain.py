@@ -207,7 +207,7 @@ def explain_example(f: Finding, m: ModelResult) -> str:
         return ""
     keys = "; ".join(f"{num(w)} to {_quote(c)} ({'itself' if k == ex.query else f'{ex.query - k} back'}"
                      f"{', a target' if hit else ''})" for k, c, w, hit in ex.keys)
-    cut = "…" if ex.query + 1 > len(ex.context) else ""  # the passage goes on before the context shown
+    cut = "…\u2060" if ex.query + 1 > len(ex.context) else ""  # cut before it; no line break after the "…"
     return (f"Reading {_quote(ex.char)} at the end of {_quote(cut + ex.context)}, {f.head_name} sends {keys}; "
             f"in all {num(ex.target_mass)} of its attention goes to its role's targets.")
 

@@ -5,7 +5,8 @@ layer's attention needs), in float64 as the explorer page computes it, on the he
 (a window of the full context) and on the same window with its last characters repeated (copying and induction).
 The panel is the `WINDOW` characters ending at the query where the head puts the most attention on its role's
 targets within the window, preferring queries whose targets lie two or more characters back (there the role and a
-previous-character head differ), and never one of the first `SKIP` queries (the start-of-input effect).
+previous-character head differ), in a window that starts `SKIP` or more characters into the passage (the first
+queries of an input draw extra attention); copying and induction roles are shown on the repeated passage.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 WINDOW = 20  # characters per panel: upright character ticks of 8 pt or more at print size
-REPEAT = 9  # characters repeated at the end of the passage for copying and induction
+REPEAT = WINDOW // 2  # characters repeated at the end of the passage: a panel holds both copies
 SKIP = 8  # as keysets.SKIP: the first queries see tiny prefixes
+COPYING = ("induction", "probe_random", "probe_natural")  # roles shown on the repeated passage
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def role_panel(model: ScriptModel, texts: list[tuple[str, str]], layer: int, hea
     from .examples import target_mask
 
     kind = DETECTOR[pattern].kind if pattern in DETECTOR else ""
+    if pattern in COPYING:  # copying is shown where there is something to copy: the repeated passage
+        texts = [t for t in texts if "repeated" in t[0]] or texts
     codes_of = CharClasses.for_vocab(model.rec["vocab"], language).lookup()
     attn = {} if attn is None else attn
     best = None
@@ -131,7 +135,9 @@ def role_panel(model: ScriptModel, texts: list[tuple[str, str]], layer: int, hea
         far = inside & (back >= 2) if kind not in ("offset", "argmax") else inside
         for tier, m in ((1, far), (0, inside)):
             mass = (a * m).sum(1)
-            mass[:SKIP] = 0
+            mass[:SKIP + WINDOW - 1] = 0  # no window holds the start of the input
+            if pattern in COPYING:  # the window of both copies, its stripe in every row of the second
+                mass[:n - 1] = 0
             q = int(mass.argmax())
             if mass[q] > 0 and (best is None or (tier, mass[q]) > best[0]):
                 best = ((tier, float(mass[q])), desc, text, q, m if kind != "class" else inside)

@@ -147,7 +147,10 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
     """Every page's HTML (file name -> HTML) and the PDF document's HTML; `figs` (plan_figures) gives the PDF its
     evidence panels; `pdf_link`: the index links report.pdf."""
     env = make_env()
-    env.globals["pdf_link"] = pdf_link
+    figs = figs or {}
+    panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), "")) for k, v in figs.items()
+              if isinstance(k, tuple) and len(k) == 3 and k[1] == "panel"}  # "label head" -> (figure, caption)
+    env.globals.update(pdf_link=pdf_link, panels=panels)
     c = pages.common
 
     def page(template: str, name: str, **values) -> str:
@@ -163,14 +166,11 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
         html[ep.file] = page("explore.html.jinja2", ep.file, p=ep)
     html["compare.html"] = page("compare.html.jinja2", "compare.html", c=pages.compare)
     html["methods.html"] = page("methods.html.jinja2", "methods.html", mth=pages.methods)
-    figs = figs or {}
-    panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), "")) for k, v in figs.items()
-              if isinstance(k, tuple) and len(k) == 3 and k[1] == "panel"}
     cards = {v.page for v in pages.index.headline}  # the PDF has a card for these heads, their model chapters for others
     chapter = {hp.file: hp.model_file for hp in pages.heads if hp.file not in cards}
     env.filters["target"] = lambda page, in_pdf: link_target(chapter.get(page, page) if in_pdf else page, in_pdf)
     pdf = env.get_template("report.html.jinja2").render(common=c, pages=pages, p=pages.index, c=pages.compare,
-                                                        mth=pages.methods, in_pdf=True, panels=panels)
+                                                        mth=pages.methods, in_pdf=True)
     return html, pdf
 
 
