@@ -135,3 +135,20 @@ def test_evidence_panel_attention_is_the_models(language):
     p = role_panel(model, texts, 1, 0, "word_start", language)  # its word start 2 or more back, inside the window
     back = len(p.text) - 1 - np.nonzero(p.marks[-1])[0]
     assert len(p.text) == WINDOW and back.size and (back >= 2).all() and p.text[-1] != " "
+
+
+def test_index_links_the_pdf_explorer_and_key_questions_and_every_image_is_described(planted_site):
+    import re
+
+    out, _ = planted_site
+    index = (out / "index.html").read_text(encoding="utf-8")
+    questions = re.findall(r'<section class="question" id="(q\d+)">', index)
+    assert questions and all(f'href="#{q}"' in index for q in questions)
+    assert 'id="how-to-read"' in index and 'href="#how-to-read"' in index
+    explorers = sorted(p.name for p in out.glob("explore-*.html"))
+    assert explorers and all(f'href="{e}"' in index for e in explorers)
+    assert ('href="report.pdf"' in index) == (out / "report.pdf").exists()  # this run has --no-pdf
+    for page in out.glob("*.html"):
+        for tag in re.findall(r"<img [^>]*>", page.read_text(encoding="utf-8")):
+            alt = re.search(r'alt="([^"]*)"', tag)
+            assert alt and len(alt.group(1)) >= 20, (page.name, tag)  # says what the figure shows
