@@ -125,6 +125,7 @@ class Recurrence:
     effects: tuple[float | None, ...]
     deltas: tuple[float | None, ...]
     writes: tuple[str | None, ...]  # per seed, what the strongest such head writes
+    breaks: tuple[bool, ...] = ()  # per seed, whether removing that head breaks the model (Δ measures breakage)
 
     @property
     def present(self) -> int:
@@ -154,7 +155,7 @@ def recurrence(seeds: list[Seed]) -> list[Recurrence]:
             names.setdefault(r.role, r.family)
     out = []
     for role, fam in names.items():
-        counts, layers, effects, deltas, writes = [], [], [], [], []
+        counts, layers, effects, deltas, writes, broken = [], [], [], [], [], []
         for s in seeds:
             mine = [r for r in s.roles if r.role == role]
             counts.append(len({(r.layer, r.head) for r in mine}))
@@ -163,8 +164,9 @@ def recurrence(seeds: list[Seed]) -> list[Recurrence]:
             effects.append(best.effect if best else None)
             deltas.append(best.delta if best else None)
             writes.append(best.writes if best else None)
+            broken.append(bool(best and best.breaks))
         out.append(Recurrence(role, fam, len(seeds), tuple(counts), tuple(layers), tuple(effects), tuple(deltas),
-                              tuple(writes)))
+                              tuple(writes), tuple(broken)))
     return sorted(out, key=lambda r: (-r.present, r.role))
 
 
