@@ -87,7 +87,7 @@ def main() -> None:
              "Reproduce each folder with:", "", "```sh",
              "reportgen train --language en --steps 5000 --save-at 250,1000,2500 --threads 1 --seed 0 --out inputs/models/en",
              "reportgen train --language he --steps 5000 --save-at 250,1000,2500 --threads 1 --seed 0 --out inputs/models/he",
-             "# other seeds of the same recipe (final checkpoint only), for S in 1 2:",
+             "# other seeds of the same recipe (final checkpoint only), S = 1, 2, ... (the tables below list those shipped):",
              "reportgen train --language en --steps 5000 --threads 1 --seed $S --out inputs/models/en/seed$S",
              "reportgen train --language he --steps 5000 --threads 1 --seed $S --out inputs/models/he/seed$S",
              "```", "",
