@@ -24,6 +24,12 @@ def without_bidi_controls(text: str) -> str:
     return BIDI_CONTROLS.sub("", text)
 
 
+def shown(label: str) -> str:
+    """A user's label as reportgen's own sentences quote it: isolated (FSI ... PDI) when it has right-to-left
+    characters, so it cannot carry the numbers and words around it into its direction; unchanged otherwise."""
+    return f"\u2068{label}\u2069" if has_rtl(label) else label
+
+
 def has_rtl(text: str) -> bool:
     """Whether a string has right-to-left characters (Hebrew, Arabic letters or Arabic digits)."""
     return any(unicodedata.bidirectional(c) in ("R", "AL", "AN") for c in text)

@@ -22,7 +22,7 @@ from .catalogue import (
 )
 from .config import slug
 from .explain import Absent, Explanation, absent_families, explain
-from .languages import LANGUAGE
+from .languages import LANGUAGE, shown
 from .narrate import breaks, supported
 from .results import Ablation, Finding, ModelResult, RoleEffect, Run, Summary
 from .seeds import family_rows, only_seeds, recurrence, role_presence
@@ -367,7 +367,7 @@ def compare_page(models: list[ModelResult], figs: dict) -> ComparePage:
     only = []
     if len(models) == 2:
         fams = [{f.family for f in m.primary} for m in models]
-        only = [f"{fam}: only in {models[i].label}" + only_seeds(models, i, fam)
+        only = [f"{fam}: only in {shown(models[i].label)}" + only_seeds(models, i, fam)
                 for i in (0, 1) for fam in sorted(fams[i] - fams[1 - i])]
     return ComparePage(compare_title(models), models, rows, by_layer, strength, only, figs.get("compare"),
                        [t for t in (circuit_paragraph(m) for m in models) if t], family_rows(models),

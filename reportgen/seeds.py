@@ -21,6 +21,7 @@ import torch
 
 from .capture import natural_probes
 from .config import display_path
+from .languages import shown
 from .evidence import Ablation, Seed, SeedRole, Writes
 from .stats import bootstrap_ci
 
@@ -224,7 +225,7 @@ def compare_counts(models, counts) -> str:
     side = apart(a, b)
     if side:
         more = models[0] if side > 0 else models[1]
-        return f"more in {more.label} in every pair of seeds: a difference that holds across seeds"
+        return f"more in {shown(more.label)} in every pair of seeds: a difference that holds across seeds"
     if len(set(a) | set(b)) == 1:
         return "the same in every seed"
     return "the seeds' ranges overlap: not a difference between the models"
@@ -243,7 +244,7 @@ def role_presence(models) -> list[tuple[str, list[tuple[int, int]], str]]:
         if kn[0][0] / kn[0][1] == kn[1][0] / kn[1][1]:
             continue
         full = [i for i in (0, 1) if kn[i][0] == kn[i][1] and kn[1 - i][0] == 0]
-        verdict = (f"only in {models[full[0]].label}, in every seed: a difference that holds across seeds" if full else
+        verdict = (f"only in {shown(models[full[0]].label)}, in every seed: a difference that holds across seeds" if full else
                    "present in some seeds of each or not in every seed: not a difference between the models")
         out.append((role, kn, verdict))
     return out
@@ -273,5 +274,5 @@ def only_seeds(models, i: int, family: str) -> str:
     k = [sum(c > 0 for c in fam_counts(m, family)) for m in models]
     n = [len(m.seeds) for m in models]
     holds = k[i] == n[i] and k[1 - i] == 0
-    return (f" (in {k[i]} of {n[i]} seeds of {models[i].label}, {k[1 - i]} of {n[1 - i]} of {models[1 - i].label}: "
+    return (f" (in {k[i]} of {n[i]} seeds of {shown(models[i].label)}, {k[1 - i]} of {n[1 - i]} of {shown(models[1 - i].label)}: "
             + ("holds in every seed)" if holds else "not a difference in every seed)"))

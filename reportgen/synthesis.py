@@ -14,6 +14,7 @@ import numpy as np
 
 from .catalogue import FAMILIES
 from .explain import num, pct, signed, subsumed_positional
+from .languages import shown
 from . import narrate
 from . import seeds as seedlib
 from .results import Finding, ModelResult
@@ -80,7 +81,7 @@ def model_quality(m: ModelResult) -> Quality:
         return Quality(True)
     than = (f"worse than uniform guessing over its {vocab} symbols ({num(uniform)}) and than" if measured >= uniform
             else "no better than")
-    return Quality(False, f"{m.label} predicts its held-out text at {num(measured)} bits/char, {than} a unigram model "
+    return Quality(False, f"{shown(m.label)} predicts its held-out text at {num(measured)} bits/char, {than} a unigram model "
                           f"of the text (its character frequencies alone: {num(unigram)} bits/char). It has not learned "
                           f"to use context, so its heads' roles describe where its attention falls, not how it models "
                           f"the language; they are not headline findings.")
@@ -108,7 +109,7 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     """The five key questions, each answered from the results."""
     heads = [(m, f) for m in models for f in m.primary]
     total = sum(m.n_layers * m.n_heads for m in models)
-    q1 = [f"{m.label} {f.head_name}, {f.role}: held-out {num(f.heldout.mean)} against a strictest null of "
+    q1 = [f"{shown(m.label)} {f.head_name}, {f.role}: held-out {num(f.heldout.mean)} against a strictest null of "
           f"{num(f.heldout.mean - f.effect)}, above it in {pct(f.heldout.consistency)} of held-out windows; "
           f"{_cost(m, f)}." + (f" {narrate.recurs(f, m)}" if narrate.recurs(f, m) else "")
           for m, f in ranked(models)[:MAX_Q1_HEADS] if narrate.supported(f, m)
@@ -117,14 +118,14 @@ def key_questions(models: list[ModelResult]) -> list[Question]:
     seeded = [m for m in models if len(m.seeds) > 1]
     if seeded:
         q2.append("Over the seeds of each recipe (the drawn seed first): " + "; ".join(
-            f"{m.label} {' / '.join(map(str, seedlib.counts_or_drawn(m)))} heads with a replicated role over "
+            f"{shown(m.label)} {' / '.join(map(str, seedlib.counts_or_drawn(m)))} heads with a replicated role over "
             f"{len(m.seeds)} seeds" for m in seeded) + ".")
     for fam in FAMILIES:
         n = [sum(f.family == fam.name for f in m.primary) for m in models]
         per_seed = [seedlib.fam_counts(m, fam.name) for m in models]
         if any(n) or any(any(c) for c in per_seed):
             def one(m, k, c):
-                return f"{m.label} {k}" + (f"; {' / '.join(map(str, c))} by seed" if len(c) > 1 else "")
+                return f"{shown(m.label)} {k}" + (f"; {' / '.join(map(str, c))} by seed" if len(c) > 1 else "")
             q2.append(f"{fam.name}: {sum(n)} head{'s' if sum(n) != 1 else ''}" + (
                 " (" + "; ".join(one(m, k, c) for m, k, c in zip(models, n, per_seed)) + ")"
                 if len(models) > 1 or seeded else ""))
@@ -178,7 +179,7 @@ def _linguistic_sense(models: list[ModelResult]) -> list[str]:
         mixed = [f for f in mine if f not in good and f not in broken and f not in idle and f not in untested]
         verdict = ("yes, for most of its roles" if len(good) * 2 > len(mine) else
                    "partly" if good else "not shown: no role's causal evidence matches what the role predicts")
-        text = f"{m.label}: {verdict}. Of {len(mine)} heads with a replicated role, {len(good)} " \
+        text = f"{shown(m.label)}: {verdict}. Of {len(mine)} heads with a replicated role, {len(good)} " \
                f"{'matters' if len(good) == 1 else 'matter'} where {'its' if len(good) == 1 else 'their'} role " \
                f"says" + (f" ({', '.join(f'{f.head_name} {f.role}' for f in good)})" if good else "") + "."
         if broken:
@@ -213,11 +214,11 @@ def _differences(models: list[ModelResult]) -> list[str]:
         if any(any(seedlib.fam_counts(m, fam.name)) for m in models):
             verdict = seedlib.compare_counts(models, lambda m: seedlib.fam_counts(m, fam.name))
             out.append(f"{fam.name}: " + "; ".join(
-                f"{m.label} {sum(f.family == fam.name for f in m.primary)} ({_layers(m, fam.name)}"
+                f"{shown(m.label)} {sum(f.family == fam.name for f in m.primary)} ({_layers(m, fam.name)}"
                 + (f"; {' / '.join(map(str, seedlib.fam_counts(m, fam.name)))} by seed" if len(m.seeds) > 1 else "")
                 + ")" for m in models) + (f" — {verdict}" if verdict else ""))
     for role, kn, verdict in seedlib.role_presence(models):
-        out.append(f"{role}: " + "; ".join(f"{m.label} in {k} of {n} seeds" for m, (k, n) in zip(models, kn))
+        out.append(f"{role}: " + "; ".join(f"{shown(m.label)} in {k} of {n} seeds" for m, (k, n) in zip(models, kn))
                    + f" — {verdict}")
     absent = [fam.name for fam in FAMILIES if fam.compared and
               not any(any(seedlib.fam_counts(m, fam.name)) for m in models)]
@@ -225,7 +226,7 @@ def _differences(models: list[ModelResult]) -> list[str]:
     if any(subsumed.values()):  # the rule is met, but as part of another role: not "absent"
         absent.remove("positional")
         out.append("positional: no role of its own in either model; the rule is met by heads described by another "
-                   "role of theirs in " + "; ".join(f"{label} " + ", ".join(f"{s.head}, {s.by.role}" for s in heads)
+                   "role of theirs in " + "; ".join(f"{shown(label)} " + ", ".join(f"{s.head}, {s.by.role}" for s in heads)
                                                    for label, heads in subsumed.items() if heads))
     if absent:
         out.append(f"in neither model{' (in no seed)' if seeded else ''}: {', '.join(absent)}")
@@ -234,7 +235,7 @@ def _differences(models: list[ModelResult]) -> list[str]:
         p = m.probes.get("probe_natural")
         if p:
             gain = p.loss_first_copy_bits_per_char - p.loss_later_copies_bits_per_char
-            copying.append(f"{m.label} {num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} "
+            copying.append(f"{shown(m.label)} {num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} "
                            f"bits/char ({'copies' if gain > 0 else 'no copying gain'}"
                            + (f"; copies in {sum(bool(seedlib.copies(x)) for x in m.seeds)} of {len(m.seeds)} seeds"
                               if len(m.seeds) > 1 else "") + ")")
@@ -244,7 +245,7 @@ def _differences(models: list[ModelResult]) -> list[str]:
                    + (f" — copying {verdict}" if verdict else "") + ".")
     if seeded:
         out.append("Held-out bits/char by seed [95% CI]: " + "; ".join(
-            f"{m.label} " + ", ".join(f"{x.label} {num(x.bits_per_char)}" + (
+            f"{shown(m.label)} " + ", ".join(f"{x.label} {num(x.bits_per_char)}" + (
                 f" [{num(x.ci_low)}, {num(x.ci_high)}]" if x.ci_low is not None else "") for x in m.seeds)
             for m in models) + ".")
     circuits = [m for m in models if circuit_text(m)]
@@ -252,7 +253,7 @@ def _differences(models: list[ModelResult]) -> list[str]:
         out.append("Circuits (composition edges: removing the earlier head cuts the later head's role score above chance "
                    "by at least half; the share cut, and the median share the same removal cuts from the other role "
                    "heads): " + " ".join(
-                       f"{m.label}: " + ("; ".join(
+                       f"{shown(m.label)}: " + ("; ".join(
                            f"{e.source} → {e.target} ({e.cut:.0%}" + (
                                f" vs {narrate.others_cut(m, e.source, e.target):.0%}"
                                if narrate.others_cut(m, e.source, e.target) is not None else "")
@@ -273,46 +274,46 @@ def limitations(models: list[ModelResult]) -> list[str]:
         missed = [a for a in m.ablation if a.ci_low > 0 and (a.layer, a.head) not in primary]
         missed.sort(key=lambda a: -a.delta_bits_per_char)
         if missed:
-            out.append(f"{m.label}: {len(missed)} heads matter when removed but have no replicated role — "
+            out.append(f"{shown(m.label)}: {len(missed)} heads matter when removed but have no replicated role — "
                        + ", ".join(f"{a.head_name} ({signed(a.delta_bits_per_char)} bits/char)" for a in missed)
                        + ". The detectors do not describe what they do.")
         idle = [f for f in m.primary if relied(m, f) is False]
         if idle:
-            out.append(f"{m.label}: roles the model does not measurably rely on — "
+            out.append(f"{shown(m.label)}: roles the model does not measurably rely on — "
                        + ", ".join(f"{f.head_name} {f.role}" for f in idle) + ".")
         if m.controls:
             survive = set(m.controls.shuffled_text.content_roles)  # "L1H0 word-start head"
             word = [f for f in m.primary if f.family == "word boundary" and f"{f.head_name} {f.role}" in survive]
             if word:
-                out.append(f"{m.label}: word-structure roles that survive character-shuffled text (where no words are "
+                out.append(f"{shown(m.label)}: word-structure roles that survive character-shuffled text (where no words are "
                            f"left) — " + ", ".join(f"{f.head_name} {f.role}" for f in word) +
                            "; they may track the space character rather than word structure.")
             ri = m.controls.random_init
             random_roles = ri.positional_roles + ri.content_roles
-            shown = ", ".join(random_roles[:4]) + (f" and {len(random_roles) - 4} more" if len(random_roles) > 4 else "")
+            listed = ", ".join(random_roles[:4]) + (f" and {len(random_roles) - 4} more" if len(random_roles) > 4 else "")
             if ri.n_draws > 1:
                 many = f"{ri.draws_with_roles} of {ri.n_draws}" if random_roles else f"none of {ri.n_draws}"
-                out.append(f"{m.label}: {many} randomly initialised models of the same shape, with attention as sharp "
+                out.append(f"{shown(m.label)}: {many} randomly initialised models of the same shape, with attention as sharp "
                            f"as the trained model's, {'was given roles' if random_roles and ri.draws_with_roles == 1 else 'were given roles' if random_roles else 'was given a role'}"
-                           + (f" ({shown}); roles like these are not evidence of learning." if random_roles else "."))
+                           + (f" ({listed}); roles like these are not evidence of learning." if random_roles else "."))
             elif random_roles:
-                out.append(f"{m.label}: a randomly initialised model of the same shape was given roles too ("
-                           + shown + "); roles like these are not evidence of learning.")
+                out.append(f"{shown(m.label)}: a randomly initialised model of the same shape was given roles too ("
+                           + listed + "); roles like these are not evidence of learning.")
             inside = [f for f in m.primary if f.effect <= ri.max_effect.get(f.pattern, -math.inf)]
             if inside:
-                out.append(f"{m.label}: roles no stronger than the random models' high end on their detector (flagged "
+                out.append(f"{shown(m.label)}: roles no stronger than the random models' high end on their detector (flagged "
                            f"on their pages) — " + ", ".join(f"{f.head_name} {f.role} ({num(f.effect)} ≤ "
                                                              f"{num(ri.max_effect[f.pattern])})" for f in inside) + ".")
         p = m.probes.get("probe_natural")
         if p and p.loss_later_copies_bits_per_char >= p.loss_first_copy_bits_per_char:
-            out.append(f"{m.label} predicts a repeated passage no better the second time "
+            out.append(f"{shown(m.label)} predicts a repeated passage no better the second time "
                        f"({num(p.loss_first_copy_bits_per_char)} → {num(p.loss_later_copies_bits_per_char)} bits/char): "
                        f"it does not copy in context, whatever its same-character or induction attention.")
     out.append("What a head writes is read directly (through the unembedding) for role heads only; its effect through later "
                "layers is seen only in composition. Ablation removes one head at a time and misses heads that back each "
                "other up.")
     if all(len(m.seeds) > 1 for m in models):
-        out.append("Roles were measured on " + ", ".join(f"{len(m.seeds)} seeds of {m.label}" for m in models)
+        out.append("Roles were measured on " + ", ".join(f"{len(m.seeds)} seeds of {shown(m.label)}" for m in models)
                    + "; pages, figures, generation, controls and composition are drawn from one seed each, and a "
                      "role found in fewer than every seed is marked so on its page.")
     else:
@@ -347,9 +348,9 @@ def circuit_text(m: ModelResult) -> str:
     role = {f.head_name: f.role for f in m.primary}
     edges = m.circuit.edges
     if not edges:
-        return (f"{m.label}: no composition edge — removing any single earlier head leaves every later role head's "
+        return (f"{shown(m.label)}: no composition edge — removing any single earlier head leaves every later role head's "
                 f"score above half its excess over chance ({len(m.circuit.measured)} pairs measured).")
-    return f"{m.label}: " + "; ".join(
+    return f"{shown(m.label)}: " + "; ".join(
         f"{e.source} ({narrate.short_role(role.get(e.source, 'no role'))}) → {e.target} "
         f"({narrate.short_role(role.get(e.target, 'no role'))}): " + narrate.edge_words(m, e) for e in sorted(edges, key=lambda e: -e.cut)) + "."
 
@@ -361,7 +362,7 @@ def circuit_paragraph(m: ModelResult) -> str:
     role = {f.head_name: f.role for f in m.primary}
     edges = m.circuit.edges
     if not edges:
-        return f"{m.label}: no earlier head alone feeds any role head (removing one cuts no role score by half)."
+        return f"{shown(m.label)}: no earlier head alone feeds any role head (removing one cuts no role score by half)."
     parts = []
     for src in dict.fromkeys(e.source for e in sorted(edges, key=lambda e: -e.cut)):
         mine = [e for e in edges if e.source == src]
@@ -374,7 +375,7 @@ def circuit_paragraph(m: ModelResult) -> str:
                      f"head by {narrate.SELECTIVE * 100:.0f} percentage points count as selective"
                      + (f" ({', '.join(loose)}: possibly general disruption)" if loose else ""))
         parts.append(text)
-    return f"{m.label} circuit: " + ". ".join(parts) + "."
+    return f"{shown(m.label)} circuit: " + ". ".join(parts) + "."
 
 
 def conclusion(models: list[ModelResult]) -> list[str]:
@@ -386,12 +387,12 @@ def conclusion(models: list[ModelResult]) -> list[str]:
             out.append(model_quality(m).text)
             continue
         if not heads:
-            out.append(f"{m.label}: no head has a role that held on held-out text.")
+            out.append(f"{shown(m.label)}: no head has a role that held on held-out text.")
             continue
         good = [f for _, f in heads if narrate.supported(f, m)]
         broken = [f for _, f in heads if narrate.breaks(m, m.ablation_of(f.layer, f.head))]
         rest = [f for _, f in heads if f not in good and f not in broken]
-        text = f"{m.label}: {len(heads)} of {m.n_layers * m.n_heads} heads have a replicated role."
+        text = f"{shown(m.label)}: {len(heads)} of {m.n_layers * m.n_heads} heads have a replicated role."
         if good:
             text += " Roles the causal evidence agrees with (the model relies on the head where its role predicts): " \
                     + "; ".join(f"{f.head_name}, {narrate.article(f.role)} {f.role}" for f in good) + "."
@@ -412,7 +413,7 @@ def conclusion(models: list[ModelResult]) -> list[str]:
     if "positional" in absent and any(subsumed_positional(m) for m in models):
         absent.remove("positional")  # met by heads whose fixed-offset or other role already describes them
         out.append("No head has a positional role of its own; the heads that meet the positional rule are described "
-                   "by another role of theirs (" + "; ".join(f"{m.label} {s.head}" for m in models
+                   "by another role of theirs (" + "; ".join(f"{shown(m.label)} {s.head}" for m in models
                                                             for s in subsumed_positional(m)) + ").")
     if absent:
         out.append("Not found in any model: " + ", ".join(absent) + " (each model page gives the closest candidate).")

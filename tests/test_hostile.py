@@ -624,3 +624,20 @@ def test_export_windows_are_bounded(tmp_path, capsys):
         assert cli(["export", "--model", "inputs/models/en/step05000.pt", "--text", "inputs/reportgen.toml",
                     "--windows", n, "--out", str(tmp_path / "a.npz")]) == 2
         assert "--windows must be between 1 and" in capsys.readouterr().err
+
+
+def test_a_right_to_left_label_is_isolated_in_reportgen_s_own_sentences(planted_site):
+    """A Hebrew label next to a number in a generated sentence would carry the number into its direction
+    ("מודל 3 / 4" read as "4 / 3 מודל"); quoted in isolates it cannot. Latin labels are printed as they are."""
+    from dataclasses import replace as dc_replace
+
+    from reportgen.results import read_run
+    from reportgen.synthesis import key_questions, limitations
+
+    out, _ = planted_site
+    m = read_run(out).models[0]
+    hebrew = dc_replace(m, label="מודל")
+    text = " ".join(a for q in key_questions([hebrew]) for a in q.a) + " ".join(limitations([hebrew]))
+    assert "\u2068מודל\u2069" in text and "מודל" not in text.replace("\u2068מודל\u2069", "")
+    plain = " ".join(a for q in key_questions([m]) for a in q.a)
+    assert "\u2068" not in plain and m.label in plain
