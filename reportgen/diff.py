@@ -91,15 +91,17 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
         entry = {"label": x.label, "title": x.label if x.label == y.label else f"{x.label} → {y.label}", "a": {"checkpoint": x.checkpoint.path, "step": x.checkpoint.step},
                  "b": {"checkpoint": y.checkpoint.path, "step": y.checkpoint.step, "label": y.label},
                  "comparable": (x.n_layers, x.n_heads) == (y.n_layers, y.n_heads), "not_compared": []}
-        bpc = [m.baseline_bits_per_char or m.checkpoint.heldout_bits_per_char_at_training for m in (x, y)]
+        # held-out loss is always compared: the causal baseline, else the loss each run measured on its held-out text,
+        # else the one recorded at training time
+        bpc = [m.baseline_bits_per_char or m.measured_bits_per_char or m.checkpoint.heldout_bits_per_char_at_training
+               for m in (x, y)]
         entry["heldout_bits_per_char"] = {"a": bpc[0], "b": bpc[1],
                                           "change": None if None in bpc else bpc[1] - bpc[0]}
         entry["model_changes"] = _model_changes(x, y)
         if not x.ablation or not y.ablation:
-            entry["not_compared"].append("no ablation on both sides: ablation effects and the measured held-out loss "
-                                         "with its CI are not compared (diff checkpoints with --causal for them); "
-                                         "held-out bits/char are those recorded at training time where measured ones "
-                                         "are missing")
+            entry["not_compared"].append("no ablation on both sides: ablation effects and the held-out loss's CI are "
+                                         "not compared (diff checkpoints with --causal for them); held-out bits/char "
+                                         "are each run's own measurement on its held-out text")
         if x.hyperparameters["vocab_size"] != y.hyperparameters["vocab_size"]:
             entry["not_compared"].append("vocabularies differ: class and character statistics are compared by name only")
         if not entry["comparable"]:
@@ -161,6 +163,9 @@ def compare(a: RunData, b: RunData, force: bool = False, seed: int = 0) -> dict:
         entry["heatmaps"] = _most_changed(entry)
     summary = {status: sum(c["status"] == status for m in models for c in m["changes"])
                for status in ("appeared", "vanished", "strengthened", "weakened")}
+    # roles gained and lost by the role rules (what the role list shows), beside the statistics' statuses
+    summary["roles_gained"] = sum(len(r["gained"]) for m in models for r in m.get("role_changes", []))
+    summary["roles_lost"] = sum(len(r["lost"]) for m in models for r in m.get("role_changes", []))
     return {"schema_version": SCHEMA_VERSION, "a": display_path(a.source), "b": display_path(b.source),
             "summary": summary, "min_change": MIN_CHANGE,
             "alpha": ALPHA, "models": models,
@@ -259,7 +264,8 @@ def render(doc: dict, out: Path, pdf: bool = True,
     nav = [("../index.html", "Overview")] if (out.parent / "index.html").exists() else []
     common = Common(nav + [("diff.html", "Diff")],
                     Footer(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), __version__, 0, "diff.json"))
-    html = make_env().get_template("diff.html.jinja2").render(d=doc, common=common, page="diff.html")
+    html = make_env().get_template("diff.html.jinja2").render(d=doc, common=common, page="diff.html",
+                                                              summary_sentence=summary_sentence)
     write_text_atomic(out / "diff.html", html)
     shutil.copy(template_dir() / "style.css", out / "style.css")
     if pdf:
@@ -323,3 +329,12 @@ def print_summary(doc: dict) -> None:
         for note in m["not_compared"]:
             console.print(f"  note: {note}", markup=False)
     console.print(f"{doc['significant']} significant change(s) (q < {doc['alpha']}, |change| >= {doc['min_change']})")
+    console.print(summary_sentence(doc["summary"]), markup=False)
+
+
+def summary_sentence(summary: dict) -> str:
+    """The role list's totals and the statistics' statuses in one sentence, so neither contradicts the other."""
+    gained, lost = summary.get("roles_gained", 0), summary.get("roles_lost", 0)
+    return (f"Roles: {lost} lost and {gained} gained by the role rules (each listed per head); of these, "
+            f"{summary['vanished']} vanished and {summary['appeared']} appeared with a significant change of their "
+            f"statistic. Other statistics: {summary['strengthened']} strengthened, {summary['weakened']} weakened.")

@@ -202,3 +202,20 @@ def test_paired_changes_in_chunks_equal_one_comparison_at_a_time():
         p = 1.0 if d.std(ddof=1) == 0 else 2 * t_sf(abs(d.mean()) / (d.std(ddof=1) / np.sqrt(len(d))), len(d) - 1)
         np.testing.assert_allclose(got[k], (d.mean(), low[0], high[0], p), rtol=1e-12, atol=0, err_msg=str(k))
     assert got[5][3] == 1.0 and len(got) == 700
+
+
+def test_the_summary_counts_the_role_list_and_the_loss_is_always_compared(runs):
+    """The summary once said '1 vanished' beside a list of 3 lost roles (it counted statistics, not roles), and
+    compared no loss without --causal; now its role totals are the list's and both sides' held-out loss is shown."""
+    import re
+
+    root, paths = runs
+    _, doc = _diff(root, paths["a"], paths["b"])
+    m = doc["models"][0]
+    lost = sum(len(r["lost"]) for r in m["role_changes"])
+    gained = sum(len(r["gained"]) for r in m["role_changes"])
+    assert (doc["summary"]["roles_lost"], doc["summary"]["roles_gained"]) == (lost, gained)
+    page = re.sub(r"\s+", " ", (root / "diffout" / "diff.html").read_text())
+    assert f"Roles: {lost} lost and {gained} gained" in page
+    bpc = m["heldout_bits_per_char"]
+    assert bpc["a"] is not None and bpc["b"] is not None and bpc["change"] == pytest.approx(bpc["b"] - bpc["a"])
