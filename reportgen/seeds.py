@@ -245,7 +245,7 @@ def role_presence(models) -> list[tuple[str, list[tuple[int, int]], str]]:
             continue
         full = [i for i in (0, 1) if kn[i][0] == kn[i][1] and kn[1 - i][0] == 0]
         verdict = (f"only in {shown(models[full[0]].label)}, in every seed: a difference that holds across seeds" if full else
-                   "present in some seeds of each or not in every seed: not a difference between the models")
+                   "found in some seeds only: not a difference between the models")
         out.append((role, kn, verdict))
     return out
 
