@@ -14,7 +14,6 @@ Nothing is ever unpickled beyond tensors and plain containers (`torch.load(weigh
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from .device import CPU, place
 from .errors import ReportgenError
 from .layouts import COURSE_NAME, beside_or_above, props_file, resolve, step_of
 from .model import ModelConfig, TransformerLM
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, read_json
 
 FORMAT = "reportgen-checkpoint"
 FORMAT_VERSION = 1
@@ -300,10 +299,7 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
         match = COURSE_NAME.search(path.name)
         props = props_file(path)
         if props is not None and props.exists():
-            try:
-                known = json.loads(props.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ReportgenError(f"{props}: not valid JSON ({exc})") from None
+            known = read_json(props, "props")
         config = infer_config(state, path, with_residuals=with_residuals, known=known)
         tokenizer = _course_tokenizer(path, train_text, config.vocab_size)
         meta = {"format": "course", "step": _number(payload.get("step", step_of(path))),

@@ -12,6 +12,26 @@ PAD = "<PAD>"
 OOV_POLICIES = ("error", "drop", "replace")
 
 
+MAX_JSON_BYTES = 16 * 2 ** 20  # a tokenizer or props file of a character model is a few KB
+
+
+def read_json(path: Path, what: str):
+    """A small JSON file (tokenizer, props); every way it can be wrong is one ReportgenError naming it: a folder, a
+    file too large, not UTF-8, not JSON, nested too deeply to read, unreadable."""
+    if path.is_dir():
+        raise ReportgenError(f"{path}: is a folder, not a {what} JSON file")
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ReportgenError(f"{path}: {path.stat().st_size:,} bytes, too large for a {what} JSON file")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ReportgenError(f"{path}: not a valid {what} JSON (nested too deeply to read)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportgenError(f"{path}: not a valid {what} JSON ({exc})") from None
+    except OSError as exc:
+        raise ReportgenError(f"{path}: cannot read the {what} JSON ({exc.strerror or exc})") from None
+
+
 class CharTokenizer:
     """Vocabulary = ["<PAD>"] + sorted characters of the training text."""
 
@@ -82,12 +102,9 @@ class CharTokenizer:
     def load(cls, path: str | Path) -> "CharTokenizer":
         """Read a course-style tokenizer.json."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ReportgenError(f"{path}: tokenizer file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ReportgenError(f"{path}: not a valid tokenizer JSON ({exc})") from None
+        if not path.exists() and not path.is_symlink():
+            raise ReportgenError(f"{path}: tokenizer file not found")
+        data = read_json(path, "tokenizer")
         if not isinstance(data, dict):
             raise ReportgenError(f"{path}: tokenizer JSON is not an object")
         if isinstance(data.get("vocab"), list):

@@ -641,3 +641,21 @@ def test_a_right_to_left_label_is_isolated_in_reportgen_s_own_sentences(planted_
     assert "\u2068מודל\u2069" in text and "מודל" not in text.replace("\u2068מודל\u2069", "")
     plain = " ".join(a for q in key_questions([m]) for a in q.a)
     assert "\u2068" not in plain and m.label in plain
+
+
+@pytest.mark.parametrize("kind", ["folder", "deep", "props-deep"])
+def test_a_tokenizer_or_props_json_that_is_a_folder_or_nested_too_deep_is_one_line(tmp_path, capsys, kind):
+    from .test_model import course_model
+
+    torch.save({"model_state_dict": course_model().state_dict()}, tmp_path / "checkpoint_step300_loss1.25.pt")
+    CharTokenizer.from_text(["abcdefghijkl"]).save(tmp_path / "tokenizer.json")
+    if kind == "folder":
+        (tmp_path / "tokenizer.json").unlink()
+        (tmp_path / "tokenizer.json").mkdir()
+    else:
+        name = "tokenizer.json" if kind == "deep" else "checkpoint_step300_props.json"
+        (tmp_path / name).write_text("[" * 100_000 + "]" * 100_000)
+    assert cli(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unexpected" not in err
+    assert ("is a folder" if kind == "folder" else "nested too deeply") in err
