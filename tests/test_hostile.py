@@ -659,3 +659,22 @@ def test_a_tokenizer_or_props_json_that_is_a_folder_or_nested_too_deep_is_one_li
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unexpected" not in err
     assert ("is a folder" if kind == "folder" else "nested too deeply") in err
+
+
+def test_a_file_size_limit_is_named_as_such_and_the_earlier_output_kept(world):
+    """`ulimit -f`: a write past the limit fails with EFBIG (Python ignores SIGXFSZ); the run says so in one line,
+    exit 2, and the earlier output is untouched."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    before = _snapshot(world / "site")
+    done = subprocess.run([sys.executable, "-m", "reportgen", *_args(world), "--force"], capture_output=True,
+                          text=True, timeout=600, preexec_fn=limit, cwd=Path(__file__).parent.parent)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("error:") and "File too large" in last, done.stderr[-500:]
+    assert "unexpected" not in done.stderr and "Traceback" not in done.stderr
+    assert _snapshot(world / "site") == before
