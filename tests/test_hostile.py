@@ -359,9 +359,13 @@ def test_bidi_overrides_in_user_strings_cannot_reorder_reportgen_text(world, cap
     out = world / "bidi"
     assert cli(["run", "--config", str(toml), "--out", str(out), "--no-pdf"]) == 0, capsys.readouterr().err
     pages = {p.name: p.read_text() for p in out.glob("*.html")}
+    label = "Evil \u05e2\u05d1\u05e8\u05d9\u05ea"
     html = "".join(pages.values())
-    assert not any(c in html for c in BIDI_CONTROLS), "an explicit bidi control reached the pages"
-    assert "Evil \u05e2\u05d1\u05e8\u05d9\u05ea" in html and "reads back" in html
+    # the only controls left are reportgen's own balanced isolates (FSI ... PDI) around the label in its sentences
+    assert f"\u2068{label}\u2069 predicts its held-out text" in pages["index.html"]
+    assert not any(c in html.replace(f"\u2068{label}\u2069", label) for c in BIDI_CONTROLS), \
+        "an explicit bidi control reached the pages"
+    assert label in html and "reads back" in html
     model = next(v for k, v in pages.items() if k.startswith("model-"))
     assert "<h1><bdi>Evil \u05e2\u05d1\u05e8\u05d9\u05ea</bdi></h1>" in model
     assert re.search(r"predicts its held-out text at \d\.\d{3} bits/char, worse than uniform guessing over its 46 "
