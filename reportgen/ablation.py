@@ -244,6 +244,15 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     return float(base.mean()), out
 
 
+def ablation_inputs(ids: np.ndarray, T: int, cfg: "RunConfig") -> tuple[torch.Tensor, np.ndarray, int]:
+    """The held-out windows (W, T+1) every head is ablated on (`cfg.ablation_windows`, evenly spread) and the
+    repeated passages (P, T) with their period, for the second-copy contrast: the same for a model and its seeds."""
+    n = (len(ids) - 1) // (T + 1)
+    starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
+    nat, period = natural_probes(ids, max(8, cfg.n_probes // 4), T)
+    return torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts])), nat, period
+
+
 def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) -> CausalEvidence:
     """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
     prep, stats = a.prep, a.stats
@@ -251,10 +260,7 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
     model = bundle.model
     T = bundle.config.max_context_len
     ids = prep.ids["heldout"]
-    n = (len(ids) - 1) // (T + 1)
-    starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
-    windows = torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))  # (W, T+1)
-    nat, period = natural_probes(ids, max(8, cfg.n_probes // 4), T)
+    windows, nat, period = ablation_inputs(ids, T, cfg)
     rng = np.random.default_rng([cfg.seed, index, 11])
     L, H = bundle.config.n_layers, bundle.config.n_heads
     task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)

@@ -12,15 +12,13 @@ is therefore invariant to a permutation of the heads within a layer.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .capture import natural_probes
-from .config import display_path
+from .config import SEED_FOLDER, display_path
 from .languages import shown
 from .evidence import Ablation, Seed, SeedRole, Writes
 from .stats import bootstrap_ci
@@ -36,7 +34,7 @@ def seed_label(a: "ModelAnalysis", fallback: int) -> tuple[str, int | None]:
     if isinstance(recorded, int) and not isinstance(recorded, bool):
         return f"seed {recorded}", recorded
     for part in reversed(a.prep.bundle.path.parts):
-        m = re.fullmatch(r"seed(\d+)", part)
+        m = SEED_FOLDER.fullmatch(part)
         if m:
             return f"seed {int(m[1])}", int(m[1])
     return f"seed #{fallback}", None
@@ -81,7 +79,7 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
             progress) -> Seed:
     """An extra seed's causal summary: every head resample-ablated on the run's ablation windows (no mean column,
     controls, generation or composition), what its role heads write, and its record."""
-    from .ablation import ablate_heads
+    from .ablation import ablate_heads, ablation_inputs
     from .writes import head_writes
 
     prep = a.prep
@@ -91,10 +89,7 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
     if cfg.ablation_windows:
         T = bundle.config.max_context_len
         ids = prep.ids["heldout"]
-        n = (len(ids) - 1) // (T + 1)
-        starts = np.linspace(0, n - 1, min(n, cfg.ablation_windows)).round().astype(int) * (T + 1)
-        windows = torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts]))
-        nat, period = natural_probes(ids, max(8, cfg.n_probes // 4), T)
+        windows, nat, period = ablation_inputs(ids, T, cfg)
         L, H = bundle.config.n_layers, bundle.config.n_heads
         task = progress.add_task(f"{prep.spec.label}: seeds: ablate each head", total=L * H)
         found: list[float] = []
@@ -180,12 +175,6 @@ def family_counts(seeds: list[Seed], family: str) -> tuple[int, ...]:
 def heads_with_roles(seeds: list[Seed]) -> tuple[int, ...]:
     """Per seed, heads with a replicated main role."""
     return tuple(sum(r.primary for r in s.roles) for s in seeds)
-
-
-def span(values: tuple[int, ...] | list[int]) -> str:
-    """'4' when every seed agrees, else '1–6'."""
-    lo, hi = min(values), max(values)
-    return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
 def apart(a: tuple[int, ...], b: tuple[int, ...]) -> int:
