@@ -149,3 +149,47 @@ def test_a_role_in_one_seed_is_never_a_language_difference(planted_site):
     assert "holds in every seed" in only[0]
     counts = Counter(r.role for s in models[0].seeds for r in s.roles)
     assert counts["space head"] == 2
+
+
+TINY = ["--layers", "1", "--heads", "4", "--embed", "32", "--context", "16", "--mlp", "32", "--batch-size", "16",
+        "--lr", "5e-3", "--steps", "1500", "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_two_trained_seeds_recur_as_each_seed_drawn_on_its_own_finds(tmp_path):
+    """Two seeds of a tiny model trained here on a small text. The recurrence counts of a run drawing seed 0 are
+    computed independently: each seed's roles are read from a second run that draws seed 1 instead (its roles
+    then come from the drawn model's own detectors and replication, not from the seed record), and counted here."""
+    from .planted import planted_text
+
+    text = tmp_path / "text.txt"
+    text.write_text(planted_text(24000))
+    family = tmp_path / "family"
+    for s in (0, 1):
+        assert cli(["train", "--text", str(text), *TINY, "--seed", str(s), "--out", str(family / f"seed{s}")]) == 0
+    common = ["--train-windows", "48", "--no-pdf"]
+    assert cli(["run", "--model", str(family), "--label", "Tiny", "--language", "en", "--text", str(text),
+                "--out", str(tmp_path / "a"), *common]) == 0
+    (tmp_path / "b.toml").write_text(  # seed 1 drawn, seed 0 beside it
+        f'[[model]]\npath = "{family / "seed1"}"\nlabel = "Tiny"\nlanguage = "en"\ntext = "{text}"\n'
+        f'seeds = ["{family / "seed0"}"]\n')
+    assert cli(["run", "--config", str(tmp_path / "b.toml"), "--out", str(tmp_path / "b"), *common]) == 0
+    a, b = read_run(tmp_path / "a").models[0], read_run(tmp_path / "b").models[0]
+    assert [s.label for s in a.seeds] == ["seed 0", "seed 1"] and [s.label for s in b.seeds] == ["seed 1", "seed 0"]
+    drawn = {0: a.replicated, 1: b.replicated}  # each seed's replicated roles as the drawn model
+    names = sorted({f.role for fs in drawn.values() for f in fs})
+    assert names, "the tiny seeds were meant to learn at least one role; the test would check nothing"
+    got = {r.role: r for r in recurrence(a.seeds)}
+    assert sorted(got) == names
+    for role in names:
+        counts = tuple(len({(f.layer, f.head) for f in drawn[s] if f.role == role}) for s in (0, 1))
+        assert got[role].counts == counts and got[role].present == sum(c > 0 for c in counts)
+        layers = tuple(tuple(sorted({f.layer for f in drawn[s] if f.role == role})) for s in (0, 1))
+        assert got[role].layers == layers
+    # seed 1's record in run a is what run b's analysis found when seed 1 was drawn, number for number
+    rec = {(r.layer, r.head, r.role): (r.effect, r.delta) for r in a.seeds[1].roles}
+    assert rec == {(r.layer, r.head, r.role): (r.effect, r.delta) for r in b.seeds[0].roles}
+    assert a.seeds[1].bits_per_char == b.seeds[0].bits_per_char
+    page = (tmp_path / "a" / "model-tiny.html").read_text()
+    for role in names:
+        assert f"{got[role].present} of 2" in page
