@@ -9,6 +9,7 @@ in logical order, never reversed by hand.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 import sys
@@ -202,27 +203,6 @@ def diff_head_figure(title: str, a: np.ndarray, b: np.ndarray, a_label: str, b_l
         return png_bytes(fig)
 
 
-def grid_figure(title: str, text: str, attn: np.ndarray, roles: list[list[str]]) -> bytes:
-    """Every layer x head on one input: small heatmaps (L, H, T, T) with each head's role below."""
-    L, H = attn.shape[:2]
-    with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(2.0 * H + 0.8, 2.15 * L + 0.6), layout="constrained")
-        axes = fig.subplots(L, H, squeeze=False)
-        img = None
-        for l in range(L):
-            for h in range(H):
-                ax = axes[l, h]
-                img = ax.imshow(attn[l, h], cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(f"L{l}H{h}", fontsize=8, pad=2)
-                role = roles[l][h]
-                ax.set_xlabel(role if len(role) <= 28 else role[:27] + "…", fontsize=6)
-        fig.colorbar(img, ax=axes, fraction=0.02, pad=0.02, label="attention weight (square-root scale)")
-        fig.suptitle(f"{title}\ninput: {text[:60]!s}", fontsize=9)
-        return png_bytes(fig, dpi=90)
-
-
 def score_matrix_figure(title: str, detectors: list[str], heads: list[str], ratio: np.ndarray,
                         marked: np.ndarray) -> bytes:
     """Detector x head matrix of observed / chance (log2), with role cells outlined."""
@@ -287,7 +267,9 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
         return png_bytes(fig)
 
 
-CODE_HASH = hashlib.sha256(Path(__file__).read_bytes()).digest()  # a change to any figure code redraws every figure
+FIGURE_CODE = ("figures.py", "gridfig.py")
+CODE_HASH = hashlib.sha256(b"".join(Path(__file__).with_name(n).read_bytes() for n in FIGURE_CODE)).digest()
+# a change to any figure code redraws every figure
 
 
 def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, str, float, bool]],
@@ -351,6 +333,9 @@ def _die_with_parent(parent: int) -> None:
 def _render(job: tuple) -> bytes:
     """Worker entry: (function name, args) -> PNG bytes."""
     name, args = job
+    if "." in name:  # a figure drawn in another module ("gridfig.grid_figure")
+        module, name = name.rsplit(".", 1)
+        return getattr(importlib.import_module(f".{module}", __package__), name)(*args)
     return globals()[name](*args)
 
 

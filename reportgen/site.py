@@ -74,7 +74,7 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
         L, H = m.n_layers, m.n_heads
         roles = [[m.role_label(l, h) for h in range(H)] for l in range(L)]
         caption, text, attn = next((e for e in a.examples if e[0] == "held-out passage"), a.examples[-1])
-        idx[(m.label, "grid")] = fw.add("grid_figure", f"{m.label}: every layer × head", text, attn, roles)
+        idx[(m.label, "grid")] = fw.add("gridfig.grid_figure", m.label, text, attn, roles, has_rtl(text))
         if m.circuit is not None and m.circuit.measured:
             idx[(m.label, "circuit")] = fw.add(
                 "circuit_figure", f"{m.label}: what feeds each role head (composition)",

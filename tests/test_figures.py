@@ -45,13 +45,13 @@ def test_figures_are_deterministic_and_named_by_content(tmp_path):
     names = []
     for run in ("a", "b"):
         fw = FigureWriter(tmp_path / run, workers=1)
-        fw.add("grid_figure", "title", "HELLO!", attn, [["x", "y"], ["z", "w"]])
+        fw.add("gridfig.grid_figure", "title", "HELLO!", attn, [["x", "y"], ["z", "w"]])
         names.append(fw.run())
     assert names[0] == names[1]
     assert (tmp_path / "a" / names[0][0]).read_bytes() == (tmp_path / "b" / names[1][0]).read_bytes()
     cache: dict = {}
     fw = FigureWriter(tmp_path / "c", workers=1)
-    fw.add("grid_figure", "title", "HELLO!", attn, [["x", "y"], ["z", "w"]])
+    fw.add("gridfig.grid_figure", "title", "HELLO!", attn, [["x", "y"], ["z", "w"]])
     first = fw.run(cache)
     (tmp_path / "c" / first[0]).touch()
     mtime = (tmp_path / "c" / first[0]).stat().st_mtime_ns
