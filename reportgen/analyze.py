@@ -28,6 +28,7 @@ from .corpora import TextSplit, bible_split, text_split
 from .detectors import SKIP
 from .errors import ReportgenError
 from .hypotheses import check_targets
+from .caseclasses import case_classes
 from .languages import LANGUAGE, example_inputs
 from .languages import ensure as ensure_language
 from .progress import make_progress, say, stage_seconds
@@ -207,7 +208,7 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: s
         task = progress.add_task(f"{spec.label}: {stage}capture {s} ({n} windows)", total=n)
         scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
                             source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k),
-                            hypotheses=cfg.hypotheses)
+                            hypotheses=cfg.hypotheses + case_classes(bundle.tokenizer.vocab, prep.split.language))
     # Probes per split: fresh random sequences, and repeated passages from that split's own text, so a
     # probe-based role found on training text is confirmed on sequences it never saw.
     task = progress.add_task(f"{spec.label}: {stage}repeated-sequence probes", total=2 * len(SPLITS))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 from .classes import CLASS_NAMES
+from .caseclasses import DESCRIPTIONS as CASE_DESCRIPTIONS
 from .languages import LANGUAGE, Language
 
 ALPHA = 0.05  # FDR level for every role rule
@@ -276,6 +277,7 @@ def _detectors() -> tuple[Detector, ...]:
                     "repetition", "induction head (repeated passages)", _PROBE, _COMPARE, COPYING)]
     ds.append(Detector("sink", "shape", "attention mass on the first position of the window", "sink", "sink head",
                        Rule("mass", "the mass on position 0", **_MASS)))
+    ds += [Detector(n, "case", d, shown=frozenset()) for n, d in CASE_DESCRIPTIONS.items()]  # no role (caseclasses)
     ds += [Detector("entropy", "descriptive", "normalised entropy H_i / ln(i+1) (1 = uniform over the prefix)",
                     shown=frozenset()),
            Detector("distance", "descriptive", "mean attention distance (characters back)", shown=frozenset()),

@@ -257,7 +257,9 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
         else:
             mr = h.mask(*partner_labels, vocab).to(attn.dtype)
             swap[h.detector] = _query_mean((attn * mr.view(B, 1, 1, T, S)).sum(-1)) / share
-        if h.keys == "class":
+        if hasattr(h, "structure"):  # a key set with its own simpler explanations (caseclasses.CaseClass)
+            structure[h.detector] = h.structure(attn, ids, codes, vocab)
+        elif h.keys == "class":
             queries = h.query_positions(ids, codes, vocab).to(attn.dtype)
             structure[h.detector] = _structure(h, attn.float(), ids, codes, vocab, queries) / share
             if h.key_class in LETTER_CLASSES:
