@@ -17,6 +17,7 @@ from .checkpoint import ModelBundle
 from .classes import CharClasses
 from .detectors import CLASS_C, SKIP, batch_stats, class_onehot, content_chance, swap_partners
 from .errors import ReportgenError
+from .querychars import accumulate as accumulate_query_chars
 from .hypotheses import positional as hypothesis_positional
 from .hypotheses import query_shares
 from .hypotheses import scores as hypothesis_scores
@@ -48,6 +49,7 @@ class HeadScores:
     samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (text, attn (L, H, T, T))
     profiles: dict[str, np.ndarray] = field(default_factory=dict)  # `profiles.profile_stats` per window (W, ...),
     # with char_chance (W, V) and char_class (V,)
+    query_chars: dict | None = None  # `querychars.accumulate` sums: attention by query character
 
     @property
     def n_windows(self) -> int:
@@ -150,7 +152,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
     shares = query_shares(hypotheses, windows, lookup[windows], vocab) if hypotheses else {}  # per query it is about
     parts, samples = [], []
     attn_sum = class_matrix = class_count = None
-    previous = None
+    previous = qchars = None
     partners, done = [], 0  # global label-swap partner of every window, windows scored so far
     for chunks, batch in batches:
         chunks = [chunks] if isinstance(chunks, torch.Tensor) else chunks  # pieces of the batch's attention
@@ -175,6 +177,8 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
                     text = detok(batch[b].tolist()) if detok else ""
                     samples.append((text, attn[b - lo].numpy().copy()))
             new = attn[max(keep - lo, 0):]
+            new_ids = batch[lo:hi][max(keep - lo, 0):]
+            qchars = accumulate_query_chars(qchars, new, new_ids, lookup[new_ids], vocab_size, CLASS_C, SKIP)
             step = sum_unit or max(len(new), 1)
             for u in range(0, len(new), step):
                 summed = new[u:u + step].float().sum(0)
@@ -225,7 +229,7 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
         mean_attn=mean_attn.numpy(), class_matrix=(class_matrix / counts).numpy(),
         class_chance=class_chance.numpy(), class_count=class_count.numpy(),
         window_starts=np.asarray(starts), swap_partner=np.concatenate(partners), samples=samples, profiles=profiles,
-    )
+        query_chars=qchars)
 
 
 @dataclass(frozen=True)

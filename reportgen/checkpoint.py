@@ -214,7 +214,8 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], path: Path)
 
 def save_checkpoint(path: Path, model: TransformerLM, tokenizer: CharTokenizer, *, step: int,
                     train_loss: float, heldout_bits_per_char: float, corpus: dict[str, Any],
-                    seed: int, history: list[list[float]], dtype: torch.dtype = torch.float16) -> None:
+                    seed: int, history: list[list[float]], dtype: torch.dtype = torch.float16,
+                    batch_size: int | None = None) -> None:
     """Write a self-contained reportgen checkpoint (weights in `dtype`, mask buffers omitted)."""
     state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items() if not k.endswith(".mask")}
     payload = {
@@ -222,6 +223,7 @@ def save_checkpoint(path: Path, model: TransformerLM, tokenizer: CharTokenizer, 
         "vocab": tokenizer.vocab, "model_state_dict": state, "step": int(step),
         "train_loss": float(train_loss), "heldout_bits_per_char": float(heldout_bits_per_char),
         "corpus": corpus, "seed": int(seed), "history": history,
+        **({"batch_size": int(batch_size)} if batch_size else {}),  # sequences per step (the model card's count)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -249,6 +251,14 @@ def _course_tokenizer(ckpt: Path, train_text: str | Path | None, vocab_size: int
         raise ReportgenError(
             f"{source}: vocabulary has {tok.vocab_size()} symbols but the checkpoint {ckpt.name} expects {vocab_size}")
     return tok
+
+
+def _batch(size: Any, accumulate: Any = 1) -> dict[str, int]:
+    """{"batch_size": sequences per training step} when a checkpoint records a whole positive batch size (times
+    nanoGPT's gradient accumulation steps), else nothing."""
+    size, accumulate = _number(size), _number(accumulate)
+    ok = lambda n: isinstance(n, int) and n > 0
+    return {"batch_size": size * accumulate} if ok(size) and ok(accumulate) else {}
 
 
 def _number(x: Any) -> float | int | None:
@@ -282,6 +292,7 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
             raise ReportgenError(f"{path}: vocabulary size {tokenizer.vocab_size()} != model's {config.vocab_size}")
         meta = {k: payload.get(k) for k in ("step", "train_loss", "heldout_bits_per_char", "corpus", "seed", "history")}
         meta["format"] = "reportgen"
+        meta.update(_batch(payload.get("batch_size")))
         language = language or (payload.get("corpus") or {}).get("language")
     elif nanogpt.is_nanogpt(payload):
         known, state = nanogpt.convert(payload, path)
@@ -290,6 +301,8 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
                                                      config.vocab_size, path))
         meta = {"format": "nanogpt", "step": _number(payload.get("iter_num")),
                 "best_val_loss": _number(payload.get("best_val_loss"))}
+        run = payload.get("config") if isinstance(payload.get("config"), dict) else {}  # sequences per iteration:
+        meta.update(_batch(run.get("batch_size"), run.get("gradient_accumulation_steps", 1)))  # nanoGPT's train.py
     elif "model_state_dict" in payload or all(isinstance(v, torch.Tensor) for v in payload.values()):
         raw = payload.get("model_state_dict", payload)
         if not isinstance(raw, dict):
@@ -305,7 +318,8 @@ def load_checkpoint(path: str | Path, *, with_residuals: bool = True, train_text
         meta = {"format": "course", "step": _number(payload.get("step", step_of(path))),
                 "train_loss": _number(payload.get("loss", float(match["loss"]) if match else None)),
                 "hyperparameters_inferred": sorted(set(config.to_dict()) - set(known)),
-                "recorded": sorted(k for k in known if k in {f.name for f in fields(ModelConfig)})}
+                "recorded": sorted(k for k in known if k in {f.name for f in fields(ModelConfig)}),
+                **_batch(known.get("batch_size") if isinstance(known, dict) else None)}
     else:
         raise ReportgenError(f"{path}: not a TransformerLM checkpoint (keys: {', '.join(map(str, list(payload)[:6]))})")
     _check_vocab(tokenizer.vocab, path)

@@ -23,6 +23,8 @@ from .codec import decode, encode, optional
 from .errors import ReportgenError
 from .evidence import Ablation, CausalAgreement, Circuit, Controls, Edge, Generation, RoleEffect, Seed, Timeline, Writes
 from .evidence import CharProfile, DistanceProfile
+from .modelcard import ModelCard
+from .querychars import QueryChars
 
 SCHEMA_VERSION = 3
 SPLITS = ("train", "heldout")
@@ -109,6 +111,7 @@ class HeadResult:
     char_profile: CharProfile | None = optional()  # held-out, behind a class role (or a class rule failing only
     # the class-wide gate)
     distance_profiles: dict[str, DistanceProfile] | None = optional()  # held-out, word-structure and class roles
+    query_chars: QueryChars | None = optional()  # held-out attention by query character (querychars.py)
 
     @property
     def name(self) -> str:
@@ -216,6 +219,8 @@ class ModelResult:
     unigram_bits_per_char: float | None = optional()  # plug-in entropy of the held-out text's characters
     measured_bits_per_char: float | None = optional()  # the model on held-out text (the causal baseline if run)
     seeds: list[Seed] = field(default_factory=list)  # other seeds of the recipe, the drawn one first (or empty)
+    card: ModelCard | None = optional()  # architecture, parameters, training, vocabulary (modelcard.py)
+    case_note: str | None = optional()  # why capital letters and sentence starts are not analysed (caseclasses.py)
 
     def writes_of(self, layer: int, head: int) -> Writes | None:
         """What the head writes, if it was measured."""

@@ -13,11 +13,13 @@ import jinja2
 import markupsafe
 import numpy as np
 
+from .caserows import case_rows
 from .catalogue import FAMILIES, shown_in
 from .classes import CLASS_NAMES
 from .config import template_dir
 from .explain import num, pct, qval, signed, times
 from .figures import FigureWriter, HeadFigureData
+from .keysets import SKIP
 from .languages import LANGUAGE, has_rtl, without_bidi_controls
 from .narrate import selective
 from .outputs import FIGURES, OutputFolder, write_text_atomic
@@ -115,6 +117,10 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
                     class_names=tuple(_class_label(c, a.language) for c in present),
                     class_ratio=np.where(ch > 0, obs / np.maximum(ch, 1e-12), np.nan))
                 idx[(m.label, l, h)] = fw.add("head_figure", data)
+                if m.head(l, h).query_chars is not None:  # querychars.py: what each query character reads
+                    idx[(m.label, "qchars", f"L{l}H{h}")] = fw.add("querychars.query_char_figure", f"{m.label} "
+                                                                   f"L{l}H{h}: attention by query character",
+                                                                   m.head(l, h).query_chars)
     if len(run.models) > 1:
         fams = [f.name for f in FAMILIES if f.compared]
         counts = {m.label: [len({f.head_name for f in m.primary if f.family == fam}) for fam in fams]
@@ -150,7 +156,9 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
     figs = figs or {}
     panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), "")) for k, v in figs.items()
               if isinstance(k, tuple) and len(k) == 3 and k[1] == "panel"}  # "label head" -> (figure, caption)
-    env.globals.update(pdf_link=pdf_link, panels=panels)
+    env.globals.update(pdf_link=pdf_link, panels=panels, case_rows=case_rows, query_skip=SKIP,
+                       qchar_figs={f"{k[0]} {k[2]}": v for k, v in figs.items() if isinstance(k, tuple) and
+                                   k[1:2] == ("qchars",)})  # "label head" -> attention by query character
     c = pages.common
 
     def page(template: str, name: str, **values) -> str:

@@ -167,7 +167,7 @@ def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
                 path = cfg.out / f"step{step:05d}.pt"
                 save_checkpoint(path, model, tokenizer, step=step, train_loss=running,
                                 heldout_bits_per_char=heldout_bpc, corpus=corpus, seed=cfg.seed,
-                                history=[list(h) for h in history])
+                                history=[list(h) for h in history], batch_size=cfg.batch_size)
                 saved.append(path)
                 progress.console.log(f"saved {path} (step {step}, held-out {heldout_bpc:.3f} bits/char, "
                                      f"{time.perf_counter() - start:.0f} s)")

@@ -1,0 +1,101 @@
+"""Attention averaged by query character: what does every 'e' read?
+
+While capture scores the held-out windows, `accumulate` sums, per head and per query character, the attention of
+every valid query (i >= SKIP) by how far back its key is (`OFFSET_BINS`) and by the key's character class, and
+counts the queries. `tables` turns the sums into means for the `TOP` most frequent query characters (a
+`QueryChars` per head, stored in results.json) and `query_char_figure` draws them. Float64 sums in window order:
+deterministic. Shapes: B windows, L layers, H heads, T queries, S keys, V vocabulary, K offset bins, C classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TOP = 12  # query characters shown: the most frequent in the held-out text
+OFFSET_BINS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 7), (8, 15), (16, None))  # offset i - j ranges (inclusive)
+OFFSET_LABELS = tuple(f"{a}" if a == b else (f"{a}+" if b is None else f"{a}–{b}") for a, b in OFFSET_BINS)
+
+
+@dataclass(frozen=True)
+class QueryChars:
+    """One head's mean attention by query character on held-out text: per character (the `TOP` most frequent
+    queries, most frequent first) its mass by offset bin (rows sum to 1) and by key class (rows sum to 1)."""
+
+    chars: list[str]
+    counts: list[int]  # valid queries (i >= SKIP) with that character
+    offsets: list[str]  # offset bin labels (characters back)
+    by_offset: list[list[float]]  # (chars, offsets)
+    classes: list[str]  # key class display names (classes some key has)
+    by_class: list[list[float]]  # (chars, classes)
+
+
+def offset_bins(T: int):
+    """One-hot offset bin of every (query, key) pair (T, S, K), zero above the diagonal (torch float)."""
+    import torch
+
+    k = torch.arange(T).view(T, 1) - torch.arange(T).view(1, T)  # (T, S) offset i - j
+    out = torch.zeros(T, T, len(OFFSET_BINS))
+    for b, (lo, hi) in enumerate(OFFSET_BINS):
+        out[..., b] = ((k >= lo) & ((k <= hi) if hi is not None else (k >= lo))).float()
+    return out
+
+
+def accumulate(acc: dict | None, attn, ids, codes, vocab_size: int, n_classes: int, skip: int) -> dict:
+    """Add one batch's sums to `acc` (None to start): 'offset' (L, H, V, K), 'cls' (L, H, V, C) and 'count' (V,),
+    float64 numpy, from attention (B, L, H, T, S), ids and class codes (B, T)."""
+    import torch
+
+    T = attn.shape[-1]
+    a = attn[..., skip:, :].float()  # (B, L, H, T', S) valid queries
+    q = torch.nn.functional.one_hot(ids[:, skip:], vocab_size).double()  # (B, T', V) query characters
+    by_offset = torch.einsum("blhts,tsk->blhtk", a, offset_bins(T)[skip:])  # (B, L, H, T', K)
+    by_cls = torch.einsum("blhts,bsc->blhtc", a, torch.nn.functional.one_hot(codes, n_classes).float())
+    new = {"offset": torch.einsum("blhtk,btv->lhvk", by_offset.double(), q).numpy(),
+           "cls": torch.einsum("blhtc,btv->lhvc", by_cls.double(), q).numpy(), "count": q.sum((0, 1)).numpy()}
+    return new if acc is None else {k: acc[k] + new[k] for k in acc}
+
+
+def tables(acc: dict, vocab: list[str], class_labels: list[str], present: list[int]) -> list[list[QueryChars]]:
+    """Per layer and head, the `QueryChars` of the `TOP` most frequent query characters (ties: vocabulary order);
+    `present`: the class codes shown (those some key has), `class_labels` their display names."""
+    count = acc["count"]
+    order = [v for v in np.argsort(-count, kind="stable") if count[v] > 0 and len(vocab[v]) == 1][:TOP]
+    L, H = acc["offset"].shape[:2]
+    n = count[order][:, None]
+    return [[QueryChars([vocab[v] for v in order], [int(c) for c in count[order]], list(OFFSET_LABELS),
+                        (acc["offset"][l, h][order] / n).tolist(), list(class_labels),
+                        (acc["cls"][l, h][order][:, present] / n).tolist()) for h in range(H)] for l in range(L)]
+
+
+def query_char_figure(title: str, qc: QueryChars) -> bytes:
+    """Two heatmaps side by side, one row per query character: mean attention by offset bin and by key class.
+    Characters are drawn as written (matplotlib lays out right-to-left text itself), whitespace as symbols."""
+    from matplotlib.figure import Figure
+
+    from .figures import FONT, png_bytes, visible
+
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        rows = [f"{c}  ({n:,})" for c, n in zip(visible("".join(qc.chars)), qc.counts)]
+        fig = Figure(figsize=(7.6, 0.5 + 0.26 * len(rows) + 0.9), facecolor="white")
+        axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(qc.offsets), max(len(qc.classes), 1)]})
+        for ax, data, cols, xlabel in ((axes[0], qc.by_offset, qc.offsets, "characters back (key offset)"),
+                                       (axes[1], qc.by_class, qc.classes, "key class")):
+            m = np.asarray(data, dtype=float).reshape(len(rows), len(cols))
+            im = ax.imshow(m, cmap="magma_r", vmin=0.0, vmax=1.0, aspect="auto")
+            ax.set_xticks(range(len(cols)), cols, rotation=0 if ax is axes[0] else 35,
+                          ha="center" if ax is axes[0] else "right")
+            ax.set_yticks(range(len(rows)), rows if ax is axes[0] else [""] * len(rows))
+            ax.set_xlabel(xlabel)
+            for (r, c), v in np.ndenumerate(m):
+                ax.text(c, r, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6.5,
+                        color="white" if v > 0.5 else "black")
+        axes[0].set_ylabel("query character (queries)")
+        fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="mean attention")
+        fig.suptitle(title, fontsize=9)
+        fig.subplots_adjust(left=0.15, right=0.86, top=1 - 0.45 / fig.get_figheight(),
+                            bottom=1.0 / fig.get_figheight(), wspace=0.08)
+        return png_bytes(fig)
