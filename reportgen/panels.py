@@ -7,6 +7,8 @@ The panel is the `WINDOW` characters ending at the query where the head puts the
 targets within the window, preferring queries whose targets lie two or more characters back (there the role and a
 previous-character head differ), in a window that starts `SKIP` or more characters into the passage (the first
 queries of an input draw extra attention); copying and induction roles are shown on the repeated passage.
+Targets follow the character classes the run used (the user's `class_overrides` and `vowels` included), and a role
+from one of the user's hypotheses marks that hypothesis' own keys for the queries it is about.
 """
 
 from __future__ import annotations
@@ -104,27 +106,55 @@ def passages(model: ScriptModel) -> list[tuple[str, str]]:
     return [(d, t) for d, t in out if model.readable(t)]
 
 
+def class_codes(vocab: list[str], language: str, classes: dict[str, str] | None = None) -> np.ndarray:
+    """Class code (classes.CLASS_NAMES) of each vocabulary symbol as a run used it: `classes` is the run's record
+    (ModelResult.classes: display name -> characters, after the user's `class_overrides` and `vowels`); symbols it
+    does not list keep the language's default class."""
+    from .classes import CLASS_NAMES, CharClasses
+    from .languages import LANGUAGE
+
+    codes = CharClasses.for_vocab(vocab, language).lookup().copy()
+    lang = LANGUAGE.get(language)
+    name_of = {n: n for n in CLASS_NAMES} | {"letter": "consonant"}  # a language without vowels shows "letter"
+    name_of |= {lang.class_label(n): n for n in CLASS_NAMES} if lang else {}
+    at = {c: i for i, c in enumerate(vocab)}
+    for label, chars in (classes or {}).items():
+        name = name_of.get(label, name_of.get(label.split(" (")[0]))
+        for c in chars if name else ():
+            if c in at:
+                codes[at[c]] = CLASS_NAMES.index(name)
+    return codes
+
+
 def role_panel(model: ScriptModel, texts: list[tuple[str, str]], layer: int, head: int, pattern: str,
-               language: str, attn: dict | None = None) -> Panel | None:
+               language: str, attn: dict | None = None, codes: np.ndarray | None = None,
+               hypothesis=None) -> Panel | None:
     """The window of one of `texts` that shows the head's role best (module docstring); None where the role has no
-    target set (a hypothesis) or no passage has a target. `attn`: text -> its attention, reused between heads."""
+    target set or no passage has a target. `attn`: text -> its attention, reused between heads; `codes`: the run's
+    class of each vocabulary symbol (`class_codes`; default: the language's classes); `hypothesis`: a
+    hypotheses.Hypothesis whose role this is: its own queries and keys are the targets."""
     import torch
 
     from .catalogue import DETECTOR
-    from .classes import CharClasses
     from .examples import target_mask
 
-    kind = DETECTOR[pattern].kind if pattern in DETECTOR else ""
+    if hypothesis is not None:  # its keys are read like the built-in detectors it is judged like
+        kind = {"offset": "offset", "class": "class"}.get(hypothesis.keys, "target")
+    else:
+        kind = DETECTOR[pattern].kind if pattern in DETECTOR else ""
     if pattern in COPYING:  # copying is shown where there is something to copy: the repeated passage
         texts = [t for t in texts if "repeated" in t[0]] or texts
-    codes_of = CharClasses.for_vocab(model.rec["vocab"], language).lookup()
+    codes_of = class_codes(model.rec["vocab"], language) if codes is None else codes
     attn = {} if attn is None else attn
     best = None
     for desc, text in texts:
         if text not in attn:
             attn[text] = model.attention(text)
         ids = torch.tensor([[model.stoi[c] for c in text]])
-        mask = target_mask(pattern, ids, torch.as_tensor(codes_of)[ids])
+        if hypothesis is not None:
+            mask = hypothesis.mask(ids, torch.as_tensor(codes_of)[ids], model.rec["vocab"])[0]
+        else:
+            mask = target_mask(pattern, ids, torch.as_tensor(codes_of)[ids])
         if mask is None:
             return None
         mask = mask.numpy()
@@ -148,7 +178,8 @@ def role_panel(model: ScriptModel, texts: list[tuple[str, str]], layer: int, hea
     window = np.s_[s:q + 1, s:q + 1]
     if kind == "class":  # a class's keys are everywhere: mark the last query's only
         marks = np.where(np.arange(len(text))[:, None] == q, marks, False)
+    targets = "the keys the hypothesis names" if hypothesis is not None else "the role's targets"
     caption = (f"{desc}, characters {s + 1}–{q + 1} of {len(text)} (attention to earlier characters is not shown); "
-               f"last row: the query, with {mass:.3f} of its attention on the role's targets in the window (dotted)")
+               f"last row: the query, with {mass:.3f} of its attention on {targets} in the window (dotted)")
     return Panel(caption, text[s:q + 1], attn[text][layer, head][window], marks[window], mass)
 

@@ -24,7 +24,8 @@ from .languages import LANGUAGE, has_rtl, without_bidi_controls
 from .narrate import selective
 from .outputs import FIGURES, OutputFolder, write_text_atomic
 from .pages import MAX_HEADLINE_HEADS, Pages, build_pages
-from .panels import ScriptModel, passages, read_script, role_panel
+from .hypotheses import Hypothesis
+from .panels import ScriptModel, class_codes, passages, read_script, role_panel
 from .results import Run
 from .stages import FigureInputs
 from .synthesis import ranked
@@ -88,7 +89,7 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
             for h in range(H):
                 idx[(m.label, "thumb", f"L{l}H{h}")] = fw.add("thumbnail", attn[l, h])
         if scripts and scripts.get(m.label):
-            _panels(fw, idx, captions, m, scripts[m.label])
+            _panels(fw, idx, captions, m, scripts[m.label], run.settings.get("hypotheses", []))
         ratio = np.array([[_ratio(m.head(l, h).summary(d)) for l in range(L) for h in range(H)] for d in detectors])
         marked = np.array([[any(f.pattern == d for f in m.findings_at(l, h)) for l in range(L) for h in range(H)]
                            for d in detectors])
@@ -130,16 +131,23 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
     return {**{k: f"{FIGURES}/{names[v]}" for k, v in idx.items()}, **captions}
 
 
-def _panels(fw: FigureWriter, idx: dict, captions: dict, m, script: str) -> None:
-    """Queue the evidence panel of each headline role of `m` (panels.role_panel) and note its caption."""
+def _panels(fw: FigureWriter, idx: dict, captions: dict, m, script: str, hypotheses: list[dict]) -> None:
+    """Queue the evidence panel of each headline role of `m` and of the strongest head with each of the run's
+    `hypotheses` as a replicated role (panels.role_panel, on the run's classes) and note their captions."""
     model = ScriptModel(read_script(script))
     texts, attn = passages(model), {}
-    for _, f in ranked([m])[:MAX_HEADLINE_HEADS]:
-        p = role_panel(model, texts, f.layer, f.head, f.pattern, m.language, attn)
+    codes = class_codes(model.rec["vocab"], m.language, m.classes)
+    heads = [(f, None, "panel", f.head_name) for _, f in ranked([m])[:MAX_HEADLINE_HEADS]]
+    for h in hypotheses:
+        f = next((f for f in m.replicated if f.pattern == f"hyp_{h['name']}"), None)
+        heads += [(f, Hypothesis(**h), "hyp_panel", f.pattern)] if f else []
+    for f, hyp, kind, name in heads:
+        p = role_panel(model, texts, f.layer, f.head, f.pattern, m.language, attn, codes, hyp)
         if p is not None:
-            idx[(m.label, "panel", f.head_name)] = fw.add("role_panel", f"{m.label} {f.head_name}: {f.role}", p.text,
-                                                          p.attn, p.marks, has_rtl(p.text))
-            captions[(m.label, "panel_caption", f.head_name)] = p.caption
+            key = (m.label, kind, name) + ((f.head_name,) if hyp else ())  # a hypothesis' panel: also its head
+            idx[key] = fw.add("role_panel", f"{m.label} {f.head_name}: {f.role}", p.text, p.attn, p.marks,
+                              has_rtl(p.text))
+            captions[(m.label, "panel_caption", name)] = p.caption
 
 
 def _ratio(s) -> float:
@@ -156,7 +164,9 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
     figs = figs or {}
     panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), "")) for k, v in figs.items()
               if isinstance(k, tuple) and len(k) == 3 and k[1] == "panel"}  # "label head" -> (figure, caption)
-    env.globals.update(pdf_link=pdf_link, panels=panels, case_rows=case_rows, query_skip=SKIP,
+    hyp_panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), ""), k[3]) for k, v in figs.items()
+                  if isinstance(k, tuple) and k[1:2] == ("hyp_panel",)}  # "label hyp_name" -> (figure, caption, head)
+    env.globals.update(pdf_link=pdf_link, panels=panels, hyp_panels=hyp_panels, case_rows=case_rows, query_skip=SKIP,
                        qchar_figs={f"{k[0]} {k[2]}": v for k, v in figs.items() if isinstance(k, tuple) and
                                    k[1:2] == ("qchars",)})  # "label head" -> attention by query character
     c = pages.common
