@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import torch
@@ -29,9 +29,6 @@ from .detectors import SKIP
 from .errors import ReportgenError
 from .hypotheses import check_targets
 from .caseclasses import case_classes
-from .caseclasses import not_offered as case_not_offered
-from .modelcard import model_card
-from .querychars import tables as query_char_tables
 from .languages import LANGUAGE, example_inputs
 from .languages import ensure as ensure_language
 from .progress import make_progress, say, stage_seconds
@@ -39,7 +36,9 @@ from .results import SPLITS, CheckpointInfo, ClassMatrix, CorpusInfo, HeadResult
 from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
 from .stats import add_q_values, block_length, split_stats
+from .seeds import measure as measure_seed, records, seed_label
 from .timeline import emergence
+from .workers import count as workers, run_jobs
 
 
 @torch.no_grad()
@@ -242,17 +241,12 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
                  seed: int = 0, seeds: list = ()) -> ModelResult:
     """The typed results of one model."""
     prep, cfg = a.prep, a.prep.bundle.config
-    vocab, acc = prep.bundle.tokenizer.vocab, a.scores["heldout"].query_chars
-    present = sorted({int(c) for c in prep.classes.lookup()[np.unique(prep.ids["heldout"])]})  # key classes in the text
-    qchars = query_char_tables(acc, vocab, [prep.classes.label(CLASS_NAMES[c]) for c in present], present) \
-        if acc is not None else None
     heads = [HeadResult(layer, head,
                         {name: {s: summary(a.stats[s], name, layer, head) for s in SPLITS}
                          for name in a.stats["train"].values},
                         {k: [role_name(r, prep.split.language) for r in v]
                          for k, v in role_labels(a.stats, layer, head).items()},
-                        **profile_fields(a.stats, a.scores["heldout"].profiles, prep.bundle.tokenizer.vocab, layer, head),
-                        query_chars=qchars[layer][head] if qchars else None)
+                        **profile_fields(a.stats, a.scores["heldout"].profiles, prep.bundle.tokenizer.vocab, layer, head))
              for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     probes = {name: Probe(p.period, int(len(p.observed)), p.example, float(p.loss_first.mean()),
                           float(p.loss_repeat.mean())) for name, p in a.probes.items()}
@@ -280,8 +274,7 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug,
         unigram_bits_per_char=unigram_bits(prep.ids["heldout"]),
         measured_bits_per_char=causal.baseline if causal is not None else _bits(prep.bundle.model, prep.ids["heldout"]),
-        seeds=list(seeds), card=model_card(prep.bundle.model, vocab, meta, prep.spec.with_residuals),
-        case_note=case_not_offered(vocab, split.language), **causal_fields)
+        seeds=list(seeds), **causal_fields)
 
 
 def unigram_bits(ids: np.ndarray) -> float:
@@ -339,27 +332,50 @@ def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
 
 
 def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
-    """Run the analysis for every model: capture and statistics, FDR over all models, causal stage, timeline."""
+    """Run the analysis for every model: capture and statistics, FDR over all models, causal stage, timeline.
+    The models and seeds of each stage run side by side in worker processes where there are cores for it
+    (`workers.run_jobs`); the numbers are the same either way."""
     torch.manual_seed(cfg.seed)
     set_hypotheses(cfg.hypotheses)
     prepared = prepared if prepared is not None else [prepare(spec, cfg) for spec in cfg.models]
+    device = cfg.torch_device()
     with make_progress() as progress:
-        analyses = [analyze_model(prep, cfg, index, progress) for index, prep in enumerate(prepared)]
         # Seeds share their model's random streams (the same probes, resamples and donors: paired comparisons).
-        extra = [[(index, analyze_model(sp, cfg, index, progress, "seeds: ")) for sp in prep.seeds]
-                 for index, prep in enumerate(prepared)]
+        preps = [(i, p, "") for i, p in enumerate(prepared)] + \
+            [(i, sp, "seeds: ") for i, p in enumerate(prepared) for sp in p.seeds]
+        jobs = [partial(_measured, p, cfg, i, stage=stage) for i, p, stage in preps]
+        done = [replace(x, prep=p) for x, (_, p, _) in zip(run_jobs(jobs, progress, workers(device, len(jobs))), preps)]
         for s in SPLITS:  # one BH family per split: every model, seed, layer, head and tested detector
-            add_q_values([a.stats[s] for a in analyses] + [x.stats[s] for group in extra for _, x in group])
-        analyses = [_with_findings(a) for a in analyses]
-        extra = [[(i, _with_findings(x)) for i, x in group] for group in extra]
+            add_q_values([x.stats[s] for x in done])
+        analyses = [_with_findings(a) for a in done[:len(prepared)]]
+        extra = [(i, _with_findings(x)) for (i, _, _), x in zip(preps[len(prepared):], done[len(prepared):])]
+        jobs, slots = [], []  # the causal stage needs the roles (after FDR); the longest jobs first
+        for i, a in enumerate(analyses):
+            if cfg.ablation_windows:
+                jobs.append(partial(causal_evidence, a, cfg, i))
+                slots.append(("causal", i))
+        for k, (i, x) in enumerate(extra):
+            label, number = seed_label(x, 1 + sum(j == i for j, _ in extra[:k]))
+            jobs.append(partial(measure_seed, x, cfg, i, label, number, unigram_bits(x.prep.ids["heldout"])))
+            slots.append(("seed", k))
+        for i, a in enumerate(analyses):
+            if cfg.timeline_windows:
+                jobs.append(partial(emergence, a, cfg, i))
+                slots.append(("timeline", i))
+        got = dict(zip(slots, run_jobs(jobs, progress, workers(device, len(jobs)))))
         models = []
-        for index, (a, group) in enumerate(zip(analyses, extra)):  # the causal stage needs the roles (after FDR)
-            causal = causal_evidence(a, cfg, index, progress) if cfg.ablation_windows else None
-            timeline = emergence(a, cfg, index, progress) if cfg.timeline_windows else None
-            seeds = _seeds(a, causal, group, cfg, progress) if group else []
-            models.append(model_result(a, causal, timeline, cfg.seed, seeds))
+        for i, a in enumerate(analyses):
+            causal = got.get(("causal", i))
+            measured = [got["seed", k] for k, (j, _) in enumerate(extra) if j == i]
+            seeds = records(a, causal, measured, cfg.seed, unigram_bits(a.prep.ids["heldout"])) if measured else []
+            models.append(model_result(a, causal, got.get(("timeline", i)), cfg.seed, seeds))
     return Analysed(models, {a.prep.spec.label: window_values(a) for a in analyses},
                     [figure_inputs(a) for a in analyses], stage_seconds(progress))
+
+
+def _measured(prep: Prepared, cfg: RunConfig, index: int, progress, stage: str = "") -> ModelAnalysis:
+    """`analyze_model` without its `Prepared` (a worker hands back numbers, not the model)."""
+    return replace(analyze_model(prep, cfg, index, progress, stage), prep=None)
 
 
 def _with_findings(a: ModelAnalysis) -> ModelAnalysis:
@@ -367,30 +383,6 @@ def _with_findings(a: ModelAnalysis) -> ModelAnalysis:
     cfg = a.prep.bundle.config
     return replace(a, findings=[with_books(replace(f, role=role_name(f.role, a.prep.split.language)), a)
                                 for f in findings(a.stats, cfg.n_layers, cfg.n_heads)])
-
-
-def _seeds(a: ModelAnalysis, causal: CausalEvidence | None, group: list[tuple[int, ModelAnalysis]],
-           cfg: RunConfig, progress) -> list:
-    """The drawn seed's record (from its full analysis) followed by every other seed's (`seeds.measure`)."""
-    from . import seeds
-
-    unigram = unigram_bits(a.prep.ids["heldout"])
-    label, number = seeds.seed_label(a, 0)
-    rng = np.random.default_rng([cfg.seed, 0, 13])
-    if causal is not None:
-        drawn = seeds.record(a, label, number, True, causal.baseline, causal.baseline_ci, unigram, causal.heads,
-                             causal.writes, rng, [f"{e.source} -> {e.target}" for e in
-                                                  (causal.circuit.edges if causal.circuit else [])])
-    else:
-        drawn = seeds.record(a, label, number, True, _bits(a.prep.bundle.model, a.prep.ids["heldout"]), None,
-                             unigram, [], [], rng)
-    out = [drawn]
-    for k, (index, x) in enumerate(group):
-        label, number = seeds.seed_label(x, k + 1)
-        out.append(seeds.measure(x, cfg, index, label, number, unigram_bits(x.prep.ids["heldout"]), progress))
-    labels = [s.label for s in out]
-    return [s if labels.count(s.label) == 1 else replace(s, label=f"{s.label} ({Path(s.checkpoint).name})")
-            for s in out]  # two checkpoints recording the same seed: told apart by file name
 
 
 def new_run(cfg: RunConfig, models: list[ModelResult]) -> Run:

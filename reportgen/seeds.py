@@ -12,7 +12,7 @@ is therefore invariant to a permutation of the heads within a layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,6 +103,28 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
 
         baseline = bits(bundle.model, prep.ids["heldout"])
     return record(a, label, seed, False, baseline, ci, unigram, ablation, writes, rng)
+
+
+def records(a: "ModelAnalysis", causal, measured: list[Seed], seed: int, unigram: float) -> list[Seed]:
+    """The drawn seed's record (from its full analysis and causal stage `causal`, if any) followed by the other
+    seeds' (`measure`); two checkpoints recording the same seed are told apart by file name."""
+    from pathlib import Path
+
+    label, number = seed_label(a, 0)
+    rng = np.random.default_rng([seed, 0, 13])
+    if causal is not None:
+        drawn = record(a, label, number, True, causal.baseline, causal.baseline_ci, unigram, causal.heads,
+                       causal.writes, rng, [f"{e.source} -> {e.target}" for e in
+                                            (causal.circuit.edges if causal.circuit else [])])
+    else:
+        from .loader import bits
+
+        drawn = record(a, label, number, True, bits(a.prep.bundle.model, a.prep.ids["heldout"]), None, unigram,
+                       [], [], rng)
+    out = [drawn, *measured]
+    labels = [s.label for s in out]
+    return [s if labels.count(s.label) == 1 else replace(s, label=f"{s.label} ({Path(s.checkpoint).name})")
+            for s in out]
 
 
 # ---- recurrence -------------------------------------------------------------------------------------

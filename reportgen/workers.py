@@ -1,0 +1,94 @@
+"""Analysis jobs of several models side by side in forked worker processes, with their progress bars kept.
+
+A run's models (and their seeds) are independent until the FDR step and again after it, so on a machine with
+several cores the jobs of each stage run in a pool of forked workers, one torch thread each (as PyTorch's own
+DataLoader workers do: a forked child that stays single-threaded never enters the parent's OpenMP pool). Every
+job draws from its own seeded streams (`np.random.default_rng([seed, model index, ...])`), so the numbers do not
+depend on which worker runs it or in which order. Each worker's progress tasks are relayed to the parent's bars
+(so `stage_seconds` still sees every stage). Only on Linux with the CPU device; elsewhere the jobs run in turn.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Callable
+
+import torch
+
+_JOBS: list[Callable[[Any], Any]] = []  # set before the pool forks: children inherit them, nothing is pickled
+_QUEUE = None  # progress messages from the workers: ("add", job, task, description, total) | ("adv", job, task, n)
+
+
+class Relay:
+    """The slice of rich's Progress the analysis uses (`add_task`, `advance`), forwarded to the parent's bars."""
+
+    def __init__(self, job: int):
+        self.job, self.count = job, 0
+
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        self.count += 1
+        _QUEUE.put(("add", self.job, self.count, description, total))
+        return self.count
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        _QUEUE.put(("adv", self.job, task, advance))
+
+
+def _start(parent: int, threads: int) -> None:
+    from .figures import _die_with_parent
+
+    _die_with_parent(parent)
+    torch.set_num_threads(threads)  # before any parallel region in this process
+
+
+def _run(job: int) -> Any:
+    return _JOBS[job](Relay(job))
+
+
+def count(device: torch.device, jobs: int) -> int:
+    """How many workers a stage of `jobs` jobs gets: the cores this process may use (at most the torch threads it
+    was given), on Linux with the CPU device; 1 means run in turn."""
+    if sys.platform != "linux" or device.type != "cpu" or jobs < 2:
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(jobs, cores, torch.get_num_threads()))
+
+
+def run_jobs(jobs: list[Callable[[Any], Any]], progress, workers: int) -> list[Any]:
+    """Each job called with a progress object (`add_task`/`advance`); results in the jobs' order. With
+    `workers` > 1 they run in forked workers and their results come back pickled (so a job returns plain data,
+    not models)."""
+    if workers <= 1:
+        return [job(progress) for job in jobs]
+    import multiprocessing
+
+    global _QUEUE
+    ctx = multiprocessing.get_context("fork")
+    _JOBS[:] = jobs
+    _QUEUE = ctx.Queue()
+    tasks: dict[tuple[int, int], Any] = {}
+
+    def relay() -> None:
+        while (msg := _QUEUE.get()) is not None:
+            if msg[0] == "add":
+                tasks[msg[1], msg[2]] = progress.add_task(msg[3], total=msg[4])
+            else:
+                progress.advance(tasks[msg[1], msg[2]], msg[3])
+
+    listener = threading.Thread(target=relay, daemon=True)
+    listener.start()
+    threads = max(1, torch.get_num_threads() // workers)
+    pool = ctx.Pool(workers, initializer=_start, initargs=(os.getpid(), threads))
+    try:
+        out = pool.map(_run, range(len(jobs)), chunksize=1)
+        pool.close()
+        pool.join()  # the workers exit in turn, their last progress messages sent
+        return out
+    finally:
+        pool.terminate()
+        _QUEUE.put(None)
+        listener.join()
+        _QUEUE = None
+        _JOBS.clear()
