@@ -29,6 +29,9 @@ from .detectors import SKIP
 from .errors import ReportgenError
 from .hypotheses import check_targets
 from .caseclasses import case_classes
+from .caseclasses import not_offered as case_not_offered
+from .modelcard import model_card
+from .querychars import tables as query_char_tables
 from .languages import LANGUAGE, example_inputs
 from .languages import ensure as ensure_language
 from .progress import make_progress, say, stage_seconds
@@ -241,12 +244,17 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
                  seed: int = 0, seeds: list = ()) -> ModelResult:
     """The typed results of one model."""
     prep, cfg = a.prep, a.prep.bundle.config
+    vocab, acc = prep.bundle.tokenizer.vocab, a.scores["heldout"].query_chars
+    present = sorted({int(c) for c in prep.classes.lookup()[np.unique(prep.ids["heldout"])]})  # key classes in the text
+    qchars = query_char_tables(acc, vocab, [prep.classes.label(CLASS_NAMES[c]) for c in present], present) \
+        if acc is not None else None
     heads = [HeadResult(layer, head,
                         {name: {s: summary(a.stats[s], name, layer, head) for s in SPLITS}
                          for name in a.stats["train"].values},
                         {k: [role_name(r, prep.split.language) for r in v]
                          for k, v in role_labels(a.stats, layer, head).items()},
-                        **profile_fields(a.stats, a.scores["heldout"].profiles, prep.bundle.tokenizer.vocab, layer, head))
+                        **profile_fields(a.stats, a.scores["heldout"].profiles, prep.bundle.tokenizer.vocab, layer, head),
+                        query_chars=qchars[layer][head] if qchars else None)
              for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
     probes = {name: Probe(p.period, int(len(p.observed)), p.example, float(p.loss_first.mean()),
                           float(p.loss_repeat.mean())) for name, p in a.probes.items()}
@@ -274,7 +282,8 @@ def model_result(a: ModelAnalysis, causal: CausalEvidence | None, timeline: Time
         head_distance=a.head_distance, clusters=a.clusters, timeline=timeline, slug=prep.spec.slug,
         unigram_bits_per_char=unigram_bits(prep.ids["heldout"]),
         measured_bits_per_char=causal.baseline if causal is not None else _bits(prep.bundle.model, prep.ids["heldout"]),
-        seeds=list(seeds), **causal_fields)
+        seeds=list(seeds), card=model_card(prep.bundle.model, vocab, meta, prep.spec.with_residuals),
+        case_note=case_not_offered(vocab, split.language), **causal_fields)
 
 
 def unigram_bits(ids: np.ndarray) -> float:
