@@ -168,3 +168,57 @@ def test_head_clusters_equal_scipy_average_linkage(seed):
         got = cluster_heads(dist.copy(), n_heads)
         assert sorted(name for group in got for name in group) == sorted(names)
         assert {frozenset(g) for g in got} == expected
+
+
+@pytest.mark.slow
+def test_models_analysed_side_by_side_in_workers_give_the_numbers_analysed_in_turn(tiny_run, tmp_path, monkeypatch):
+    """Two models, one with a second seed, analysed by two forked workers and in turn: the same results.json (every
+    label, role and count equal; numbers to 1e-4 relative: a worker runs torch on one thread, and a sum split
+    over two threads may differ in the seventh digit)."""
+    import shutil
+
+    from .test_golden import _close
+
+    ckpt, text = tiny_run
+    shutil.copy(ckpt, tmp_path / "seed.pt")
+    (tmp_path / "two.toml").write_text(
+        f'train_windows = 24\nablation_windows = 8\ncontrol_draws = 2\n'
+        f'[[model]]\npath = "{ckpt}"\nlabel = "A"\nlanguage = "en"\ntext = "{text}"\nseeds = ["{tmp_path / "seed.pt"}"]\n'
+        f'[[model]]\npath = "{ckpt}"\nlabel = "B"\nlanguage = "en"\ntext = "{text}"\n')
+    docs, used = [], []
+    for name, n in (("turn", 1), ("workers", 2)):
+        monkeypatch.setattr("reportgen.analyze.workers", lambda device, jobs, n=n: used.append(n) or n)
+        assert cli(["analyze", "--config", str(tmp_path / "two.toml"), "--out", str(tmp_path / name)]) == 0
+        doc = json.loads((tmp_path / name / "results.json").read_text())
+        doc.pop("generated")
+        docs.append(doc)
+    assert used == [1, 1, 2, 2]  # both stages of each run
+    assert len(docs[0]["models"]) == 2 and len(docs[0]["models"][0]["seeds"]) == 2
+    assert _close(docs[0], docs[1]) == []
+
+
+def test_run_jobs_relays_progress_and_keeps_order():
+    """Jobs in forked workers: results in the jobs' order, every task's progress on the parent's bars, and a
+    job's exception raised in the parent."""
+    from functools import partial
+
+    from reportgen.errors import ReportgenError
+    from reportgen.progress import make_progress
+    from reportgen.workers import run_jobs
+
+    def job(k, progress):
+        task = progress.add_task(f"job {k}: count", total=k + 1)
+        for _ in range(k + 1):
+            progress.advance(task)
+        return [k] * k
+
+    with make_progress() as progress:
+        assert run_jobs([partial(job, k) for k in range(5)], progress, 2) == [[k] * k for k in range(5)]
+    done = {t.description: (t.completed, t.total) for t in progress.tasks}
+    assert done == {f"job {k}: count": (k + 1, k + 1) for k in range(5)}
+
+    def bad(progress):
+        raise ReportgenError("x.pt: broken")
+
+    with make_progress() as progress, pytest.raises(ReportgenError, match="x.pt: broken"):
+        run_jobs([partial(job, 1), bad], progress, 2)
