@@ -125,7 +125,8 @@ def full_run() -> None:
                     f"{p.name} {p.stat().st_size:,} bytes" for p in sorted(out.glob("*.model.js"))))
                 total = timings.get("total") or 1.0
                 print("analysis stages (every model and seed; 'seeds: …' = the other seeds), seconds and share of the "
-                      "whole run:")
+                      "whole run (summed over the worker processes that run models side by side, so the shares may "
+                      "add up to more than 100 %):")
                 for name, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
                     print(f"  {name:<34} {sec:6.1f} s  {100 * sec / total:5.1f} %")
 
