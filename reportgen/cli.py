@@ -35,7 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, check_out, train
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      save_at=args.save_at, n_layers=args.layers, n_heads=args.heads,
+                      save_at=args.save_at, save_every=args.save_every, n_layers=args.layers, n_heads=args.heads,
                       embed_size=args.embed, max_context_len=args.context, mlp_hidden_size=args.mlp,
                       with_residuals=not args.no_residuals, threads=args.threads, out=Path(args.out),
                       device=args.device or "auto", force=args.force)
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-at", type=_ints, default=(), help="extra steps to checkpoint, e.g. 250,1000")
+    t.add_argument("--save-every", type=int, default=0, metavar="N",
+                   help="also checkpoint every N steps (a dense series for the emergence timeline)")
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--heads", type=int, default=4)
     t.add_argument("--embed", type=int, default=128)

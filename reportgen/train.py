@@ -34,6 +34,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     save_at: tuple[int, ...] = ()
+    save_every: int = 0  # also checkpoint every this many steps (0: only save_at and the last step)
     eval_every: int = 250
     eval_windows: int = 96
     n_layers: int = 4
@@ -65,6 +66,8 @@ class TrainConfig:
             raise ReportgenError(f"train: --embed {self.embed_size} is not divisible by --heads {self.n_heads}")
         if self.threads is not None and self.threads < 1:
             raise ReportgenError(f"train: --threads must be at least 1, not {self.threads}")
+        if self.save_every < 0:
+            raise ReportgenError(f"train: --save-every must be at least 1 (or 0: off), not {self.save_every}")
         if any(s < 1 or s > self.steps for s in self.save_at):
             raise ReportgenError(f"train: --save-at steps must lie in 1..{self.steps} (--steps), not "
                                  f"{','.join(map(str, self.save_at))}")
@@ -118,7 +121,8 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 
 
 def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
-    """Train on split.train, evaluate on split.heldout, save checkpoints at cfg.save_at and the end."""
+    """Train on split.train, evaluate on split.heldout, save checkpoints at cfg.save_at, every cfg.save_every steps
+    and at the end."""
     check_out(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -137,7 +141,7 @@ def train(split: TextSplit, cfg: TrainConfig) -> list[Path]:
     offsets = torch.arange(ctx + 1)
     corpus = {"name": split.name, "language": split.language, "description": split.description,
               "sha256": split.sha256, "heldout_books": list(split.heldout_books)}
-    save_at = set(cfg.save_at) | {cfg.steps}
+    save_at = set(cfg.save_at) | {cfg.steps} | set(range(cfg.save_every, cfg.steps + 1, cfg.save_every or cfg.steps))
     history: list[list[float]] = []
     saved: list[Path] = []
     running, heldout_bpc = float("nan"), float("nan")
