@@ -40,7 +40,7 @@ from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
 from .stats import add_q_values, block_length, split_stats
 from .seeds import measure as measure_seed, records, seed_label
-from .timeline import emergence
+from .timeline import timelines as emergence
 from .workers import count as workers, run_jobs
 
 
@@ -353,7 +353,7 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
         preps = [(i, p, "") for i, p in enumerate(prepared)] + \
             [(i, sp, "seeds: ") for i, p in enumerate(prepared) for sp in p.seeds]
         jobs = [partial(_measured, p, cfg, i, stage=stage) for i, p, stage in preps]
-        done = [replace(x, prep=p) for x, (_, p, _) in zip(run_jobs(jobs, progress, workers(device, len(jobs))), preps)]
+        done = [replace(x, prep=p) for x, (_, p, _) in zip(run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers)), preps)]
         for s in SPLITS:  # one BH family per split: every model, seed, layer, head and tested detector
             add_q_values([x.stats[s] for x in done])
         analyses = [_with_findings(a) for a in done[:len(prepared)]]
@@ -367,17 +367,14 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
             label, number = seed_label(x, 1 + sum(j == i for j, _ in extra[:k]))
             jobs.append(partial(measure_seed, x, cfg, i, label, number, unigram_bits(x.prep.ids["heldout"])))
             slots.append(("seed", k))
-        for i, a in enumerate(analyses):
-            if cfg.timeline_windows:
-                jobs.append(partial(emergence, a, cfg, i))
-                slots.append(("timeline", i))
-        got = dict(zip(slots, run_jobs(jobs, progress, workers(device, len(jobs)))))
+        got = dict(zip(slots, run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers))))
+        timelines = emergence(analyses, cfg, progress)  # its own stage: one task per checkpoint, cached
         models = []
         for i, a in enumerate(analyses):
             causal = got.get(("causal", i))
             measured = [got["seed", k] for k, (j, _) in enumerate(extra) if j == i]
             seeds = records(a, causal, measured, cfg.seed, unigram_bits(a.prep.ids["heldout"])) if measured else []
-            models.append(model_result(a, causal, got.get(("timeline", i)), cfg.seed, seeds))
+            models.append(model_result(a, causal, timelines[i], cfg.seed, seeds))
     return Analysed(models, {a.prep.spec.label: window_values(a) for a in analyses},
                     [figure_inputs(a) for a in analyses], stage_seconds(progress))
 

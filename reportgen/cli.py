@@ -114,7 +114,7 @@ def _run_config(args: argparse.Namespace):
                         oov=args.oov, train_windows=args.train_windows, heldout_windows=args.heldout_windows,
                         pdf=False if getattr(args, "no_pdf", False) else None,
                         author=getattr(args, "author", None), course=getattr(args, "course", None),
-                        device=args.device)
+                        device=args.device, workers=args.workers, scheduler=args.scheduler)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
@@ -223,6 +223,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-windows", type=int, help="training windows to sample for discovery (default 256)")
     p.add_argument("--heldout-windows", type=int, help="cap on held-out windows (default: all)")
     p.add_argument("--force", action="store_true", help="rebuild even if the inputs are unchanged")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local worker processes for the analysis and the timeline's checkpoints (default: the cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the timeline's per-checkpoint tasks on this dask.distributed scheduler (tcp://host:8786; "
+                        "needs pip install -e '.[cluster]')")
     _add_device_option(p)
     _add_checkpoint_options(p)
 

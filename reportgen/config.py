@@ -85,6 +85,8 @@ class RunConfig:
     author: str = ""  # shown on the PDF's title page (rendering only: not part of the analysis)
     course: str = ""
     device: str = "auto"  # where forward passes run: auto (cuda if torch sees one, else cpu), cpu, cuda[:N], mps
+    workers: int | None = None  # local worker processes (default: the cores); changes no number
+    scheduler: str | None = None  # a dask.distributed scheduler's address: the timeline's tasks run there
 
     def torch_device(self):
         """The device forward passes run on (checked: a one-line error if this machine has none)."""
@@ -151,7 +153,7 @@ LIMITS = {
     "seed": (int, 0, 2 ** 32 - 1), "train_windows": (int, 2, 100_000), "heldout_windows": (int, 2, 1_000_000),
     "n_probes": (int, 2, 4096), "ablation_windows": (int, 0, 10_000), "control_windows": (int, 2, 10_000),
     "control_draws": (int, 1, 1000),
-    "timeline_windows": (int, 0, 10_000), "batch_size": (int, 1, 1024),
+    "timeline_windows": (int, 0, 10_000), "batch_size": (int, 1, 1024), "workers": (int, 1, 1024),
 }
 MODEL_KEYS = {"path", "label", "language", "text", "heldout", "with_residuals", "train_text", "meta", "seeds"}
 MAX_LABEL = 1000  # labels are shown as given; file names use a slug of at most MAX_SLUG characters
@@ -211,7 +213,7 @@ def _check(cfg: RunConfig, origin) -> None:
 
     for key, (kind, lo, hi) in LIMITS.items():
         v = getattr(cfg, key)
-        if v is None and key == "heldout_windows":
+        if v is None and key in ("heldout_windows", "workers"):
             continue
         if isinstance(v, bool) or not isinstance(v, kind):
             raise ReportgenError(f"{origin(key)}: {key} must be a whole number, not {v!r}")
@@ -225,6 +227,9 @@ def _check(cfg: RunConfig, origin) -> None:
     from .device import resolve
 
     resolve(cfg.device, origin("device"))
+    if cfg.scheduler is not None and (not isinstance(cfg.scheduler, str) or not cfg.scheduler.strip()):
+        raise ReportgenError(f"{origin('scheduler')}: scheduler must be a dask scheduler's address such as "
+                             f"tcp://10.0.0.5:8786, not {cfg.scheduler!r}")
     if not isinstance(cfg.pdf, bool):
         raise ReportgenError(f"{origin('pdf')}: pdf must be true or false, not {cfg.pdf!r}")
     if not isinstance(cfg.class_overrides, dict):

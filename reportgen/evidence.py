@@ -258,7 +258,8 @@ class CausalAgreement:
 
 @dataclass(frozen=True)
 class Series:
-    """One role's held-out strength at every checkpoint of the timeline."""
+    """One role's held-out strength at every checkpoint of the timeline, with its detector's uniform-chance value;
+    `significant_from`: the first step from which its lower 95% bound stays above chance (`phases.py`)."""
 
     label: str
     detector: str
@@ -268,6 +269,18 @@ class Series:
     mean: list[float]
     ci_low: list[float]
     ci_high: list[float]
+    significant_from: int | None = optional()
+    leaves_chance: bool | None = optional()  # False: its lower bound is above chance at no checkpoint (not drawn)
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """Between two checkpoints, the in-context-learning score and at least one role jump together (`phases.py`)."""
+
+    step_before: int
+    step: int
+    icl_drop: float  # fall of the in-context-learning score, bits/char
+    roles: list[str]
 
 
 @dataclass(frozen=True)
@@ -278,6 +291,13 @@ class Timeline:
     series: list[Series]
     recorded_bits_per_char: list[float | None] | None = optional()  # another trainer's recorded loss, in bits/char
     recorded: str | None = optional()  # what that loss is (e.g. "training loss"), when any is recorded
+    bits_per_char: list[float] | None = optional()  # measured on the timeline's held-out windows
+    icl: list[float] | None = optional()  # in-context-learning score: late minus early loss (bits/char), with its CI
+    icl_ci_low: list[float] | None = optional()
+    icl_ci_high: list[float] | None = optional()
+    icl_late: list[int] | None = optional()  # [first, last] query position of the late and early loss
+    icl_early: list[int] | None = optional()
+    phase_changes: list[PhaseChange] | None = optional()
 
 
 @dataclass(frozen=True)

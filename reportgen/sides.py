@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import ReportgenError
 from .outputs import OutputFolder
+from .points import cache_root
 from .progress import say
 from .results import Run, read_run
 from .stages import FigureInputs
@@ -155,13 +156,6 @@ def _analyse_quietly(path: Path, options: dict, threads: int, cached: Path) -> N
     except BaseException:  # noqa: BLE001 - reported by the parent, which analyses this side again
         os._exit(1)
     os._exit(0 if stored else 1)
-
-
-def cache_root() -> Path:
-    """Where analyses of checkpoints for diffs are kept: $REPORTGEN_CACHE, else the user's cache folder."""
-    if os.environ.get("REPORTGEN_CACHE"):
-        return Path(os.environ["REPORTGEN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reportgen"
 
 
 def _cache_folder(cfg) -> Path:

@@ -1,64 +1,50 @@
-"""Emergence timeline: how strongly each of the final model's roles holds at every sibling checkpoint."""
+"""Emergence timeline: how strongly each of the final model's roles holds at every sibling checkpoint, with the
+held-out bits/char and the in-context-learning score of each checkpoint.
+
+Each checkpoint's point is an independent task (`points.py`), cached by checkpoint × text × settings × code, run in
+local worker processes (`--workers`) or on a dask cluster (`--scheduler`, `cluster.py`); this module plans the
+tasks, runs those the cache does not hold, and assembles each model's `Timeline` (with the rules of `phases.py`).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .capture import capture, window_starts
-from .checkpoint import load_checkpoint
 from .device import device_of
 from .evidence import Series, Timeline
 from .layouts import series as checkpoint_series
-from .stats import block_resample_counts, bootstrap_ci, split_stats
+from .phases import leaves_chance, phase_changes, significant_from
+from .points import PointTask, cache_root, code_version, icl_positions, job, read, shape, task_key, text_digest, write
+from .points import recorded_loss  # noqa: F401 - re-exported (tests/test_layouts.py)
 
 if TYPE_CHECKING:
     from .config import RunConfig
     from .stages import ModelAnalysis
 
-
-def _from_main_capture(a: ModelAnalysis, cfg: RunConfig, rng: np.random.Generator
-                       ) -> tuple[dict[str, dict[str, np.ndarray]], int] | None:
-    """The analysed checkpoint's timeline point from the run's own held-out capture (no second capture): the
-    observed values of the same windows a fresh capture would score, with the same bootstrap. None when the main
-    capture does not hold all of those windows (a `heldout_windows` cap that picked others)."""
-    main = a.scores["heldout"]
-    T = a.prep.bundle.config.max_context_len
-    wanted = window_starts(len(a.prep.ids["heldout"]), T, cfg.timeline_windows, "held-out text")
-    at = np.clip(np.searchsorted(main.window_starts, wanted), 0, len(main.window_starts) - 1)
-    if len(wanted) < 2 or not np.array_equal(main.window_starts[at], wanted):
-        return None
-    counts = block_resample_counts(len(wanted), rng, 1)  # as split_stats draws them for independent windows
-    out = {}
-    for name, obs in main.observed.items():
-        W, L, H = obs[at].shape
-        low, high, _ = bootstrap_ci(obs[at].reshape(W, L * H), counts)
-        out[name] = {"mean": obs[at].mean(0), "ci_low": low.reshape(L, H), "ci_high": high.reshape(L, H)}
-    return out, len(wanted)
+RETRIES = 2  # a local worker that dies has its tasks run again this many times
 
 
-RECORDED = {"course": ("train_loss", "training loss"), "nanogpt": ("best_val_loss", "validation loss (best so far)")}
+@dataclass(frozen=True)
+class Plan:
+    """One model's timeline: its checkpoints' tasks (in step order), the held-out text and the series to draw."""
+
+    label: str
+    tasks: list[PointTask]
+    ids: np.ndarray
+    classes: object
+    shape: str  # the analysed checkpoint's hyperparameters and vocabulary: other shapes are left out
+    series: list[tuple[str, int, int, str]]  # (detector, layer, head, label)
 
 
-def recorded_loss(meta: dict) -> tuple[float | None, str | None]:
-    """(bits/char, what it is) of the loss a course or nanoGPT checkpoint recorded in training (nats per character,
-    as cross-entropy is), else (None, None)."""
-    key, what = RECORDED.get(meta.get("format"), (None, None))
-    value = meta.get(key) if key else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        return None, None
-    return float(value) / math.log(2), what
-
-
-def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timeline | None:
-    """Strength of the final model's strongest roles at every sibling checkpoint (step*.pt), with CIs.
-
-    Runs only when the model's folder holds three or more checkpoints of one run (reportgen `stepN.pt` or the
-    course's `checkpoint_step{S}_loss{L}.pt`) of the same shape.
-    Each checkpoint is scored on the same evenly spread held-out windows.
-    """
+def plan(a: ModelAnalysis, cfg: RunConfig, code: str) -> Plan | None:
+    """The tasks of a model's timeline, when its folder holds three or more checkpoints of one run (reportgen
+    `stepN.pt`, the course's `checkpoint_step{S}_loss{L}.pt`, nanoGPT's `ckpt_iter{N}.pt`, step folders); None
+    otherwise. Series: the strongest replicated role of each family, plus the strongest natural-text induction head."""
     prep = a.prep
     path = prep.bundle.path
     siblings = checkpoint_series(path)
@@ -73,34 +59,91 @@ def emergence(a: ModelAnalysis, cfg: RunConfig, index: int, progress) -> Timelin
         ind = a.stats["heldout"].values["induction"]["mean"]
         l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
         series.append(("induction", int(l), int(h), f"L{l}H{h} natural-text induction attention (strongest at the final step)"))
-    task = progress.add_task(f"{prep.spec.label}: emergence over {len(siblings)} checkpoints", total=len(siblings))
-    steps, bpc, recorded, kinds = [], [], [], set()
-    values = {s[3]: {"mean": [], "ci_low": [], "ci_high": []} for s in series}
-    for ckpt in siblings:
-        bundle = prep.bundle if ckpt == path else load_checkpoint(
-            ckpt, with_residuals=prep.bundle.config.with_residuals, train_text=prep.spec.train_text,
-            meta_path=prep.spec.meta, device=device_of(prep.bundle.model))
-        if bundle.config != prep.bundle.config or bundle.tokenizer.vocab != prep.bundle.tokenizer.vocab:
-            progress.advance(task)
-            continue
-        rng = np.random.default_rng([cfg.seed, index, 21])
-        point = _from_main_capture(a, cfg, rng) if ckpt == path else None
-        if point is None:
-            scores = capture(bundle, prep.ids["heldout"], prep.classes, limit=cfg.timeline_windows, n_samples=0,
-                             hypotheses=cfg.hypotheses)
-            point = (split_stats(scores, {}, rng).values, scores.n_windows)
-        summary, n_windows = point
-        steps.append(bundle.metadata.get("step"))
-        bpc.append(bundle.metadata.get("heldout_bits_per_char"))
-        value, kind = recorded_loss(bundle.metadata)
-        recorded.append(value)
-        kinds.update([kind] if kind else [])
-        for det, l, h, label in series:
-            for k in ("mean", "ci_low", "ci_high"):
-                values[label][k].append(float(summary[det][k][l, h]))
-        progress.advance(task)
-    if len(steps) < 3:
+    ids, classes = prep.ids["heldout"], prep.classes
+    device = str(device_of(prep.bundle.model))
+    settings = {"windows": cfg.timeline_windows, "seed": cfg.seed, "device": device.split(":")[0],
+                "residuals": prep.bundle.config.with_residuals, "hypotheses": [vars(h) for h in cfg.hypotheses],
+                "train_text": prep.spec.train_text, "meta": prep.spec.meta}
+    text = text_digest(ids, classes)
+    tasks = [PointTask(ckpt.resolve(), task_key(ckpt, text, settings, code), prep.bundle.config.with_residuals,
+                       prep.spec.train_text, prep.spec.meta, device, cfg.timeline_windows, cfg.seed, cfg.hypotheses)
+             for ckpt in siblings]
+    return Plan(prep.spec.label, tasks, ids, classes, shape(prep.bundle), series)
+
+
+def compute_points(plans: list[Plan], cfg: RunConfig, progress) -> dict[str, dict[str, np.ndarray]]:
+    """Every point of `plans` by cache key: read from the cache, the others computed (local workers, or the dask
+    cluster at `cfg.scheduler`) and stored as they arrive."""
+    from .progress import say
+    from .workers import count, run_jobs
+
+    cache = cache_root() / "timeline"
+    points: dict[str, dict[str, np.ndarray]] = {}
+    todo: list[tuple[Plan, PointTask]] = []
+    for p in plans:
+        for t in p.tasks:
+            if t.key not in points and all(t.key != u.key for _, u in todo):
+                got = read(cache, t.key)
+                if got is not None:
+                    points[t.key] = got
+                else:
+                    todo.append((p, t))
+    n = sum(len(p.tasks) for p in plans)
+    where = f"on the dask cluster at {cfg.scheduler}" if cfg.scheduler else "here"
+    say(f"timeline: {n - len(todo)} of {n} checkpoint point(s) from the cache, {len(todo)} to compute {where}")
+    if not todo:
+        return points
+    bar = progress.add_task(f"timeline: checkpoint points ({len(todo)})", total=len(todo))
+
+    def done(task: PointTask, point: dict[str, np.ndarray]) -> None:
+        write(cache, task.key, point)
+        points[task.key] = point
+        progress.advance(bar)
+
+    if cfg.scheduler:
+        from .cluster import run_on_cluster
+
+        run_on_cluster(cfg.scheduler, [(p.ids, p.classes, [t for q, t in todo if q is p]) for p in plans], done)
+    else:
+        import torch
+
+        jobs = [partial(job, t, p.ids, p.classes) for p, t in todo]
+        run_jobs(jobs, progress, count(torch.device(todo[0][1].device), len(jobs), cfg.workers), RETRIES,
+                 on_done=lambda j, point: done(todo[j][1], point))
+    return points
+
+
+def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | None:
+    """A model's Timeline from its points (checkpoints of another shape left out), with each series' chance, the
+    step from which it stays significant, and the phase changes (`phases.py`); None below three checkpoints."""
+    got = [points[t.key] for t in p.tasks if str(points[t.key]["shape"]) == p.shape]
+    if len(got) < 3:
         return None
-    return Timeline(steps, bpc, n_windows,
-                    [Series(label, det, l, h, None, **values[label]) for det, l, h, label in series],
-                    recorded if kinds else None, " / ".join(sorted(kinds)) if kinds else None)
+    num = lambda x: None if not math.isfinite(float(x)) else float(x)
+    steps = [None if num(q["step"]) is None else int(q["step"]) for q in got]
+    series = []
+    for det, l, h, label in p.series:
+        v = {k: [float(q[f"{det}/{k}"][l, h]) for q in got] for k in ("mean", "ci_low", "ci_high")}
+        chance = num(got[-1][f"{det}/chance"][l, h])
+        series.append(Series(label, det, l, h, chance, **v, significant_from=significant_from(steps, v["ci_low"], chance),
+                             leaves_chance=leaves_chance(v["ci_low"], chance)))
+    recorded = [num(q["recorded_bits_per_char"]) for q in got]
+    kinds = sorted({str(q["recorded"]) for q in got} - {""})
+    icl = {k: [float(q[k]) for q in got] for k in ("icl", "icl_ci_low", "icl_ci_high")}
+    T = len(got[-1]["loss_by_position"]) + 1
+    late, early = icl_positions(T)
+    return Timeline(steps, [num(q["heldout_bits_per_char"]) for q in got], int(got[-1]["n_windows"]), series,
+                    recorded if kinds else None, " / ".join(kinds) if kinds else None,
+                    bits_per_char=[float(q["bits_per_char"]) for q in got], **icl,
+                    icl_late=[late[0], late[-1]], icl_early=[early[0], early[-1]],
+                    phase_changes=phase_changes(steps, icl["icl"], icl["icl_ci_low"], icl["icl_ci_high"], series))
+
+
+def timelines(analyses: list[ModelAnalysis], cfg: RunConfig, progress) -> list[Timeline | None]:
+    """Each model's emergence timeline (None where its folder is no series, or `timeline_windows` is 0)."""
+    if not cfg.timeline_windows:
+        return [None] * len(analyses)
+    code = code_version()
+    plans = [plan(a, cfg, code) for a in analyses]
+    points = compute_points([p for p in plans if p], cfg, progress)
+    return [assemble(p, points) if p else None for p in plans]

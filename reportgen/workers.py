@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import ReportgenError
+
 _JOBS: list[Callable[[Any], Any]] = []  # set before the pool forks: children inherit them, nothing is pickled
 _QUEUE = None  # progress messages from the workers: ("add", job, task, description, total) | ("adv", job, task, n)
 
@@ -47,31 +49,52 @@ def _run(job: int) -> Any:
     return _JOBS[job](Relay(job))
 
 
-def count(device: torch.device, jobs: int) -> int:
+def count(device: torch.device, jobs: int, limit: int | None = None) -> int:
     """How many workers a stage of `jobs` jobs gets: the cores this process may use (at most the torch threads it
-    was given), on Linux with the CPU device; 1 means run in turn."""
+    was given, and at most `limit`: `--workers`), on Linux with the CPU device; 1 means run in turn."""
     if sys.platform != "linux" or device.type != "cpu" or jobs < 2:
         return 1
     cores = len(os.sched_getaffinity(0))
-    return max(1, min(jobs, cores, torch.get_num_threads()))
+    return max(1, min(jobs, cores, torch.get_num_threads(), limit or cores))
 
 
-def run_jobs(jobs: list[Callable[[Any], Any]], progress, workers: int) -> list[Any]:
-    """Each job called with a progress object (`add_task`/`advance`); results in the jobs' order. With
-    `workers` > 1 they run in forked workers and their results come back pickled (so a job returns plain data,
-    not models)."""
+def run_jobs(jobs: list[Callable[[Any], Any]], progress, workers: int, retries: int = 0,
+             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Each job called with a progress object (`add_task`/`advance`); results in the jobs' order, each also handed
+    to `on_done(index, result)` in this process as it arrives. With `workers` > 1 they run in forked workers and
+    their results come back pickled (so a job returns plain data, not models). A job's exception is raised here; a
+    worker that dies (killed, out of memory) breaks the pool, and the jobs without a result run again in a fresh
+    pool, up to `retries` times, before that is an error."""
+    on_done = on_done or (lambda j, result: None)
+    out: dict[int, Any] = {}
     if workers <= 1:
-        return [job(progress) for job in jobs]
+        for j, job in enumerate(jobs):
+            out[j] = job(progress)
+            on_done(j, out[j])
+        return list(out.values())
+    for attempt in range(retries + 1):
+        lost = _attempt(jobs, [j for j in range(len(jobs)) if j not in out], progress, workers, out, on_done)
+        if not lost:
+            return [out[j] for j in range(len(jobs))]
+    raise ReportgenError(f"a worker process died (killed, or out of memory) {retries + 1} time(s); {len(lost)} "
+                         f"job(s) did not finish")
+
+
+def _attempt(jobs: list[Callable[[Any], Any]], todo: list[int], progress, workers: int, out: dict[int, Any],
+             on_done: Callable[[int, Any], None]) -> list[int]:
+    """Run jobs `todo` in a pool of forked workers, results into `out`; the jobs lost to a dead worker."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     global _QUEUE
     ctx = multiprocessing.get_context("fork")
     _JOBS[:] = jobs
-    _QUEUE = ctx.Queue()
+    _QUEUE = queue = ctx.Queue()
     tasks: dict[tuple[int, int], Any] = {}
 
     def relay() -> None:
-        while (msg := _QUEUE.get()) is not None:
+        while (msg := queue.get()) is not None:
             if msg[0] == "add":
                 tasks[msg[1], msg[2]] = progress.add_task(msg[3], total=msg[4])
             else:
@@ -80,15 +103,28 @@ def run_jobs(jobs: list[Callable[[Any], Any]], progress, workers: int) -> list[A
     listener = threading.Thread(target=relay, daemon=True)
     listener.start()
     threads = max(1, torch.get_num_threads() // workers)
-    pool = ctx.Pool(workers, initializer=_start, initargs=(os.getpid(), threads))
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_start,
+                               initargs=(os.getpid(), threads))
     try:
-        out = pool.map(_run, range(len(jobs)), chunksize=1)
-        pool.close()
-        pool.join()  # the workers exit in turn, their last progress messages sent
-        return out
+        futures = {pool.submit(_run, j): j for j in todo}
+        lost = []
+        for f in as_completed(futures):  # a broken pool fails every job it had not finished
+            error = f.exception()
+            if isinstance(error, BrokenProcessPool):
+                lost.append(futures[f])
+            elif error is not None:
+                raise error
+            else:
+                out[futures[f]] = f.result()
+                on_done(futures[f], out[futures[f]])
+        pool.shutdown(wait=True)  # the workers exit, their last progress messages sent
+        return sorted(lost)
     finally:
-        pool.terminate()
-        _QUEUE.put(None)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # a job failed: stop the rest
+            if process.is_alive():
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        queue.put(None)
         listener.join()
         _QUEUE = None
         _JOBS.clear()

@@ -96,28 +96,30 @@ def test_emergence_timeline_covers_every_sibling_checkpoint(tmp_path, tiny_model
                         seed=0, history=[], dtype=torch.float32)
     text = tmp_path / "text.txt"
     text.write_text(TINY_TEXT * 6)
+    computed = []
     from reportgen import timeline as tl
 
-    original, reused = tl._from_main_capture, []
-    tl._from_main_capture = lambda *args: reused.append(original(*args)) or reused[-1]
+    original = tl.job
+    tl.job = lambda task, *args: computed.append(task.path.name) or original(task, *args)
     try:
-        assert _analyze(folder / "step01000.pt", text, tmp_path / "site") == 0
+        assert _analyze(folder / "step01000.pt", text, tmp_path / "site", "--workers", "1") == 0
+        assert sorted(computed) == ["step00010.pt", "step00100.pt", "step01000.pt"]
+        (model,) = json.loads((tmp_path / "site" / "results.json").read_text())["models"]
+        timeline = model["timeline"]
+        assert timeline["steps"] == [10, 100, 1000]
+        assert timeline["heldout_bits_per_char"] == [2.99, 2.9, 2.0]
+        assert timeline["series"] and all(len(s["mean"]) == 3 for s in timeline["series"])
+        for s in timeline["series"]:
+            assert all(lo <= m <= hi for lo, m, hi in zip(s["ci_low"], s["mean"], s["ci_high"]))
+            assert 0 < s["chance"] < 1
+        assert len(timeline["icl"]) == len(timeline["bits_per_char"]) == 3
+        # Another run over the same checkpoints (another output folder: its analysis is not reused) computes no
+        # point again: every one comes from the timeline cache, with the same numbers.
+        computed.clear()
+        assert _analyze(folder / "step01000.pt", text, tmp_path / "fresh", "--workers", "1") == 0
+        assert computed == []
     finally:
-        tl._from_main_capture = original
-    assert len(reused) == 1 and reused[0] is not None  # the latest checkpoint was not captured twice
-    (model,) = json.loads((tmp_path / "site" / "results.json").read_text())["models"]
-    timeline = model["timeline"]
-    assert timeline["steps"] == [10, 100, 1000]
-    assert timeline["heldout_bits_per_char"] == [2.99, 2.9, 2.0]
-    assert timeline["series"] and all(len(s["mean"]) == 3 for s in timeline["series"])
-    for s in timeline["series"]:
-        assert all(lo <= m <= hi for lo, m, hi in zip(s["ci_low"], s["mean"], s["ci_high"]))
-    # The analysed checkpoint's point comes from the run's own capture: the same numbers a second capture gives.
-    tl._from_main_capture = lambda *args: None
-    try:
-        assert _analyze(folder / "step01000.pt", text, tmp_path / "fresh") == 0
-    finally:
-        tl._from_main_capture = original
+        tl.job = original
     (fresh,) = json.loads((tmp_path / "fresh" / "results.json").read_text())["models"]
     assert fresh["timeline"] == timeline
 

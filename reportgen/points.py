@@ -1,0 +1,216 @@
+"""Timeline points: one checkpoint's held-out statistics, bits/char and in-context-learning score, computed as an
+independent task and cached by checkpoint × text × settings × code.
+
+A point is a pure function of its inputs (`compute`): the checkpoint (its bytes, and the vocabulary and
+hyperparameters the loader read beside it), the held-out token ids and character classes, the settings that change
+numbers (windows, seed, hypotheses, device type) and the analysis code. Its cache key hashes all of these, so a
+re-run, a run with more checkpoints of the same series, or another run over overlapping checkpoints reuses every
+point it has already computed. Workers only compute; this process stores each point as it arrives in
+`cache_root()/timeline/<key>.npz`, written to a temporary file in that folder and renamed into place: a task or
+worker killed mid-way leaves no entry (a temporary file at most, never read), and the next run computes it again.
+Tasks run in forked local workers (`workers.run_jobs`: the tasks of a worker that dies run again) or, with
+`--scheduler ADDRESS`, on a dask.distributed cluster (`cluster.py`); the numbers are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("mean", "chance", "ci_low", "ci_high")
+ICL_LATE = 3 / 4  # the in-context-learning score: mean loss at positions >= 3/4 T ...
+ICL_EARLY = (1 / 16, 3 / 16)  # ... minus mean loss at positions in [T/16, 3T/16) (around T/8)
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """What one timeline point depends on, besides the held-out ids and classes it is given with."""
+
+    path: Path  # the checkpoint (read by the worker: a cluster's workers must see the same path)
+    key: str  # cache key (`task_key`)
+    with_residuals: bool
+    train_text: Path | None
+    meta: Path | None
+    device: str
+    windows: int  # held-out windows (evenly spread, as `capture` picks them)
+    seed: int
+    hypotheses: tuple = ()
+
+
+def icl_positions(T: int) -> tuple[range, range]:
+    """(late, early) query positions of the in-context-learning score for context length T: the loss of predicting
+    character p + 1 from the p + 1 characters up to p, for p in each range (the last position has no target inside
+    the window, so p runs to T - 2)."""
+    return range(math.ceil(ICL_LATE * T), T - 1), range(round(ICL_EARLY[0] * T), round(ICL_EARLY[1] * T))
+
+
+def code_version() -> str:
+    """Hash of the code a point depends on: this module and every reportgen module it imports, directly or through
+    others (function-level imports included), so a change to pages or figures keeps the cache."""
+    import ast
+
+    package = Path(__file__).resolve().parent
+    seen, todo, h = set(), ["points"], hashlib.sha256()
+    while todo:
+        name = todo.pop()
+        if name in seen or not (package / f"{name}.py").is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_bytes())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo += [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+    for name in sorted(seen):
+        h.update(name.encode() + b"\0" + (package / f"{name}.py").read_bytes())
+    return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where analyses of checkpoints (diffs) and timeline points are kept: $REPORTGEN_CACHE, else the user's cache
+    folder."""
+    if os.environ.get("REPORTGEN_CACHE"):
+        return Path(os.environ["REPORTGEN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reportgen"
+
+
+RECORDED = {"course": ("train_loss", "training loss"), "nanogpt": ("best_val_loss", "validation loss (best so far)")}
+
+
+def recorded_loss(meta: dict) -> tuple[float | None, str | None]:
+    """(bits/char, what it is) of the loss a course or nanoGPT checkpoint recorded in training (nats per character,
+    as cross-entropy is), else (None, None)."""
+    key, what = RECORDED.get(meta.get("format"), (None, None))
+    value = meta.get(key) if key else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        return None, None
+    return float(value) / math.log(2), what
+
+
+def text_digest(ids: np.ndarray, classes) -> str:
+    """Hash of the held-out token ids and the class of each vocabulary symbol."""
+    h = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    h.update(json.dumps([classes.language, list(classes.vocab), list(classes.codes)]).encode())
+    return h.hexdigest()
+
+
+SIDECARS = ("tokenizer.json", "props.json", "meta.pkl")
+STEP = re.compile(r"(?:^checkpoint_step|step_?)(\d+)")
+
+
+def sidecars(path: Path) -> list[Path]:
+    """The files beside or above a checkpoint that the loader may read for it (vocabulary, hyperparameters,
+    nanoGPT's meta.pkl), whether or not they exist: their bytes are part of the point's key."""
+    near = [path.parent, path.parent.parent, path.parent.parent.parent]
+    files = [folder / name for folder in near[:2] for name in SIDECARS]
+    step = STEP.search(path.name) or STEP.search(path.parent.name)
+    if step:
+        files += [folder / f"checkpoint_step{step.group(1)}_props.json" for folder in near[:2]]
+    return files + [f for folder in near for f in sorted(folder.glob("data/*/meta.pkl"))]
+
+
+def task_key(path: Path, text: str, settings: dict, code: str) -> str:
+    """Cache key of a point: the checkpoint's bytes and its sidecar files (`sidecars`), the text (`text_digest`),
+    the settings that change numbers and the code (`code_version`)."""
+    from .config import file_sha256
+
+    h = hashlib.sha256(file_sha256(path).encode())
+    for f in sidecars(path):
+        h.update(f"{f.name}:{file_sha256(f) if f.is_file() else '-'}".encode())
+    h.update(json.dumps([text, settings, code], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def shape(bundle) -> str:
+    """What must match between the points of one timeline: the hyperparameters and the vocabulary."""
+    return json.dumps([bundle.config.to_dict(), list(bundle.tokenizer.vocab)], sort_keys=True)
+
+
+def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
+    """The point: per detector `<name>/mean|chance|ci_low|ci_high` (L, H) on `task.windows` held-out windows, and
+    on the same windows the bits/char, the in-context-learning score (late minus early loss, bits/char) with its CI,
+    and the loss by position; the step and losses the checkpoint recorded (NaN where none); `shape` (its
+    hyperparameters and vocabulary)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .capture import capture, window_starts
+    from .catalogue import set_hypotheses
+    from .checkpoint import load_checkpoint
+    from .stats import block_resample_counts, bootstrap_ci, split_stats
+
+    set_hypotheses(task.hypotheses)  # a cluster worker did not inherit the run's
+    bundle = load_checkpoint(task.path, with_residuals=task.with_residuals, train_text=task.train_text,
+                             meta_path=task.meta, device=torch.device(task.device))
+    scores = capture(bundle, ids, classes, limit=task.windows, n_samples=0, hypotheses=task.hypotheses)
+    rng = np.random.default_rng([task.seed, 21])
+    out = {f"{name}/{k}": np.asarray(v[k], dtype=np.float64)
+           for name, v in split_stats(scores, {}, rng).values.items() for k in FIELDS}
+    T = bundle.config.max_context_len
+    starts = window_starts(len(ids), T, task.windows, "held-out text")
+    windows = torch.as_tensor(np.stack([ids[s:s + T] for s in starts]), dtype=torch.long)  # (W, T)
+    losses = []
+    with torch.no_grad():
+        for batch in windows.split(32):
+            logits = bundle.model(batch.to(task.device))[:, :-1].float().cpu()  # (B, T - 1, vocab)
+            nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
+            losses.append(nats.reshape(len(batch), T - 1).double().numpy() / math.log(2))
+    bits = np.concatenate(losses)  # (W, T - 1)
+    late, early = icl_positions(T)
+    icl = bits[:, late].mean(1) - bits[:, early].mean(1)  # (W,)
+    low, high, _ = bootstrap_ci(icl[:, None], block_resample_counts(len(icl), np.random.default_rng([task.seed, 22]), 1))
+    recorded, what = recorded_loss(bundle.metadata)
+    meta = bundle.metadata
+    number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    out.update({"bits_per_char": bits.mean(), "icl": icl.mean(), "icl_ci_low": low[0], "icl_ci_high": high[0],
+                "loss_by_position": bits.mean(0), "n_windows": float(len(bits)), "step": number(meta.get("step")),
+                "heldout_bits_per_char": number(meta.get("heldout_bits_per_char")),
+                "recorded_bits_per_char": number(recorded)})
+    return {**{k: np.asarray(v, dtype=np.float64) for k, v in out.items()}, "shape": np.asarray(shape(bundle)),
+            "recorded": np.asarray(what or "")}
+
+
+def entry(cache: Path, key: str) -> Path:
+    return cache / f"{key[:40]}.npz"
+
+
+def read(cache: Path, key: str) -> dict[str, np.ndarray] | None:
+    """A cached point, or None (absent, or unreadable: computed again)."""
+    try:
+        with np.load(entry(cache, key), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    except Exception:  # noqa: BLE001 - a damaged zip (zipfile.BadZipFile) is a cache miss too
+        return None
+
+
+def write(cache: Path, key: str, point: dict[str, np.ndarray]) -> None:
+    """Store a point atomically: a temporary file in the cache folder, renamed into place (a read-only or full
+    cache only costs time)."""
+    tmp = None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:40]}.", suffix=".tmp", dir=cache)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **point)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, entry(cache, key))
+    except BaseException as exc:  # interrupted or failed: no temporary file left behind either
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
+
+
+
+def job(task: PointTask, ids: np.ndarray, classes, progress=None) -> dict[str, np.ndarray]:
+    """`compute` as a `workers.run_jobs` job (called with a progress object it does not need)."""
+    return compute(task, ids, classes)
