@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 from .figures import CMAP, FONT, NORM, png_bytes, visible
 
 WIDTH = 7.0  # inches: the PDF's text width (A4 less 2 × 16 mm)
-MAX_HEIGHT = 8.3  # inches: under the PDF's 215 mm image height, so the figure is never scaled down
+MAX_HEIGHT = 7.75  # inches: under the PDF's 215 mm image height (never scaled down), and fits below a chapter's
+# first paragraph
 TICK = 8.0  # points
 CELL = 9.0  # points per character: an 8 pt character and a little air
-LEFT, GAP, VGAP, BOTTOM, TOP = 0.42, 0.1, 0.22, 0.95, 0.3  # inches around and between the panels
+LEFT, GAP, VGAP, BOTTOM, TOP = 0.42, 0.1, 0.2, 0.85, 0.28  # inches around and between the panels
 
 
 def panel_size(n_layers: int, n_heads: int) -> float:
@@ -79,7 +80,7 @@ def draw(title: str, text: str, attn: np.ndarray, roles: list[list[str]], rtl: b
                     ax.set_ylabel("query", fontsize=7, labelpad=TICK + 4)
                 if l == L - 1:
                     ax.set_xlabel("key" + (", read right to left" if rtl else ""), fontsize=7, labelpad=TICK + 5)
-        cax = fig.add_axes([LEFT / WIDTH, 0.42 / height, (WIDTH - LEFT - 0.1) / WIDTH * 0.5, 0.1 / height])
+        cax = fig.add_axes([LEFT / WIDTH, 0.36 / height, (WIDTH - LEFT - 0.1) / WIDTH * 0.5, 0.1 / height])
         cb = fig.colorbar(img, cax=cax, orientation="horizontal")
         cb.ax.tick_params(labelsize=6.5)
         cb.set_label("attention weight (square-root scale)", fontsize=6.5)

@@ -27,6 +27,7 @@ from .pages import MAX_HEADLINE_HEADS, Pages, build_pages
 from .hypotheses import Hypothesis
 from .panels import ScriptModel, class_codes, passages, read_script, role_panel
 from .results import Run
+from .rowgroups import group_rows
 from .stages import FigureInputs
 from .synthesis import ranked
 
@@ -36,7 +37,7 @@ def make_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=num, pct=pct, times=times, qval=qval, signed=signed, target=link_target, bidi=isolate,
-                       direction=lambda text: "rtl" if has_rtl(str(text)) else "ltr")
+                       direction=lambda text: "rtl" if has_rtl(str(text)) else "ltr", grouped=group_rows)
     env.globals["in_pdf"] = False
     return env
 
@@ -193,7 +194,8 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
 
 
 def write_pdf(html: str, base: Path, path: Path) -> None:
-    """Render HTML to a PDF with WeasyPrint and the print stylesheet (relative links resolved in `base`)."""
+    """Render HTML to a tagged PDF (WeasyPrint's PDF/UA-1 variant: a structure tree with headings, tables, figures
+    and their alt text, for screen readers and reflow) with the print stylesheet (relative links resolved in `base`)."""
     import logging
 
     from weasyprint import CSS, HTML
@@ -201,7 +203,8 @@ def write_pdf(html: str, base: Path, path: Path) -> None:
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     tmp = path.with_name(f".{path.name}.tmp")
-    HTML(string=html, base_url=str(base)).write_pdf(tmp, stylesheets=[CSS(filename=str(template_dir() / "print.css"))])
+    HTML(string=html, base_url=str(base)).write_pdf(tmp, stylesheets=[CSS(filename=str(template_dir() / "print.css"))],
+                                                    pdf_variant="pdf/ua-1")
     tmp.replace(path)
 
 

@@ -152,3 +152,26 @@ def test_index_links_the_pdf_explorer_and_key_questions_and_every_image_is_descr
         for tag in re.findall(r"<img [^>]*>", page.read_text(encoding="utf-8")):
             alt = re.search(r'alt="([^"]*)"', tag)
             assert alt and len(alt.group(1)) >= 20, (page.name, tag)  # says what the figure shows
+
+
+@pytest.mark.slow
+def test_the_pdf_is_tagged_with_its_figures_alt_text(hebrew_report):
+    """PDF/UA-1: a structure tree (MarkInfo Marked true), the document's language, and each evidence figure tagged
+    as a Figure carrying its page's alt text."""
+    import pypdf
+
+    out, _, _ = hebrew_report
+    root = pypdf.PdfReader(out / "report.pdf").trailer["/Root"]
+    assert root["/MarkInfo"]["/Marked"] is True and root["/Lang"] == "en"
+    figures, todo = [], [root["/StructTreeRoot"]]
+    while todo:
+        node = todo.pop().get_object()
+        if not isinstance(node, pypdf.generic.DictionaryObject):
+            continue
+        if node.get("/S") == "/Figure":
+            figures.append(str(node.get("/Alt", "")))
+        kids = node.get("/K")
+        kids = kids.get_object() if kids is not None else []
+        todo += list(kids) if isinstance(kids, pypdf.generic.ArrayObject) else [kids]
+    assert any(a.startswith("Attention of Hebrew L") for a in figures), figures
+    assert all(figures), "a figure without alt text"
