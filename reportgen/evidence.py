@@ -298,6 +298,7 @@ class Timeline:
     icl_late: list[int] | None = optional()  # [first, last] query position of the late and early loss
     icl_early: list[int] | None = optional()
     phase_changes: list[PhaseChange] | None = optional()
+    phase_rule: str | None = optional()  # the rule that marks them (phases.RULE)
 
 
 @dataclass(frozen=True)

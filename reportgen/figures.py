@@ -23,7 +23,6 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 
 CMAP = "magma_r"
 NORM = dict(vmin=0.0, vmax=1.0, gamma=0.5)
@@ -239,35 +238,7 @@ def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads
         return png_bytes(fig)
 
 
-def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[float | None],
-                    loss: str = "held-out bits/char") -> bytes:
-    """Role strength (mean with 95% CI) against training step, with the recorded loss (`loss`: what it is) on a second
-    axis."""
-    with matplotlib.rc_context(FONT):
-        fig = Figure(figsize=(7.5, 3.6), layout="constrained")
-        ax = fig.add_subplot()
-        for s in series:
-            mean = np.asarray(s["mean"])
-            err = np.vstack([mean - np.asarray(s["ci_low"]), np.asarray(s["ci_high"]) - mean])
-            err = np.clip(err, 0, None)  # a constant statistic's CI can miss its float32 mean in the last digit
-            ax.errorbar(steps, mean, yerr=err, marker="o", ms=3, capsize=2, label=s["label"])
-        ax.set_xscale("log")
-        ax.set_xticks(steps, [str(x) for x in steps])  # label the checkpoints themselves, nothing in between
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("training step (log scale)")
-        ax.set_ylabel("held-out statistic (mean, 95% CI)")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        if all(b is not None for b in bpc):
-            ax2 = ax.twinx()
-            ax2.plot(steps, bpc, color="black", ls="--", lw=1, label=loss)
-            ax2.set_ylabel(f"{loss} (dashed)" if loss.endswith("bits/char") else f"{loss}, bits/char (dashed)")
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.12, 1.0))
-        ax.set_title(title)
-        return png_bytes(fig)
-
-
-FIGURE_CODE = ("figures.py", "gridfig.py")
+FIGURE_CODE = ("figures.py", "gridfig.py", "timefig.py")
 CODE_HASH = hashlib.sha256(b"".join(Path(__file__).with_name(n).read_bytes() for n in FIGURE_CODE)).digest()
 # a change to any figure code redraws every figure
 

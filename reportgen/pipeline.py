@@ -20,7 +20,7 @@ from .outputs import RESULTS, WINDOWS, OutputFolder, write_json, write_text_atom
 from .progress import say
 from .webmodel import model_script_file, rename_script
 
-RENDER_CODE = ("pages.py", "site.py", "figures.py", "gridfig.py", "explain.py", "panels.py", "rowgroups.py")  # how numbers are shown, not the numbers
+RENDER_CODE = ("pages.py", "site.py", "figures.py", "gridfig.py", "explain.py", "panels.py", "rowgroups.py", "timefig.py")  # how numbers are shown, not the numbers
 
 
 def _file_digest(h, path: Path) -> None:

@@ -30,6 +30,7 @@ from .results import Run
 from .rowgroups import group_rows
 from .stages import FigureInputs
 from .synthesis import ranked
+from .timefig import timeline_args
 
 
 def make_env() -> jinja2.Environment:
@@ -98,13 +99,8 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
                                           list(detectors), [f"L{l}H{h}" for l in range(L) for h in range(H)],
                                           ratio, marked)
         if m.timeline:
-            t = m.timeline
-            series = [{"label": s.label, "detector": s.detector, "layer": s.layer, "head": s.head, "chance": s.chance,
-                       "mean": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high} for s in t.series]
-            heldout = any(b is not None for b in t.heldout_bits_per_char) or not t.recorded
-            idx[(m.label, "timeline")] = fw.add("timeline_figure", f"{m.label}: how roles emerge during training",
-                                                t.steps, series, t.heldout_bits_per_char if heldout else
-                                                t.recorded_bits_per_char, *(() if heldout else (t.recorded,)))
+            idx[(m.label, "timeline")] = fw.add("timefig.timeline_figure", f"{m.label}: how roles emerge during training",
+                                                *timeline_args(m.timeline))
         present = [c for c in CLASS_NAMES if a.class_count[CLASS_NAMES.index(c)] > 0]
         ci = [CLASS_NAMES.index(c) for c in present]
         offsets = np.asarray(m.offset_profile["heldout"])

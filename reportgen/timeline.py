@@ -18,7 +18,7 @@ import numpy as np
 from .device import device_of
 from .evidence import Series, Timeline
 from .layouts import series as checkpoint_series
-from .phases import leaves_chance, phase_changes, significant_from
+from .phases import RULE, leaves_chance, phase_changes, significant_from
 from .points import PointTask, cache_root, code_version, icl_positions, job, read, shape, task_key, text_digest, write
 from .points import recorded_loss  # noqa: F401 - re-exported (tests/test_layouts.py)
 
@@ -136,7 +136,8 @@ def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | No
                     recorded if kinds else None, " / ".join(kinds) if kinds else None,
                     bits_per_char=[float(q["bits_per_char"]) for q in got], **icl,
                     icl_late=[late[0], late[-1]], icl_early=[early[0], early[-1]],
-                    phase_changes=phase_changes(steps, icl["icl"], icl["icl_ci_low"], icl["icl_ci_high"], series))
+                    phase_changes=phase_changes(steps, icl["icl"], icl["icl_ci_low"], icl["icl_ci_high"], series),
+                    phase_rule=RULE)
 
 
 def timelines(analyses: list[ModelAnalysis], cfg: RunConfig, progress) -> list[Timeline | None]:

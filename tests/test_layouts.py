@@ -225,5 +225,7 @@ def test_a_run_on_the_layout_gets_a_timeline_in_numeric_order_with_recorded_loss
     assert t["recorded_bits_per_char"] == pytest.approx([x / math.log(2) for x in losses], rel=1e-5)
     assert t["recorded"] == ("training loss" if layout.startswith("course") else "validation loss (best so far)")
     page = (out / f"model-{m['slug']}.html").read_text()
-    row = page[page.index(f"<td>{t['recorded']} each checkpoint recorded"):].split("</tr>")[0]
-    assert "n/a" not in row and row.count("<td>") == 1 + len(steps)
+    table = page[page.index('<table class="timeline">'):].split("</table>")[0]  # a row per checkpoint
+    assert f"<th>{t['recorded']} recorded" in table and "n/a" not in table
+    rows = table.split("<tbody>")[1].split("</tr>")[:-1]
+    assert [r.split("<td>")[1].split("</td>")[0] for r in rows] == [str(s) for s in steps]
