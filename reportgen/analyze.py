@@ -213,7 +213,8 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: s
         task = progress.add_task(f"{spec.label}: {stage}capture {s} ({n} windows)", total=n)
         scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
                             source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k),
-                            hypotheses=cfg.hypotheses + case_classes(bundle.tokenizer.vocab, prep.split.language))
+                            hypotheses=cfg.hypotheses + case_classes(bundle.tokenizer.vocab, prep.split.language),
+                            query_chars=s == "heldout" and not stage)  # the head pages' table: drawn seed, held out
     # Probes per split: fresh random sequences, and repeated passages from that split's own text, so a
     # probe-based role found on training text is confirmed on sequences it never saw.
     task = progress.add_task(f"{spec.label}: {stage}repeated-sequence probes", total=2 * len(SPLITS))

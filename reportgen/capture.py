@@ -104,8 +104,9 @@ def window_starts(n_chars: int, length: int, limit: int | None, source: str) -> 
 @torch.no_grad()
 def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit: int | None = None,
             batch_size: int = 32, n_samples: int = 4, source: str = "text", on_batch=None,
-            hypotheses: tuple = ()) -> HeadScores:
-    """Run the model over windows of `ids` and score every detector per batch (memory flat in text size)."""
+            hypotheses: tuple = (), query_chars: bool = False) -> HeadScores:
+    """Run the model over windows of `ids` and score every detector per batch (memory flat in text size); with
+    `query_chars`, also sum attention by query character (`querychars.accumulate`, for the head pages)."""
     model = bundle.model
     T = model.config.max_context_len
     starts = window_starts(len(ids), T, limit, source)
@@ -135,18 +136,19 @@ def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit
 
     return score_windows(batches(), windows, classes, bundle.tokenizer.vocab_size(), starts,
                          n_samples=n_samples, detok=bundle.tokenizer.detokenize, hypotheses=hypotheses,
-                         vocab=bundle.tokenizer.vocab, sum_unit=unit)
+                         vocab=bundle.tokenizer.vocab, sum_unit=unit, query_chars=query_chars)
 
 
 def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_size: int, starts: np.ndarray,
                   n_samples: int = 4, detok=None, hypotheses: tuple = (), vocab: list[str] | None = None,
-                  sum_unit: int | None = None) -> HeadScores:
+                  sum_unit: int | None = None, query_chars: bool = True) -> HeadScores:
     """Accumulate detector statistics over batches of (attention (B, L, H, T, S), ids (B, T)); the attention may
     come as an iterable of pieces along B (scored one by one with the whole batch's label-swap pairing).
 
     `windows` (W, T) are all windows' ids in batch order (for the positional null). Works on
     any attention, so synthetic attention with planted patterns tests the same code path. The mean attention
-    is summed `sum_unit` windows at a time (default: a piece at a time).
+    is summed `sum_unit` windows at a time (default: a piece at a time). `query_chars`: sum attention by query
+    character too (`querychars.accumulate`).
     """
     lookup = torch.as_tensor(classes.lookup())
     shares = query_shares(hypotheses, windows, lookup[windows], vocab) if hypotheses else {}  # per query it is about
@@ -178,7 +180,8 @@ def score_windows(batches, windows: torch.Tensor, classes: CharClasses, vocab_si
                     samples.append((text, attn[b - lo].numpy().copy()))
             new = attn[max(keep - lo, 0):]
             new_ids = batch[lo:hi][max(keep - lo, 0):]
-            qchars = accumulate_query_chars(qchars, new, new_ids, lookup[new_ids], vocab_size, CLASS_C, SKIP)
+            if query_chars:
+                qchars = accumulate_query_chars(qchars, new, new_ids, lookup[new_ids], vocab_size, CLASS_C, SKIP)
             step = sum_unit or max(len(new), 1)
             for u in range(0, len(new), step):
                 summed = new[u:u + step].float().sum(0)
