@@ -1,25 +1,31 @@
 """Benchmark: capture + all detectors vs a plain fused forward pass, memory vs text size, stage times.
 
 Prints figures (the explorer's model export first: bytes per model and seconds); asserts nothing (timings on shared machines are noisy: compare ratios within one run).
-Usage: python scripts/benchmark.py [--full] [--diff] [--course]
+Usage: python scripts/benchmark.py [--full] [--diff] [--course] [--timeline]
   --full    also times a whole default `reportgen run` (cold, then cached)
   --diff    a diff of two uncached shipped checkpoints against one model's capture (and the floor set by one side's
             captures at the thread count a diff gives each side), then a cached re-diff
   --course  a full report of a course-size model (6 layers x 6 heads x 192, context 128) on 1 MB of text
+  --timeline  the emergence timeline's per-checkpoint tasks over 40 checkpoints of the shipped shape: one worker vs two
+            (each one torch thread), then 5 checkpoints more, with the cache the 40 left (only those 5 computed)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+if "--timeline" in sys.argv:  # numpy's OpenBLAS on one thread, as `reportgen` runs it (cli._one_blas_thread): two
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers' bootstraps would otherwise each spin a thread per core
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -199,12 +205,91 @@ def course_time() -> None:
     print(f"full report of a 6x6x192 context-128 model on 1 MB: {took:.1f} s   (target <= 120 s)")
 
 
+def _series(folder: Path, steps: list[int]) -> list[Path]:
+    """Checkpoints of the shipped English shape at `steps`: the shipped step-250 and step-5000 weights blended,
+    w = (1 - a) w250 + a w5000 with a = log(step / 250) / log(20) (saved as float16, as shipped)."""
+    import math
+
+    from reportgen.checkpoint import save_checkpoint
+
+    early, late = (load_checkpoint(DEFAULT_MODELS / "en" / f"step{s:05d}.pt") for s in (250, 5000))
+    first, last = early.model.state_dict(), late.model.state_dict()
+    paths = []
+    for step in steps:
+        a = min(1.0, max(0.0, math.log(step / 250) / math.log(20)))
+        late.model.load_state_dict({k: (1 - a) * first[k].float() + a * last[k].float() for k in last})
+        path = folder / f"step{step:05d}.pt"
+        save_checkpoint(path, late.model, late.tokenizer, step=step, train_loss=float("nan"),
+                        heldout_bits_per_char=float("nan"), corpus={"name": "bench", "language": "en"}, seed=0,
+                        history=[])
+        paths.append(path)
+    return paths
+
+
+def timeline_times() -> None:
+    """The timeline stage (`timeline.compute_points`) over 40 checkpoints, one worker vs two, then 5 more."""
+    import os
+    import tempfile
+    from types import SimpleNamespace
+
+    from reportgen import timeline as tl
+    from reportgen.points import PointTask, code_version, read, shape, task_key, text_digest
+    from reportgen.progress import make_progress
+
+    split = bible_split("en")
+    steps = [250 + 125 * k for k in range(45)]
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        paths = _series(Path(tmp) / "run", steps)
+        made = time.perf_counter() - t
+        bundle = load_checkpoint(paths[-1])
+        ids = encode(bundle, split.heldout, "heldout")
+        classes = CharClasses.for_vocab(bundle.tokenizer.vocab, "en")
+        text, code, settings = text_digest(ids, classes), code_version(), {"windows": 64, "seed": 0}
+
+        def plan(n: int) -> tl.Plan:
+            tasks = [PointTask(p, task_key(p, text, settings, code), True, None, None, "cpu", 64, 0) for p in paths[:n]]
+            return tl.Plan("bench", tasks, ids, classes, shape(bundle), [("induction", 1, 0, "induction")])
+
+        def timed(n: int, workers: int, cache: str) -> tuple[float, dict]:
+            os.environ["REPORTGEN_CACHE"] = str(Path(tmp) / cache)
+            threads = torch.get_num_threads()  # one worker (this process) gets one thread, as each forked worker does;
+            torch.set_num_threads(1 if workers == 1 else threads)  # workers are capped by the threads there are
+            try:
+                with make_progress() as progress:
+                    start = time.perf_counter()
+                    points = tl.compute_points([plan(n)], SimpleNamespace(scheduler=None, workers=workers), progress)
+                    return time.perf_counter() - start, points
+            finally:
+                torch.set_num_threads(threads)
+
+        one, a = timed(40, 1, "one")
+        two, b = timed(40, 2, "two")
+        same = all(np.array_equal(a[k][f], b[k][f], equal_nan=a[k][f].dtype.kind == "f") for k in a for f in a[k])
+        missing = sum(read(Path(tmp) / "two" / "timeline", t.key) is None for t in plan(45).tasks)
+        more, c = timed(45, 2, "two")
+        cached = len(list((Path(tmp) / "two" / "timeline").glob("*.npz")))
+    print(f"timeline: 45 checkpoints of the shipped shape made in {made:.1f} s (shipped step 250 and 5000 blended); "
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f} at the end (other processes "
+          f"on the cores lower the speed-up)")
+    print(f"timeline: 40 checkpoints, 64 held-out windows each: one worker {one:.1f} s, two workers {two:.1f} s: "
+          f"speed-up {one / two:.2f}x   (target near 2x; <= 90 s with two workers); the same numbers: {same}")
+    print(f"timeline: 5 checkpoints added, re-run with the cache: {more:.1f} s ({missing} computed, "
+          f"{len(c) - missing} read back; {cached} points in the cache)")
+    print(f"timeline: total {one + two + more:.1f} s for the three runs, {two + more:.1f} s for 45 checkpoints with two "
+          f"workers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="also time a whole default run")
     parser.add_argument("--diff", action="store_true", help="also time a cold and a cached diff")
     parser.add_argument("--course", action="store_true", help="also time a course-size model's full report")
+    parser.add_argument("--timeline", action="store_true", help="only time the timeline's tasks over 40 + 5 checkpoints")
     args = parser.parse_args()
+    if args.timeline:
+        timeline_times()
+        return
     torch.manual_seed(0)
     explorer_export()
     throughput()
