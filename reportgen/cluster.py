@@ -1,7 +1,7 @@
 """The timeline's point tasks on a dask.distributed cluster (`--scheduler ADDRESS`; `pip install -e .[cluster]`).
 
 The same task function as the local workers (`points.compute`) runs on the cluster's workers: the held-out ids are
-scattered to them once per model, each checkpoint is read by the worker from its path (so the workers need the
+sent to them once per model, each checkpoint is read by the worker from its path (so the workers need the
 same filesystem view of the checkpoints, and reportgen installed), and each point comes back to this process, which
 writes it to the cache atomically as it arrives. A worker that dies is dask's to handle: the scheduler runs its
 tasks again elsewhere (`distributed.scheduler.allowed-failures`); a task that raises is tried `RETRIES` more times.
@@ -31,6 +31,10 @@ def _on_worker(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarra
         torch.set_num_threads(threads)
 
 
+def _text(ids: np.ndarray) -> np.ndarray:
+    return ids
+
+
 def run_on_cluster(address: str, batches: list[tuple[np.ndarray, object, list[PointTask]]],
                    on_done: Callable[[PointTask, dict[str, np.ndarray]], None]) -> None:
     """Compute every task of `batches` ((held-out ids, classes, tasks) per model) on the cluster whose scheduler
@@ -49,7 +53,9 @@ def run_on_cluster(address: str, batches: list[tuple[np.ndarray, object, list[Po
         for ids, classes, tasks in batches:
             if not tasks:
                 continue
-            shared = client.scatter(ids, broadcast=True)
+            # a task that returns the ids, not scattered data: the scheduler keeps its input and can run it again if
+            # the worker holding the ids dies (scattered data would be lost with it, and every point waiting on it)
+            shared = client.submit(_text, ids, key=f"reportgen-text-{tasks[0].key[:40]}", pure=False)
             keys = [f"reportgen-point-{t.key[:40]}" for t in tasks]
             for task, future in zip(tasks, client.map(_on_worker, tasks, ids=shared, classes=classes, key=keys,
                                                        retries=RETRIES)):

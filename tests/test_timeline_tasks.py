@@ -187,3 +187,33 @@ def test_a_phase_change_needs_the_icl_score_and_a_role_to_jump_together():
     assert phase_changes(steps, icl, wide, [x + 0.5 for x in icl], [role]) == []
     hidden = Series(**{**role.__dict__, "leaves_chance": False})  # a role at chance is never part of one
     assert phase_changes(steps, icl, low, high, [hidden]) == []
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_mid_run_has_its_tasks_run_again(series_plan, tmp_path, progress):
+    """A worker process of a real (process-based) LocalCluster is killed after the first point arrives: the scheduler
+    runs its tasks on the restarted worker, every point arrives once and equals the local path's."""
+    distributed = pytest.importorskip("distributed")
+    import signal
+
+    from reportgen.cluster import run_on_cluster
+
+    local = tl.compute_points([series_plan], _cfg(workers=1), progress)
+    tasks = series_plan.tasks * 1  # the three checkpoints, twice over under other keys: more work in flight
+    tasks = tasks + [t.__class__(**{**t.__dict__, "key": "x" + t.key}) for t in tasks]
+    got, killed = {}, []
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        with distributed.Client(c.scheduler_address) as client:
+            pids = list(client.run(os.getpid).values())
+
+        def done(task, point):
+            if not killed:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            assert task.key not in got
+            got[task.key] = point
+
+        run_on_cluster(c.scheduler_address, [(series_plan.ids, series_plan.classes, tasks)], done)
+    assert killed and set(got) == {t.key for t in tasks}
+    for t in series_plan.tasks:
+        assert _same(got[t.key], local[t.key]) and _same(got["x" + t.key], local[t.key])
