@@ -191,7 +191,7 @@ def test_models_analysed_side_by_side_in_workers_give_the_numbers_analysed_in_tu
         f'[[model]]\npath = "{ckpt}"\nlabel = "B"\nlanguage = "en"\ntext = "{text}"\n')
     docs, used = [], []
     for name, n in (("turn", 1), ("workers", 2)):
-        monkeypatch.setattr("reportgen.analyze.workers", lambda device, jobs, n=n: used.append(n) or n)
+        monkeypatch.setattr("reportgen.analyze.workers", lambda *args, n=n: used.append(n) or n)
         assert cli(["analyze", "--config", str(tmp_path / "two.toml"), "--out", str(tmp_path / name)]) == 0
         doc = json.loads((tmp_path / name / "results.json").read_text())
         doc.pop("generated")
