@@ -101,8 +101,12 @@ def test_points_are_cached_by_key_and_a_new_checkpoint_is_the_only_one_computed(
 
 
 def _dies_once(marker: Path, real):
+    parent = os.getpid()
+
     def job(task, *args):
         if task.path.name == "step00100.pt" and not marker.exists():
+            if os.getpid() == parent:  # run in turn in the test's own process: never kill pytest
+                raise RuntimeError("the job ran in the test process, not in a forked worker")
             marker.write_text("died")
             os._exit(9)  # a worker killed mid-task: no exception, no result
         return real(task, *args)
@@ -112,6 +116,8 @@ def _dies_once(marker: Path, real):
 def test_a_killed_worker_leaves_nothing_half_written_and_its_task_runs_again(series_plan, tmp_path, progress,
                                                                              monkeypatch):
     monkeypatch.setattr(tl, "job", _dies_once(tmp_path / "died", tl.job))
+    # the workers asked for, whatever torch's thread count in this test process (an earlier test may set it to 1)
+    monkeypatch.setattr("reportgen.workers.count", lambda device, jobs, limit=None: max(1, min(jobs, limit or 1)))
     points = tl.compute_points([series_plan], _cfg(workers=2), progress)
     assert (tmp_path / "died").exists()  # the worker did die once ...
     assert set(points) == {t.key for t in series_plan.tasks}  # ... and its task ran again
