@@ -12,7 +12,6 @@ import hashlib
 import importlib
 import io
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,18 +288,6 @@ def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, st
         return png_bytes(fig)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: on Linux a figure worker is killed when the run that started it dies, by any signal
-    (SIGKILL included: PR_SET_PDEATHSIG), so a killed run leaves no worker behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _render(job: tuple) -> bytes:
     """Worker entry: (function name, args) -> PNG bytes."""
     name, args = job
@@ -334,7 +321,9 @@ class FigureWriter:
         todo = [k for k, key in enumerate(keys) if not (key in cache and (self.folder / cache[key]).exists())]
         jobs = [self.jobs[k] for k in todo]
         if self.workers > 1 and len(jobs) > 2:  # a diff's four heatmaps too
-            with ProcessPoolExecutor(self.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+            from .workers import die_with_parent
+
+            with ProcessPoolExecutor(self.workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 blobs = list(pool.map(_render, jobs, chunksize=2))
         else:
             blobs = [_render(j) for j in jobs]

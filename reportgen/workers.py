@@ -38,10 +38,20 @@ class Relay:
         _QUEUE.put(("adv", self.job, task, advance))
 
 
-def _start(parent: int, threads: int) -> None:
-    from .figures import _die_with_parent
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: on Linux a worker (analysis or figures) is killed when the run that started it dies, by
+    any signal (SIGKILL included: PR_SET_PDEATHSIG), so a killed run leaves no worker behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
 
-    _die_with_parent(parent)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _start(parent: int, threads: int) -> None:
+    die_with_parent(parent)
     torch.set_num_threads(threads)  # before any parallel region in this process
 
 
