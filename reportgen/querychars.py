@@ -3,8 +3,8 @@
 While capture scores the held-out windows, `accumulate` sums, per head and per query character, the attention of
 every valid query (i >= SKIP) by how far back its key is (`OFFSET_BINS`) and by the key's character class, and
 counts the queries. `tables` turns the sums into means for the `TOP` most frequent query characters (a
-`QueryChars` per head, stored in results.json) and `query_char_figure` draws them. Float64 sums in window order:
-deterministic. Shapes: B windows, L layers, H heads, T queries, S keys, V vocabulary, K offset bins, C classes.
+`QueryChars` per head, stored in results.json), which the head pages show as a table shaded by value. Float64 sums
+in window order: deterministic. Shapes: B windows, L layers, H heads, T queries, S keys, V vocabulary, K offset bins, C classes.
 """
 
 from __future__ import annotations
@@ -67,35 +67,3 @@ def tables(acc: dict, vocab: list[str], class_labels: list[str], present: list[i
     return [[QueryChars([vocab[v] for v in order], [int(c) for c in count[order]], list(OFFSET_LABELS),
                         (acc["offset"][l, h][order] / n).tolist(), list(class_labels),
                         (acc["cls"][l, h][order][:, present] / n).tolist()) for h in range(H)] for l in range(L)]
-
-
-def query_char_figure(title: str, qc: QueryChars) -> bytes:
-    """Two heatmaps side by side, one row per query character: mean attention by offset bin and by key class.
-    Characters are drawn as written (matplotlib lays out right-to-left text itself), whitespace as symbols."""
-    from matplotlib.figure import Figure
-
-    from .figures import FONT, png_bytes, visible
-
-    import matplotlib
-
-    with matplotlib.rc_context(FONT):
-        rows = [f"{c}  ({n:,})" for c, n in zip(visible("".join(qc.chars)), qc.counts)]
-        fig = Figure(figsize=(7.6, 0.5 + 0.26 * len(rows) + 0.9), facecolor="white")
-        axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(qc.offsets), max(len(qc.classes), 1)]})
-        for ax, data, cols, xlabel in ((axes[0], qc.by_offset, qc.offsets, "characters back (key offset)"),
-                                       (axes[1], qc.by_class, qc.classes, "key class")):
-            m = np.asarray(data, dtype=float).reshape(len(rows), len(cols))
-            im = ax.imshow(m, cmap="magma_r", vmin=0.0, vmax=1.0, aspect="auto")
-            ax.set_xticks(range(len(cols)), cols, rotation=0 if ax is axes[0] else 35,
-                          ha="center" if ax is axes[0] else "right")
-            ax.set_yticks(range(len(rows)), rows if ax is axes[0] else [""] * len(rows))
-            ax.set_xlabel(xlabel)
-            for (r, c), v in np.ndenumerate(m):
-                ax.text(c, r, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center", fontsize=6.5,
-                        color="white" if v > 0.5 else "black")
-        axes[0].set_ylabel("query character (queries)")
-        fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="mean attention")
-        fig.suptitle(title, fontsize=9)
-        fig.subplots_adjust(left=0.15, right=0.86, top=1 - 0.45 / fig.get_figheight(),
-                            bottom=1.0 / fig.get_figheight(), wspace=0.08)
-        return png_bytes(fig)

@@ -9,7 +9,7 @@ import torch
 from reportgen.checkpoint import load_checkpoint, save_checkpoint
 from reportgen.modelcard import model_card, residuals_how, script_of
 from reportgen.model import TransformerLM
-from reportgen.querychars import OFFSET_BINS, accumulate, query_char_figure, tables
+from reportgen.querychars import OFFSET_BINS, accumulate, tables
 from reportgen.tokenizer import CharTokenizer
 
 
@@ -50,14 +50,6 @@ def test_query_char_table_by_hand():
                 np.testing.assert_allclose(got.by_offset[r], off / counts[v], rtol=1e-5, atol=1e-7)
                 np.testing.assert_allclose(got.by_class[r], cls / counts[v], rtol=1e-5, atol=1e-7)
                 assert abs(sum(got.by_offset[r]) - 1) < 1e-5 and abs(sum(got.by_class[r]) - 1) < 1e-5
-
-
-def test_query_char_figure_is_deterministic_and_takes_hebrew():
-    acc = {"offset": np.full((1, 1, 4, 7), 1 / 7), "cls": np.full((1, 1, 4, 2), 0.5), "count": np.array([0, 5, 3, 1.])}
-    qc = tables(acc, ["<PAD>", "א", "ש", " "], ["letter", "space"], [0, 1])[0][0]
-    assert qc.chars == ["א", "ש", " "]
-    a, b = query_char_figure("he L0H0", qc), query_char_figure("he L0H0", qc)
-    assert a == b and a[:4] == b"\x89PNG"
 
 
 def _model(vocab_size: int) -> TransformerLM:
