@@ -297,7 +297,7 @@ def _write_heatmaps(doc: dict, out: Path, mean_attn: dict) -> None:
                                         f"({h['change']:+.3f}, 95% CI {h['ci_low']:+.3f} to {h['ci_high']:+.3f})",
                                         pair[0][h["layer"], h["head"]], pair[1][h["layer"], h["head"]],
                                         f"A: step {m['a']['step']}", f"B: step {m['b']['step']}")))
-    if shown:  # drawn in parallel, written under content-hashed names
+    if shown:  # drawn in parallel, written under names hashed from their inputs
         names = writer.run()
         for h, k in shown:
             h["figure"] = f"figures/{names[k]}"

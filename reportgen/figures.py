@@ -1,4 +1,4 @@
-"""Figures: matplotlib `Figure` objects (never pyplot), deterministic PNG bytes, content-hashed names.
+"""Figures: matplotlib `Figure` objects (never pyplot), deterministic PNG bytes, names hashed from the inputs.
 
 Every attention heatmap uses one colour scale (0..1 with a square-root norm so weak attention
 stays visible) and a colourbar. Axis labels are characters, with visible symbols for space (␣)
@@ -8,6 +8,7 @@ in logical order, never reversed by hand.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -298,42 +299,66 @@ def _render(job: tuple) -> bytes:
 
 
 class FigureWriter:
-    """Renders figure jobs (in parallel), writes content-hashed PNGs, reuses files already present."""
+    """Renders figure jobs (in parallel) into PNGs named by their job key (a hash of the figure code and inputs, so
+    every name is known before anything is drawn) and reuses files already present."""
 
     def __init__(self, folder: Path, workers: int = 2):
         self.folder = folder
         self.workers = workers
         self.jobs: list[tuple[str, tuple]] = []
+        self.keys: list[str] = []
 
     def add(self, function: str, *args) -> int:
-        """Queue a figure; returns its index for `paths` after `run`."""
+        """Queue a figure; returns its index into `names`."""
         self.jobs.append((function, args))
+        self.keys.append(_job_key(self.jobs[-1]))
         return len(self.jobs) - 1
 
-    def run(self, cache: dict[str, str] | None = None) -> list[str]:
-        """Render every job not in `cache` (input hash -> file name); return file names in job order.
+    def names(self) -> list[str]:
+        """File names of the queued figures, in job order (the same inputs and code always give the same name)."""
+        return [f"{key[:16]}.png" for key in self.keys]
+
+    def run(self, cache: dict[str, str] | None = None, first: tuple[int, ...] = (), between=None) -> list[str]:
+        """Render every job not in `cache` (job key -> file name); return `names()`. Jobs `first` are rendered before
+        the others, and `between()` is called in this process as soon as they are on disk, while the workers draw
+        the rest (the PDF needs a few figures, the pages all of them).
 
         `cache` is updated in place, so a caller that keeps it skips unchanged figures next time.
         """
         cache = {} if cache is None else cache
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = [_job_key(j) for j in self.jobs]
-        todo = [k for k, key in enumerate(keys) if not (key in cache and (self.folder / cache[key]).exists())]
-        jobs = [self.jobs[k] for k in todo]
-        if self.workers > 1 and len(jobs) > 2:  # a diff's four heatmaps too
-            from .workers import die_with_parent
+        names = self.names()
+        todo = [k for k, key in enumerate(self.keys)
+                if not (cache.get(key) == names[k] and (self.folder / names[k]).exists())]
+        early = set(first)
+        todo.sort(key=lambda k: k not in early)  # stable: job order within each group
 
-            with ProcessPoolExecutor(self.workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-                blobs = list(pool.map(_render, jobs, chunksize=2))
-        else:
-            blobs = [_render(j) for j in jobs]
-        for k, blob in zip(todo, blobs):
-            name = f"{hashlib.sha256(blob).hexdigest()[:16]}.png"
-            path = self.folder / name
-            if not path.exists():
-                path.write_bytes(blob)
-            cache[keys[k]] = name
-        return [cache[key] for key in keys]
+        def save(k: int, blob: bytes) -> None:
+            tmp = self.folder / f".{names[k]}.tmp"  # a killed run never leaves a partial PNG under a figure's name
+            tmp.write_bytes(blob)
+            tmp.replace(self.folder / names[k])
+            cache[self.keys[k]] = names[k]
+
+        with contextlib.ExitStack() as stack:
+            get = lambda k: _render(self.jobs[k])  # noqa: E731
+            if self.workers > 1 and len(todo) > 2:  # a diff's four heatmaps too
+                from .workers import die_with_parent
+
+                pool = stack.enter_context(ProcessPoolExecutor(self.workers, initializer=die_with_parent,
+                                                               initargs=(os.getpid(),)))
+                stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # `between` failed: stop drawing
+                futures = {k: pool.submit(_render, self.jobs[k]) for k in todo}
+                get = lambda k: futures[k].result()  # noqa: E731
+            for k in todo:
+                if k not in early and between is not None:
+                    between, call = None, between
+                    call()  # the first figures are saved; the workers go on with the rest meanwhile
+                save(k, get(k))
+        if between is not None:
+            between()
+        for k, key in enumerate(self.keys):
+            cache[key] = names[k]
+        return names
 
 
 def _job_key(job: tuple) -> str:

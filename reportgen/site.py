@@ -66,11 +66,12 @@ def _class_label(name: str, language: str) -> str:
     return (lang.class_label(name) if lang else name).split(" (")[0]
 
 
-def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict,
-                 scripts: dict[str, str] | None = None) -> dict:
-    """Queue and render every figure; return a lookup of figure file names (relative to the site), with each evidence
-    panel's caption under (label, "panel_caption", head). `scripts`: model label -> its explorer model script, from
-    which the headline roles' evidence panels are computed (models without one get none)."""
+def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path,
+                 scripts: dict[str, str] | None = None) -> tuple[FigureWriter, dict, tuple[int, ...]]:
+    """Queue every figure (`FigureWriter.run` draws them); return the writer, a lookup of figure file names (relative
+    to the site), with each evidence panel's caption under (label, "panel_caption", head), and the jobs the PDF
+    shows (all but the head pages' figures and thumbnails). `scripts`: model label -> its explorer model script,
+    from which the headline roles' evidence panels are computed (models without one get none)."""
     fw = FigureWriter(folder)
     idx: dict = {}
     captions: dict = {}
@@ -115,17 +116,15 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path, cache: dict
                     class_names=tuple(_class_label(c, a.language) for c in present),
                     class_ratio=np.where(ch > 0, obs / np.maximum(ch, 1e-12), np.nan))
                 idx[(m.label, l, h)] = fw.add("head_figure", data)
-                if m.head(l, h).query_chars is not None:  # querychars.py: what each query character reads
-                    idx[(m.label, "qchars", f"L{l}H{h}")] = fw.add("querychars.query_char_figure", f"{m.label} "
-                                                                   f"L{l}H{h}: attention by query character",
-                                                                   m.head(l, h).query_chars)
     if len(run.models) > 1:
         fams = [f.name for f in FAMILIES if f.compared]
         counts = {m.label: [len({f.head_name for f in m.primary if f.family == fam}) for fam in fams]
                   for m in run.models}
         idx["compare"] = fw.add("comparison_figure", fams, counts, {m.label: m.n_layers * m.n_heads for m in run.models})
-    names = fw.run(cache)
-    return {**{k: f"{FIGURES}/{names[v]}" for k, v in idx.items()}, **captions}
+    names = fw.names()
+    pdf = tuple(v for k, v in idx.items() if not (isinstance(k, tuple) and (len(k) == 3 and isinstance(k[1], int)
+                                                                          or k[1:2] == ("thumb",))))
+    return fw, {**{k: f"{FIGURES}/{names[v]}" for k, v in idx.items()}, **captions}, pdf
 
 
 def _panels(fw: FigureWriter, idx: dict, captions: dict, m, script: str, hypotheses: list[dict]) -> None:
@@ -163,9 +162,7 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
               if isinstance(k, tuple) and len(k) == 3 and k[1] == "panel"}  # "label head" -> (figure, caption)
     hyp_panels = {f"{k[0]} {k[2]}": (v, figs.get((k[0], "panel_caption", k[2]), ""), k[3]) for k, v in figs.items()
                   if isinstance(k, tuple) and k[1:2] == ("hyp_panel",)}  # "label hyp_name" -> (figure, caption, head)
-    env.globals.update(pdf_link=pdf_link, panels=panels, hyp_panels=hyp_panels, case_rows=case_rows, query_skip=SKIP,
-                       qchar_figs={f"{k[0]} {k[2]}": v for k, v in figs.items() if isinstance(k, tuple) and
-                                   k[1:2] == ("qchars",)})  # "label head" -> attention by query character
+    env.globals.update(pdf_link=pdf_link, panels=panels, hyp_panels=hyp_panels, case_rows=case_rows, query_skip=SKIP)
     c = pages.common
 
     def page(template: str, name: str, **values) -> str:
@@ -220,20 +217,25 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
 
     if (previous.path / FIGURES).is_dir():  # reuse unchanged figures
         shutil.copytree(previous.path / FIGURES, out.path / FIGURES)
-    with stderr.status("rendering figures and pages"):
+    with stderr.status("rendering figures and pages") as status:
         scripts = {label: (out.path / name).read_text(encoding="utf-8") for label, name in (explorer or {}).items()
                    if (out.path / name).is_file()}
-        figs = plan_figures(run, inputs, out.path / FIGURES, figure_cache, scripts)
+        fw, figs, pdf_figures = plan_figures(run, inputs, out.path / FIGURES, scripts)
         html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}), figs, pdf)
-        write_pages(html, out.path)
+        write_pages(html, out.path)  # the output folder is staged: nothing is published before every figure is drawn
+
+        def write_report() -> None:  # while the workers draw the head pages' figures
+            clock.lap("figures_and_pages")
+            status.update("writing the PDF (and drawing the head pages' figures)")
+            write_pdf(pdf_html, out.path, out.path / "report.pdf")
+            clock.lap("pdf")
+            status.update("drawing the head pages' figures")
+
+        fw.run(figure_cache, first=pdf_figures, between=write_report if pdf else None)
     used = {v for k, v in figs.items() if not (isinstance(k, tuple) and k[1:2] == ("panel_caption",))}
     for stale in (out.path / FIGURES).glob("*.png"):
         if f"{FIGURES}/{stale.name}" not in used:
             stale.unlink()
     for key in [k for k, v in figure_cache.items() if f"{FIGURES}/{v}" not in used]:
         del figure_cache[key]
-    clock.lap("figures_and_pages")
-    if pdf:
-        with stderr.status("writing the PDF"):
-            write_pdf(pdf_html, out.path, out.path / "report.pdf")
-        clock.lap("pdf")
+    clock.lap("figures_and_pages" if not pdf else "figures_after_pdf")

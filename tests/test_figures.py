@@ -38,7 +38,7 @@ def test_hebrew_text_is_rendered_right_to_left():
     assert bet.sum() > 0
 
 
-def test_figures_are_deterministic_and_named_by_content(tmp_path):
+def test_figures_are_deterministic_and_named_by_their_inputs(tmp_path):
     rng = np.random.default_rng(0)
     attn = np.tril(rng.random((2, 2, 6, 6)))
     attn /= attn.sum(-1, keepdims=True)
