@@ -170,12 +170,13 @@ def _ablated(model, key: tuple[int, int], mode: str, data: torch.Tensor, stored,
     return total / len(shifts)
 
 
-def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor, period: int,
+def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tensor | None, period: int,
                  classes: CharClasses, rng: np.random.Generator, mode: str = "resample",
                  on_head=None, means: dict | None = None, baseline_ci: list | None = None,
                  extra_masks: dict[str, np.ndarray] | None = None, second: str | None = None,
                  draws: int = RESAMPLE_DRAWS) -> tuple[float, list[Ablation]]:
-    """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T).
+    """Ablate every head in turn on held-out windows (W, T+1) and repeated passages (P, T; None: no second-copy
+    contrast, and no pass over them).
 
     Returns (baseline bits/char, per-head results). Δ > 0 means the model got worse without the head. `mode` gives
     the primary Δ, its CI, per-class changes and targeted contrasts ('resample': the head's output from `draws`
@@ -193,7 +194,7 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
     if "mean" in (mode, second) and means is None:
         means = head_means(model, windows)
     base = nll_bits(model, windows).numpy()  # (W, T)
-    base_probe = nll_bits(model, probes).numpy()  # (P, T-1)
+    base_probe = nll_bits(model, probes).numpy() if probes is not None else None  # (P, T-1)
     lookup = classes.lookup()
     target_codes = lookup[windows[:, 1:].numpy()]  # (W, T) class of the predicted character
     input_codes = lookup[windows[:, :-1].numpy()]
@@ -205,20 +206,26 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
              **(extra_masks or {})}  # e.g. the queries each of your hypotheses is about
     class_masks = {f"class:{CLASS_NAMES[c]}": target_codes == c for c in range(len(CLASS_NAMES))
                    if (target_codes == c).sum() >= 20}
-    copy = np.zeros(base_probe.shape, dtype=bool)
-    copy[:, period:] = True  # predicting positions period+1.. : inside the second copy
-    names = [*masks, "second_copy", *class_masks]
+    copy = None
+    if probes is not None:
+        copy = np.zeros(base_probe.shape, dtype=bool)
+        copy[:, period:] = True  # predicting positions period+1.. : inside the second copy
+    names = [*masks, *(["second_copy"] if probes is not None else []), *class_masks]
     rows, values, target_means = [], {k: [] for k in names}, {k: [] for k in names}
-    stored = layer_inputs(model, windows), layer_inputs(model, probes)  # layers below an ablated head: as they were
+    stored = (layer_inputs(model, windows),  # layers below an ablated head: as they were
+              layer_inputs(model, probes) if probes is not None else None)
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
             delta = _ablated(model, (l, h), mode, windows, stored[0], means, draws) - base  # (W, T)
-            delta_probe = _ablated(model, (l, h), mode, probes, stored[1], means, draws) - base_probe
+            on_probes = {}
+            if probes is not None:
+                on_probes["second_copy"] = (_ablated(model, (l, h), mode, probes, stored[1], means, draws) - base_probe,
+                                            copy)
             per_window = delta.mean(1)
             low, high, _ = bootstrap_ci(per_window[:, None], rng)
             by_class = {k.removeprefix("class:"): float(delta[m].mean()) for k, m in class_masks.items()}
             for name, (dl, mask) in {**{k: (delta, m) for k, m in {**masks, **class_masks}.items()},
-                                     "second_copy": (delta_probe, copy)}.items():
+                                     **on_probes}.items():
                 values[name].append(_contrast_values(dl, mask))
                 target_means[name].append((float(dl[mask].mean()) if mask.any() else float("nan"),
                                            float(dl[~mask].mean()) if (~mask).any() else float("nan")))

@@ -78,7 +78,8 @@ def record(a: "ModelAnalysis", label: str, seed: int | None, drawn: bool, baseli
 def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: int | None, unigram: float,
             progress) -> Seed:
     """An extra seed's causal summary: every head resample-ablated on the run's ablation windows (no mean column,
-    controls, generation or composition), what its role heads write, and its record."""
+    second-copy contrast, controls, generation or composition: its record keeps each head's Δ and CI), what its
+    role heads write, and its record."""
     from .ablation import ablate_heads, ablation_inputs
     from .writes import head_writes
 
@@ -89,12 +90,12 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
     if cfg.ablation_windows:
         T = bundle.config.max_context_len
         ids = prep.ids["heldout"]
-        windows, nat, period = ablation_inputs(ids, T, cfg)
+        windows, _, period = ablation_inputs(ids, T, cfg)
         L, H = bundle.config.n_layers, bundle.config.n_heads
         task = progress.add_task(f"{prep.spec.label}: seeds: ablate each head", total=L * H)
         found: list[float] = []
-        baseline, ablation = ablate_heads(bundle, windows, torch.as_tensor(nat), period, prep.classes, rng,
-                                          on_head=lambda: progress.advance(task), baseline_ci=found)
+        baseline, ablation = ablate_heads(bundle, windows, None, period, prep.classes, rng,  # a seed's record keeps
+                                          on_head=lambda: progress.advance(task), baseline_ci=found)  # Δ and CI only
         ci = (found[0], found[1]) if found else None
         heads = sorted({(f.layer, f.head) for f in a.findings if f.primary})  # as for the drawn seed
         writes = head_writes(bundle.model, windows[:, :-1], prep.classes, heads, rng)
