@@ -154,9 +154,10 @@ def _average_linkage(dist: np.ndarray) -> list[tuple[int, int, float]]:
     return merges
 
 
-def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> Prepared:
+def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None, encoded: tuple | None = None) -> Prepared:
     """Load the checkpoint and text and check every input before any work starts (errors are one line); other
-    seeds of the recipe (`spec.seeds`) are loaded the same way on the same text."""
+    seeds of the recipe (`spec.seeds`) are loaded the same way on the same text (`encoded`: (vocabulary, ids,
+    shares) of the first seed, reused by a seed with the same vocabulary)."""
     bundle = open_checkpoint(spec.path, with_residuals=spec.with_residuals, train_text=spec.train_text,
                              language=spec.language, meta=spec.meta, device=cfg.torch_device())
     vowels = cfg.vowels.get(spec.language or bundle.language or "", "")
@@ -175,8 +176,11 @@ def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> 
     sources = {"train": str(spec.text or f"{split.name} (training books)"),
                "heldout": str(spec.heldout or spec.text or f"{split.name} (held-out books)")}
     texts = {"train": split.train, "heldout": split.heldout}
-    shares: dict[str, dict[str, float]] = {s: {} for s in SPLITS}
-    ids = {s: encode(bundle, texts[s], sources[s], cfg.oov, shares[s]) for s in SPLITS}
+    if encoded is not None and encoded[0] == bundle.tokenizer.vocab:
+        ids, shares = encoded[1], encoded[2]
+    else:
+        shares: dict[str, dict[str, float]] = {s: {} for s in SPLITS}
+        ids = {s: encode(bundle, texts[s], sources[s], cfg.oov, shares[s]) for s in SPLITS}
     oov_share = {s: v for s in SPLITS for v in shares[s].values()}
     T = bundle.config.max_context_len
     for s in SPLITS:
@@ -190,7 +194,8 @@ def prepare(spec: ModelSpec, cfg: RunConfig, split: TextSplit | None = None) -> 
                       sources["train"])
     seeds = []
     for k, path in enumerate(spec.seeds):
-        other = prepare(replace(spec, path=path, seeds=(), label=f"{spec.label} (seed {k + 1})"), cfg, split)
+        other = prepare(replace(spec, path=path, seeds=(), label=f"{spec.label} (seed {k + 1})"), cfg, split,
+                        (bundle.tokenizer.vocab, ids, shares))
         if (other.bundle.config.n_layers, other.bundle.config.n_heads) != (bundle.config.n_layers,
                                                                            bundle.config.n_heads):
             raise ReportgenError(f"{other.bundle.path}: {other.bundle.config.n_layers} layers x "

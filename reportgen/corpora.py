@@ -15,6 +15,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,10 +60,12 @@ class TextSplit:
 
 
 def consonantal(text: str) -> str:
-    """Strip niqqud and cantillation (category Mn) from Hebrew, keeping letters, maqaf and sof pasuq."""
+    """Strip niqqud and cantillation (category Mn) from Hebrew, keeping letters, maqaf and sof pasuq; each line's
+    whitespace collapsed (a one-line text becomes one line)."""
     decomposed = unicodedata.normalize("NFD", text)
-    kept = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
-    return " ".join(kept.split())  # collapse whitespace left behind by removed marks
+    marks = sorted(c for c in set(decomposed) if unicodedata.category(c) == "Mn")  # each distinct character once
+    kept = re.sub(f"[{re.escape(''.join(marks))}]", "", decomposed) if marks else decomposed
+    return "\n".join(" ".join(line.split()) for line in kept.split("\n"))  # whitespace left by removed marks
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -90,7 +93,7 @@ def hebrew_books() -> dict[str, str]:
     path = _package_file("scriptures", "json", "bible.json")
     books = json.loads(path.read_text(encoding="utf-8"))
     return {
-        name: "".join(consonantal(v) + "\n" for chapter in chapters for v in chapter)
+        name: consonantal("\n".join(" ".join(v.split()) for chapter in chapters for v in chapter)) + "\n"
         for name, chapters in zip(_book_names(), books)
     }
 
