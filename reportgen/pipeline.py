@@ -18,6 +18,7 @@ from .config import RunConfig, slug, template_dir
 from .layouts import run_files
 from .outputs import RESULTS, WINDOWS, OutputFolder, write_json, write_text_atomic
 from .progress import say
+from .taskcache import sidecars
 from .webmodel import model_script_file, rename_script
 
 RENDER_CODE = ("pages.py", "site.py", "figures.py", "gridfig.py", "explain.py", "panels.py", "rowgroups.py", "timefig.py")  # how numbers are shown, not the numbers
@@ -41,8 +42,15 @@ def analysis_key(cfg: RunConfig) -> str:
     for spec in cfg.models:
         h.update(f"{spec.language}|{spec.with_residuals}".encode())  # not the label: it changes no number
         folder = spec.path if spec.path.is_dir() else spec.path.parent
-        files = sorted(folder.glob("*.pt")) + [folder / "tokenizer.json"] + sorted(folder.glob("*_props.json"))
-        files += [f for f in run_files(spec.path) if f not in files]  # a nested layout's step folders
+        files = []  # one checkpoint without a timeline (a diff's side): its siblings change no number
+        if spec.path.is_dir() or cfg.timeline_windows:  # a folder's highest step, the timeline's checkpoints
+            files = sorted(folder.glob("*.pt")) + [folder / "tokenizer.json"] + sorted(folder.glob("*_props.json"))
+            files += [f for f in run_files(spec.path) if f not in files]  # a nested layout's step folders
+        known = set(files)
+        for ckpt in [f for f in [spec.path] + files if f.suffix == ".pt"]:  # what the loader may read beside each
+            beside = [f for f in sidecars(ckpt) if f not in known]  # checkpoint (nanoGPT's meta.pkl, props.json)
+            known.update(beside)
+            files += beside
         for f in [spec.path] + files:  # the checkpoint and its siblings (timeline), vocabulary, hyperparameters
             if f.is_file() or f == spec.path:
                 _file_digest(h, f)

@@ -5,25 +5,23 @@ A point is a pure function of its inputs (`compute`): the checkpoint (its bytes,
 hyperparameters the loader read beside it), the held-out token ids and character classes, the settings that change
 numbers (windows, seed, hypotheses, device type) and the analysis code. Its cache key hashes all of these, so a
 re-run, a run with more checkpoints of the same series, or another run over overlapping checkpoints reuses every
-point it has already computed. Workers only compute; this process stores each point as it arrives in
-`cache_root()/timeline/<key>.npz`, written to a temporary file in that folder and renamed into place: a task or
-worker killed mid-way leaves no entry (a temporary file at most, never read), and the next run computes it again.
+point it has already computed (the key recipe is `taskcache.task_key`). Workers only compute; this process stores
+each point as it arrives in the cache's `timeline/<key>.npz` (`taskcache.store`: a temporary file renamed into
+place), so a task or worker killed mid-way leaves no entry, and the next run computes it again.
 Tasks run in forked local workers (`workers.run_jobs`: the tasks of a worker that dies run again) or, with
 `--scheduler ADDRESS`, on a dask.distributed cluster (`cluster.py`); the numbers are the same.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import taskcache
 
 FIELDS = ("mean", "chance", "ci_low", "ci_high")
 ICL_LATE = 3 / 4  # the in-context-learning score: mean loss at positions >= 3/4 T ...
@@ -35,7 +33,7 @@ class PointTask:
     """What one timeline point depends on, besides the held-out ids and classes it is given with."""
 
     path: Path  # the checkpoint (read by the worker: a cluster's workers must see the same path)
-    key: str  # cache key (`task_key`)
+    key: str  # cache key (`taskcache.task_key`)
     with_residuals: bool
     train_text: Path | None
     meta: Path | None
@@ -52,34 +50,6 @@ def icl_positions(T: int) -> tuple[range, range]:
     return range(math.ceil(ICL_LATE * T), T - 1), range(round(ICL_EARLY[0] * T), round(ICL_EARLY[1] * T))
 
 
-def code_version() -> str:
-    """Hash of the code a point depends on: this module and every reportgen module it imports, directly or through
-    others (function-level imports included), so a change to pages or figures keeps the cache."""
-    import ast
-
-    package = Path(__file__).resolve().parent
-    seen, todo, h = set(), ["points"], hashlib.sha256()
-    while todo:
-        name = todo.pop()
-        if name in seen or not (package / f"{name}.py").is_file():
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse((package / f"{name}.py").read_bytes())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo += [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
-    for name in sorted(seen):
-        h.update(name.encode() + b"\0" + (package / f"{name}.py").read_bytes())
-    return h.hexdigest()
-
-
-def cache_root() -> Path:
-    """Where analyses of checkpoints (diffs) and timeline points are kept: $REPORTGEN_CACHE, else the user's cache
-    folder."""
-    if os.environ.get("REPORTGEN_CACHE"):
-        return Path(os.environ["REPORTGEN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reportgen"
-
-
 RECORDED = {"course": ("train_loss", "training loss"), "nanogpt": ("best_val_loss", "validation loss (best so far)")}
 
 
@@ -91,40 +61,6 @@ def recorded_loss(meta: dict) -> tuple[float | None, str | None]:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
         return None, None
     return float(value) / math.log(2), what
-
-
-def text_digest(ids: np.ndarray, classes) -> str:
-    """Hash of the held-out token ids and the class of each vocabulary symbol."""
-    h = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
-    h.update(json.dumps([classes.language, list(classes.vocab), list(classes.codes)]).encode())
-    return h.hexdigest()
-
-
-SIDECARS = ("tokenizer.json", "props.json", "meta.pkl")
-STEP = re.compile(r"(?:^checkpoint_step|step_?)(\d+)")
-
-
-def sidecars(path: Path) -> list[Path]:
-    """The files beside or above a checkpoint that the loader may read for it (vocabulary, hyperparameters,
-    nanoGPT's meta.pkl), whether or not they exist: their bytes are part of the point's key."""
-    near = [path.parent, path.parent.parent, path.parent.parent.parent]
-    files = [folder / name for folder in near[:2] for name in SIDECARS]
-    step = STEP.search(path.name) or STEP.search(path.parent.name)
-    if step:
-        files += [folder / f"checkpoint_step{step.group(1)}_props.json" for folder in near[:2]]
-    return files + [f for folder in near for f in sorted(folder.glob("data/*/meta.pkl"))]
-
-
-def task_key(path: Path, text: str, settings: dict, code: str) -> str:
-    """Cache key of a point: the checkpoint's bytes and its sidecar files (`sidecars`), the text (`text_digest`),
-    the settings that change numbers and the code (`code_version`)."""
-    from .config import file_sha256
-
-    h = hashlib.sha256(file_sha256(path).encode())
-    for f in sidecars(path):
-        h.update(f"{f.name}:{file_sha256(f) if f.is_file() else '-'}".encode())
-    h.update(json.dumps([text, settings, code], sort_keys=True, default=str).encode())
-    return h.hexdigest()
 
 
 def shape(bundle) -> str:
@@ -176,39 +112,24 @@ def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
             "recorded": np.asarray(what or "")}
 
 
-def entry(cache: Path, key: str) -> Path:
-    return cache / f"{key[:40]}.npz"
-
-
-def read(cache: Path, key: str) -> dict[str, np.ndarray] | None:
+def read(key: str) -> dict[str, np.ndarray] | None:
     """A cached point, or None (absent, or unreadable: computed again)."""
-    try:
-        with np.load(entry(cache, key), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    except Exception:  # noqa: BLE001 - a damaged zip (zipfile.BadZipFile) is a cache miss too
-        return None
+    return taskcache.read("timeline", key, _load)
 
 
-def write(cache: Path, key: str, point: dict[str, np.ndarray]) -> None:
-    """Store a point atomically: a temporary file in the cache folder, renamed into place (a read-only or full
-    cache only costs time)."""
-    tmp = None
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:40]}.", suffix=".tmp", dir=cache)
-        with os.fdopen(fd, "wb") as fh:
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write(key: str, point: dict[str, np.ndarray]) -> None:
+    """Store a point in the cache, atomically (`taskcache.store`: a read-only or full cache only costs time)."""
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
             np.savez(fh, **point)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, entry(cache, key))
-    except BaseException as exc:  # interrupted or failed: no temporary file left behind either
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if not isinstance(exc, OSError):
-            raise
 
+    taskcache.store("timeline", key, save)
 
 
 def job(task: PointTask, ids: np.ndarray, classes, progress=None) -> dict[str, np.ndarray]:

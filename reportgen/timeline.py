@@ -19,8 +19,9 @@ from .device import device_of
 from .evidence import Series, Timeline
 from .layouts import series as checkpoint_series
 from .phases import RULE, leaves_chance, phase_changes, significant_from
-from .points import PointTask, cache_root, code_version, icl_positions, job, read, shape, task_key, text_digest, write
+from .points import PointTask, icl_positions, job, read, shape, write
 from .points import recorded_loss  # noqa: F401 - re-exported (tests/test_layouts.py)
+from .taskcache import code_version, task_key, text_digest
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -77,13 +78,12 @@ def compute_points(plans: list[Plan], cfg: RunConfig, progress) -> dict[str, dic
     from .progress import say
     from .workers import count, run_jobs
 
-    cache = cache_root() / "timeline"
     points: dict[str, dict[str, np.ndarray]] = {}
     todo: list[tuple[Plan, PointTask]] = []
     for p in plans:
         for t in p.tasks:
             if t.key not in points and all(t.key != u.key for _, u in todo):
-                got = read(cache, t.key)
+                got = read(t.key)
                 if got is not None:
                     points[t.key] = got
                 else:
@@ -96,7 +96,7 @@ def compute_points(plans: list[Plan], cfg: RunConfig, progress) -> dict[str, dic
     bar = progress.add_task(f"timeline: checkpoint points ({len(todo)})", total=len(todo))
 
     def done(task: PointTask, point: dict[str, np.ndarray]) -> None:
-        write(cache, task.key, point)
+        write(task.key, point)
         points[task.key] = point
         progress.advance(bar)
 
@@ -144,7 +144,7 @@ def timelines(analyses: list[ModelAnalysis], cfg: RunConfig, progress) -> list[T
     """Each model's emergence timeline (None where its folder is no series, or `timeline_windows` is 0)."""
     if not cfg.timeline_windows:
         return [None] * len(analyses)
-    code = code_version()
+    code = code_version("points")
     plans = [plan(a, cfg, code) for a in analyses]
     points = compute_points([p for p in plans if p], cfg, progress)
     return [assemble(p, points) if p else None for p in plans]

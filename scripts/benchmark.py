@@ -233,7 +233,8 @@ def timeline_times() -> None:
     from types import SimpleNamespace
 
     from reportgen import timeline as tl
-    from reportgen.points import PointTask, code_version, read, shape, task_key, text_digest
+    from reportgen.points import PointTask, read, shape
+    from reportgen.taskcache import code_version, task_key, text_digest
     from reportgen.progress import make_progress
 
     split = bible_split("en")
@@ -245,7 +246,7 @@ def timeline_times() -> None:
         bundle = load_checkpoint(paths[-1])
         ids = encode(bundle, split.heldout, "heldout")
         classes = CharClasses.for_vocab(bundle.tokenizer.vocab, "en")
-        text, code, settings = text_digest(ids, classes), code_version(), {"windows": 64, "seed": 0}
+        text, code, settings = text_digest(ids, classes), code_version("points"), {"windows": 64, "seed": 0}
 
         def plan(n: int) -> tl.Plan:
             tasks = [PointTask(p, task_key(p, text, settings, code), True, None, None, "cpu", 64, 0) for p in paths[:n]]
@@ -272,7 +273,7 @@ def timeline_times() -> None:
         one, a = timed(40, 1, "one")
         two, b = timed(40, 2, "two")
         same = all(np.array_equal(a[k][f], b[k][f], equal_nan=a[k][f].dtype.kind == "f") for k in a for f in a[k])
-        missing = sum(read(Path(tmp) / "two" / "timeline", t.key) is None for t in plan(45).tasks)
+        missing = sum(read(t.key) is None for t in plan(45).tasks)  # the cache of the last timed run ("two")
         more, c = timed(45, 2, "two")
         cached = len(list((Path(tmp) / "two" / "timeline").glob("*.npz")))
     print(f"timeline: 45 checkpoints of the shipped shape made in {made:.1f} s (shipped step 250 and 5000 blended); "

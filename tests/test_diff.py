@@ -138,35 +138,43 @@ def _two_checkpoints(tmp_path):
 
 
 def test_both_sides_alongside_give_the_numbers_of_one_after_the_other(tmp_path, monkeypatch, capsys):
-    """Side B analysed in a forked process (where that runs) gives exactly what analysing it after A gives; a
-    failed child costs only time (the parent analyses B itself)."""
+    """Both sides analysed in two forked workers (`workers.run_jobs`, as the timeline's tasks run) give exactly what
+    analysing them one after the other gives, print nothing themselves and fill the cache a re-diff reads; a failed
+    worker costs only time (the parent says which side failed and analyses it itself)."""
     import os
 
     from reportgen import sides
     from reportgen.diff import compare
 
     a, b, options = _two_checkpoints(tmp_path)
+    # two workers, whatever torch's thread count in this test process (an earlier test may set it to 1)
+    monkeypatch.setattr("reportgen.workers.count", lambda device, jobs, limit=None: min(jobs, 2))
     monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "alongside"))
-    if not sides._parallel(a, b, {p: sides._plan(p, **options)[1] for p in (a, b)}, options):
-        pytest.skip("no fork or fewer than two torch threads here")
     alongside = compare(*sides.both_sides(a, b, **options))
     err = capsys.readouterr().err
-    assert f"{b}: analysis reused from the cache" in err  # the child analysed B while this process analysed A
-    assert "English a: capture" in err and "English b: capture" not in err  # the child prints nothing
+    assert f"{a} and {b}: analysed side by side in 2 worker processes" in err
+    assert "capture" not in err and "reused" not in err  # the workers print nothing; their results come back
+    again = compare(*sides.both_sides(a, b, **options))  # a re-diff reads both analyses the workers stored
+    err = capsys.readouterr().err
+    assert f"{a}: analysis reused from the cache" in err and f"{b}: analysis reused from the cache" in err
+    assert "side by side" not in err and again["models"] == alongside["models"]
 
     monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "child-fails"))
     parent, real = os.getpid(), sides.run_data
 
-    def fails_in_the_child(path, **kw):
-        if os.getpid() != parent:
-            raise RuntimeError("the child fails")
+    def b_fails_in_a_worker(path, **kw):
+        if os.getpid() != parent and path == b:
+            raise RuntimeError("the worker fails")
         return real(path, **kw)
 
-    monkeypatch.setattr(sides, "run_data", fails_in_the_child)
+    monkeypatch.setattr(sides, "run_data", b_fails_in_a_worker)
     recovered = compare(*sides.both_sides(a, b, **options))
+    err = capsys.readouterr().err
+    assert f"{b}: analysis in a worker process failed (RuntimeError: the worker fails); analysing it here" in err
+    assert "English b: capture" in err and "English a: capture" not in err  # A's worker went on
 
     monkeypatch.setenv("REPORTGEN_CACHE", str(tmp_path / "in-turn"))
-    monkeypatch.setattr(sides, "_parallel", lambda *args: False)
+    monkeypatch.setattr("reportgen.workers.count", lambda device, jobs, limit=None: 1)
     in_turn = compare(*sides.both_sides(a, b, **options))
     assert in_turn["models"] and alongside["models"] == in_turn["models"] == recovered["models"]
 

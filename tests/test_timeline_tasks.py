@@ -17,7 +17,8 @@ from reportgen.checkpoint import save_checkpoint
 from reportgen.classes import CharClasses
 from reportgen.evidence import Series
 from reportgen.phases import jumps, leaves_chance, phase_changes, significant_from
-from reportgen.points import code_version, entry, read, shape, task_key, text_digest, write, PointTask
+from reportgen.points import PointTask, read, shape, write
+from reportgen.taskcache import code_version, entry, task_key, text_digest
 
 from .conftest import TINY_TEXT
 
@@ -38,7 +39,7 @@ def series_plan(tmp_path, tiny_model, tokenizer, monkeypatch):
                         history=[], dtype=torch.float32)
     ids = np.asarray(tokenizer.tokenize(TINY_TEXT * 6))
     classes = CharClasses.for_vocab(tokenizer.vocab, "en")
-    text, code = text_digest(ids, classes), code_version()
+    text, code = text_digest(ids, classes), code_version("points")
     settings = {"windows": WINDOWS, "seed": 0}
     tasks = [PointTask(p, task_key(p, text, settings, code), True, None, None, "cpu", WINDOWS, 0)
              for p in sorted(folder.glob("*.pt"))]
@@ -73,7 +74,7 @@ def _cache_files(tmp_path: Path) -> list[str]:
 def test_points_are_cached_by_key_and_a_new_checkpoint_is_the_only_one_computed(series_plan, tmp_path, progress):
     points = tl.compute_points([series_plan], _cfg(workers=1), progress)
     assert set(points) == {t.key for t in series_plan.tasks}
-    assert _cache_files(tmp_path) == sorted(entry(Path("."), t.key).name for t in series_plan.tasks)
+    assert _cache_files(tmp_path) == sorted(entry("timeline", t.key).name for t in series_plan.tasks)
     timeline = tl.assemble(series_plan, points)
     assert timeline.steps == [10, 100, 1000] and timeline.heldout_bits_per_char == [2.99, 2.9, 2.0]
     assert timeline.windows == WINDOWS and len(timeline.icl) == 3
@@ -126,15 +127,15 @@ def test_a_killed_worker_leaves_nothing_half_written_and_its_task_runs_again(ser
     assert all(_same(points[k], expected[k]) for k in points)
     # a write killed half-way (the process dies inside np.savez) leaves no entry, and the point is computed again
     key = series_plan.tasks[0].key
-    entry(tmp_path / "cache" / "timeline", key).unlink()
+    entry("timeline", key).unlink()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child dies mid-write
         monkeypatch.setattr(np, "savez", lambda fh, **kw: (fh.write(b"PK\x03\x04 half"), fh.flush(), os._exit(9)))
-        write(tmp_path / "cache" / "timeline", key, points[key])
+        write(key, points[key])
         os._exit(0)
     os.waitpid(pid, 0)
-    assert read(tmp_path / "cache" / "timeline", key) is None
-    assert not entry(tmp_path / "cache" / "timeline", key).exists()
+    assert read(key) is None
+    assert not entry("timeline", key).exists()
     redone = tl.compute_points([series_plan], _cfg(workers=1), progress)
     assert _same(redone[key], points[key])
 
