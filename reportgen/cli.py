@@ -1,4 +1,4 @@
-"""Command line: `reportgen train | info | analyze | run | diff | clean`. User mistakes exit 2 with one line."""
+"""Command line: `reportgen train | info | analyze | run | diff | clean | cache`. User mistakes exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import ReportgenError
 from .languages import LANGUAGE_CODES
 from .progress import say
+from .taskcache import add_command as _add_cache_command
 
 
 def _language(text: str) -> str:
@@ -332,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove the files a previous run wrote into an output folder")
     c.add_argument("--out", default="site", help="output folder (default site/)")
     c.set_defaults(func=_cmd_clean)
+    _add_cache_command(sub)
     return parser
 
 
