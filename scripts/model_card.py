@@ -48,12 +48,14 @@ def card(language: str) -> list[str]:
     """Markdown lines for one language's checkpoints and its other seeds."""
     split = bible_split(language)
     lines = [f"## {NAMES[language]}", "", f"Corpus: {split.description}.", ""]
-    lines += ["| checkpoint | step | held-out bits/char (all held-out windows) | size |", "|---|---|---|---|"]
+    lines += ["| checkpoint | step | held-out bits/char (all held-out windows) | copying: second − first copy "
+              "(95% CI) | size |", "|---|---|---|---|---|"]
     final = None
     for path in sorted((MODELS / language).glob("step*.pt")):
         bundle = load_checkpoint(path)
+        _, first, second, lo, hi = copying(bundle, split)
         lines.append(f"| `{path.relative_to(ROOT)}` | {bundle.metadata['step']} | {heldout_bits(bundle, split):.3f} | "
-                     f"{path.stat().st_size / 1e6:.1f} MB |")
+                     f"{second - first:+.3f} ({lo:+.3f} to {hi:+.3f}) | {path.stat().st_size / 1e6:.1f} MB |")
         final = bundle
     cfg = final.config
     period, first, second, lo, hi = copying(final, split)
@@ -80,13 +82,19 @@ def card(language: str) -> list[str]:
     return lines
 
 
+def saved_at(language: str) -> str:
+    """The --save-at list that reproduces the shipped series (every shipped step but the last)."""
+    steps = sorted(int(p.stem.removeprefix("step")) for p in (MODELS / language).glob("step*.pt"))
+    return ",".join(str(s) for s in steps[:-1])
+
+
 def main() -> None:
     torch.manual_seed(0)
     lines = ["# Shipped models", "",
              "Trained on this repository's 2-core CPU with `reportgen train` (deterministic for the seed).",
              "Reproduce each folder with:", "", "```sh",
-             "reportgen train --language en --steps 5000 --save-at 250,1000,2500 --threads 1 --seed 0 --out inputs/models/en",
-             "reportgen train --language he --steps 5000 --save-at 250,1000,2500 --threads 1 --seed 0 --out inputs/models/he",
+             *[f"reportgen train --language {lang} --steps 5000 --save-at {saved_at(lang)} --threads 1 --seed 0 "
+               f"--out inputs/models/{lang}" for lang in ("en", "he")],
              "# other seeds of the same recipe (final checkpoint only), S = 1, 2, ... (the tables below list those shipped):",
              "reportgen train --language en --steps 5000 --threads 1 --seed $S --out inputs/models/en/seed$S",
              "reportgen train --language he --steps 5000 --threads 1 --seed $S --out inputs/models/he/seed$S",
