@@ -40,7 +40,7 @@ from .roles import findings, profile_fields, role_labels, summary
 from .stages import Analysed, FigureInputs, ModelAnalysis, Prepared
 from .stats import add_q_values, block_length, split_stats
 from .seeds import measure as measure_seed, records, seed_label
-from .timeline import timelines as emergence
+from .timeline import RETRIES, early_jobs as early_points, timelines as emergence
 from .workers import count as workers, run_jobs
 
 
@@ -359,7 +359,11 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
         preps = [(i, p, "") for i, p in enumerate(prepared)] + \
             [(i, sp, "seeds: ") for i, p in enumerate(prepared) for sp in p.seeds]
         jobs = [partial(_measured, p, cfg, i, stage=stage) for i, p, stage in preps]
-        done = [replace(x, prep=p) for x, (_, p, _) in zip(run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers)), preps)]
+        early = early_points(prepared, cfg, progress)  # the timeline's points need no roles: in the same pool
+        more = early.jobs if early else []
+        finished = run_jobs(jobs + more, progress, workers(device, len(jobs) + len(more), cfg.workers), RETRIES,
+                            on_done=lambda j, x: early.done(j - len(jobs), x) if j >= len(jobs) else None)
+        done = [replace(x, prep=p) for x, (_, p, _) in zip(finished, preps)]
         for s in SPLITS:  # one BH family per split: every model, seed, layer, head and tested detector
             add_q_values([x.stats[s] for x in done])
         analyses = [_with_findings(a) for a in done[:len(prepared)]]
@@ -374,7 +378,7 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
             jobs.append(partial(measure_seed, x, cfg, i, label, number, unigram_bits(x.prep.ids["heldout"])))
             slots.append(("seed", k))
         got = dict(zip(slots, run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers))))
-        timelines = emergence(analyses, cfg, progress)  # its own stage: one task per checkpoint, cached
+        timelines = emergence(analyses, cfg, progress, early)  # the points computed above (or on a dask cluster)
         models = []
         for i, a in enumerate(analyses):
             causal = got.get(("causal", i))

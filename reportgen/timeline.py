@@ -25,7 +25,7 @@ from .taskcache import code_version, task_key, text_digest
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .stages import ModelAnalysis
+    from .stages import ModelAnalysis, Prepared
 
 RETRIES = 2  # a local worker that dies has its tasks run again this many times
 
@@ -42,14 +42,31 @@ class Plan:
     series: list[tuple[str, int, int, str]]  # (detector, layer, head, label)
 
 
-def plan(a: ModelAnalysis, cfg: RunConfig, code: str) -> Plan | None:
+def point_tasks(prep: Prepared, cfg: RunConfig, code: str) -> list[PointTask] | None:
     """The tasks of a model's timeline, when its folder holds three or more checkpoints of one run (reportgen
     `stepN.pt`, the course's `checkpoint_step{S}_loss{L}.pt`, nanoGPT's `ckpt_iter{N}.pt`, step folders); None
-    otherwise. Series: the strongest replicated role of each family, plus the strongest natural-text induction head."""
-    prep = a.prep
+    otherwise. They need no roles: a run starts them beside its models' capture (`early_jobs`)."""
     path = prep.bundle.path
     siblings = checkpoint_series(path)
     if len(siblings) < 3 or path not in siblings:
+        return None
+    ids, classes = prep.ids["heldout"], prep.classes
+    device = str(device_of(prep.bundle.model))
+    settings = {"windows": cfg.timeline_windows, "seed": cfg.seed, "device": device.split(":")[0],
+                "residuals": prep.bundle.config.with_residuals, "hypotheses": [vars(h) for h in cfg.hypotheses],
+                "train_text": prep.spec.train_text, "meta": prep.spec.meta}
+    text = text_digest(ids, classes)
+    return [PointTask(ckpt.resolve(), task_key(ckpt, text, settings, code), prep.bundle.config.with_residuals,
+                      prep.spec.train_text, prep.spec.meta, device, cfg.timeline_windows, cfg.seed, cfg.hypotheses)
+            for ckpt in siblings]
+
+
+def plan(a: ModelAnalysis, cfg: RunConfig, code: str) -> Plan | None:
+    """A model's timeline: its point tasks (`point_tasks`; None when it has none) and the series to draw: the
+    strongest replicated role of each family, plus the strongest natural-text induction head."""
+    prep = a.prep
+    tasks = point_tasks(prep, cfg, code)
+    if tasks is None:
         return None
     chosen = {}
     for f in a.findings:  # strongest replicated finding per family, plus the natural-text induction score
@@ -60,25 +77,17 @@ def plan(a: ModelAnalysis, cfg: RunConfig, code: str) -> Plan | None:
         ind = a.stats["heldout"].values["induction"]["mean"]
         l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
         series.append(("induction", int(l), int(h), f"L{l}H{h} natural-text induction attention (strongest at the final step)"))
-    ids, classes = prep.ids["heldout"], prep.classes
-    device = str(device_of(prep.bundle.model))
-    settings = {"windows": cfg.timeline_windows, "seed": cfg.seed, "device": device.split(":")[0],
-                "residuals": prep.bundle.config.with_residuals, "hypotheses": [vars(h) for h in cfg.hypotheses],
-                "train_text": prep.spec.train_text, "meta": prep.spec.meta}
-    text = text_digest(ids, classes)
-    tasks = [PointTask(ckpt.resolve(), task_key(ckpt, text, settings, code), prep.bundle.config.with_residuals,
-                       prep.spec.train_text, prep.spec.meta, device, cfg.timeline_windows, cfg.seed, cfg.hypotheses)
-             for ckpt in siblings]
-    return Plan(prep.spec.label, tasks, ids, classes, shape(prep.bundle), series)
+    return Plan(prep.spec.label, tasks, prep.ids["heldout"], prep.classes, shape(prep.bundle), series)
 
 
-def compute_points(plans: list[Plan], cfg: RunConfig, progress) -> dict[str, dict[str, np.ndarray]]:
-    """Every point of `plans` by cache key: read from the cache, the others computed (local workers, or the dask
-    cluster at `cfg.scheduler`) and stored as they arrive."""
+def compute_points(plans: list[Plan], cfg: RunConfig, progress,
+                   known: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Every point of `plans` by cache key: `known` ones (computed earlier in this run), then those the cache holds,
+    the others computed (local workers, or the dask cluster at `cfg.scheduler`) and stored as they arrive."""
     from .progress import say
     from .workers import count, run_jobs
 
-    points: dict[str, dict[str, np.ndarray]] = {}
+    points: dict[str, dict[str, np.ndarray]] = dict(known or {})
     todo: list[tuple[Plan, PointTask]] = []
     for p in plans:
         for t in p.tasks:
@@ -88,9 +97,10 @@ def compute_points(plans: list[Plan], cfg: RunConfig, progress) -> dict[str, dic
                     points[t.key] = got
                 else:
                     todo.append((p, t))
-    n = sum(len(p.tasks) for p in plans)
-    where = f"on the dask cluster at {cfg.scheduler}" if cfg.scheduler else "here"
-    say(f"timeline: {n - len(todo)} of {n} checkpoint point(s) from the cache, {len(todo)} to compute {where}")
+    if known is None or todo:
+        n = sum(len(p.tasks) for p in plans)
+        where = f"on the dask cluster at {cfg.scheduler}" if cfg.scheduler else "here"
+        say(f"timeline: {n - len(todo)} of {n} checkpoint point(s) from the cache, {len(todo)} to compute {where}")
     if not todo:
         return points
     bar = progress.add_task(f"timeline: checkpoint points ({len(todo)})", total=len(todo))
@@ -140,11 +150,61 @@ def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | No
                     phase_rule=RULE)
 
 
-def timelines(analyses: list[ModelAnalysis], cfg: RunConfig, progress) -> list[Timeline | None]:
-    """Each model's emergence timeline (None where its folder is no series, or `timeline_windows` is 0)."""
+@dataclass
+class Early:
+    """The points a run computes beside its models' capture (`early_jobs`): jobs for its worker pool, and the
+    points by cache key, filled from the cache and by `done` as the jobs finish."""
+
+    jobs: list
+    keys: list[str]
+    points: dict[str, dict[str, np.ndarray]]
+    progress: object
+    bar: object = None
+
+    def done(self, j: int, point: dict[str, np.ndarray]) -> None:
+        """Job `j` finished: store its point in the cache and here."""
+        write(self.keys[j], point)
+        self.points[self.keys[j]] = point
+        self.progress.advance(self.bar)
+
+
+def early_jobs(prepared: list[Prepared], cfg: RunConfig, progress) -> Early | None:
+    """The timeline points not in the cache, as jobs for the run's first worker pool (they need no roles, and small
+    jobs after the models' fill its idle workers); None when there is no timeline, or the points go to a dask
+    cluster (`compute_points` sends them there after the roles)."""
+    if not cfg.timeline_windows or cfg.scheduler:
+        return None
+    from .progress import say
+
+    code = code_version("points")
+    early = Early([], [], {}, progress)
+    n = 0
+    for prep in prepared:
+        for t in point_tasks(prep, cfg, code) or []:
+            n += 1
+            if t.key in early.points or t.key in early.keys:
+                continue
+            got = read(t.key)
+            if got is not None:
+                early.points[t.key] = got
+            else:
+                early.jobs.append(partial(job, t, prep.ids["heldout"], prep.classes))
+                early.keys.append(t.key)
+    if n:
+        say(f"timeline: {n - len(early.jobs)} of {n} checkpoint point(s) from the cache, {len(early.jobs)} to compute "
+            f"here")
+    if early.jobs:
+        early.bar = progress.add_task(f"timeline: checkpoint points ({len(early.jobs)})", total=len(early.jobs))
+    return early
+
+
+def timelines(analyses: list[ModelAnalysis], cfg: RunConfig, progress,
+              early: Early | None = None) -> list[Timeline | None]:
+    """Each model's emergence timeline (None where its folder is no series, or `timeline_windows` is 0), from the
+    points `early` computed and those still to compute."""
     if not cfg.timeline_windows:
         return [None] * len(analyses)
     code = code_version("points")
     plans = [plan(a, cfg, code) for a in analyses]
-    points = compute_points([p for p in plans if p], cfg, progress)
+    points = compute_points([p for p in plans if p], cfg, progress, early.points if early else None)
     return [assemble(p, points) if p else None for p in plans]
