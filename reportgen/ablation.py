@@ -19,7 +19,7 @@ from .catalogue import roles_of
 from .checkpoint import ModelBundle
 from .classes import CLASS_NAMES, CharClasses
 from .circuits import composition
-from .controls import run_controls
+from .controls import finish_controls, measure_controls
 from .evidence import Ablation, CausalAgreement, Circuit, Contrast, Controls, Generation, RoleEffect, Writes
 from .examples import worked_example
 from .generation import generation_evidence, heldout_sentence, prompt_for, role_predictions
@@ -30,7 +30,7 @@ from .writes import head_writes
 
 if TYPE_CHECKING:
     from .config import RunConfig
-    from .stages import ModelAnalysis
+    from .stages import ModelAnalysis, Prepared
 
 LN2 = float(np.log(2.0))
 MAX_ROLE_EFFECTS = 8  # role heads whose single ablation is shown prediction by prediction
@@ -260,26 +260,58 @@ def ablation_inputs(ids: np.ndarray, T: int, cfg: "RunConfig") -> tuple[torch.Te
     return torch.as_tensor(np.stack([ids[s:s + T + 1] for s in starts])), nat, period
 
 
-def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) -> CausalEvidence:
-    """Head ablations with targeted contrasts, the two controls, and generation with role heads removed."""
-    prep, stats = a.prep, a.stats
+@dataclass(frozen=True)
+class Ablated:
+    """What the causal stage measures before the roles are known (`ablate_model`): it runs beside the capture of
+    the run's other models, and `causal_evidence` goes on from it, with the same random stream."""
+
+    baseline: float
+    heads: list[Ablation]
+    baseline_ci: tuple[float, float]
+    controls: tuple | None  # `controls.measure_controls` (finished once the run's q-values are known), None for a seed
+    means: dict | None  # each head's mean output on the ablation windows (mean-ablation), None for a seed
+    rng: np.random.Generator  # the stream, where the ablations and controls left it
+
+
+def ablate_model(prep: "Prepared", stats: dict, cfg: "RunConfig", index: int, progress, seed: bool = False) -> Ablated:
+    """Every head ablated on the held-out ablation windows, and (for a drawn model) the two controls: nothing here
+    depends on the run's roles. A drawn model's heads get targeted contrasts (the second-copy one on repeated
+    passages, and each hypothesis' queries) and a mean-ablation column; another seed's record keeps each head's
+    resample Δ and CI only, so it has neither (nor a pass over the repeated passages)."""
     bundle, classes = prep.bundle, prep.classes
-    model = bundle.model
     T = bundle.config.max_context_len
-    ids = prep.ids["heldout"]
-    windows, nat, period = ablation_inputs(ids, T, cfg)
+    windows, nat, period = ablation_inputs(prep.ids["heldout"], T, cfg)
     rng = np.random.default_rng([cfg.seed, index, 11])
     L, H = bundle.config.n_layers, bundle.config.n_heads
-    task = progress.add_task(f"{prep.spec.label}: ablate each head", total=L * H)
-    means = head_means(model, windows)
+    task = progress.add_task(f"{prep.spec.label}: {'seeds: ' if seed else ''}ablate each head", total=L * H)
     baseline_ci: list[float] = []
+    if seed:
+        baseline, heads = ablate_heads(bundle, windows, None, period, classes, rng,
+                                       on_head=lambda: progress.advance(task), baseline_ci=baseline_ci)
+        return Ablated(baseline, heads, tuple(baseline_ci), None, None, rng)
+    means = head_means(bundle.model, windows)
     extra = {h.detector: h.query_positions(windows[:, :-1], torch.as_tensor(classes.lookup())[windows[:, :-1]],
                                            bundle.tokenizer.vocab).numpy()
              for h in cfg.hypotheses if h.has_query}
     baseline, heads = ablate_heads(bundle, windows, torch.as_tensor(nat), period, classes, rng,
                                    on_head=lambda: progress.advance(task), means=means, baseline_ci=baseline_ci,
                                    extra_masks=extra, second="mean")
-    controls = run_controls(prep, cfg, index, stats, rng, progress)
+    controls = measure_controls(prep, cfg, index, stats, rng, progress)
+    return Ablated(baseline, heads, tuple(baseline_ci), controls, means, rng)
+
+
+def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress,
+                    first: Ablated | None = None) -> CausalEvidence:
+    """Head ablations with targeted contrasts, the two controls (`first`, from `ablate_model`, measured here if not
+    given), and what needs the roles: generation with role heads removed, each role head's prediction changes,
+    what the role heads write and which earlier heads feed them."""
+    prep, stats = a.prep, a.stats
+    bundle, classes = prep.bundle, prep.classes
+    T = bundle.config.max_context_len
+    windows, _, _ = ablation_inputs(prep.ids["heldout"], T, cfg)
+    first = first or ablate_model(prep, a.stats, cfg, index, progress)
+    baseline, heads, baseline_ci, means, rng = first.baseline, first.heads, first.baseline_ci, first.means, first.rng
+    controls = finish_controls(first.controls, stats)
     # Generation with the strongest role heads removed.
     role_heads = []
     for h in sorted(heads, key=lambda x: -x.delta_bits_per_char):
@@ -296,7 +328,7 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress) 
                for f in [f for f in a.findings if f.primary][:MAX_ROLE_EFFECTS]]
     writes, circuit = mechanisms(a, windows[:, :-1], rng, progress)
     return CausalEvidence("resample", len(windows), baseline, heads, controls, generation,
-                          [e for e in effects if e is not None], tuple(baseline_ci), writes, circuit)
+                          [e for e in effects if e is not None], baseline_ci, writes, circuit)
 
 
 def mechanisms(a: "ModelAnalysis", windows: torch.Tensor, rng: np.random.Generator,

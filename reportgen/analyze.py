@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .ablation import CausalEvidence, causal_agreement, causal_evidence
+from .ablation import Ablated, CausalEvidence, ablate_model, causal_agreement, causal_evidence
 from .capture import HeadScores, capture, encode, natural_probes, probe, random_probes
 from .catalogue import set_hypotheses
 from .checkpoint import ModelBundle
@@ -363,19 +363,21 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
         more = early.jobs if early else []
         finished = run_jobs(jobs + more, progress, workers(device, len(jobs) + len(more), cfg.workers), RETRIES,
                             on_done=lambda j, x: early.done(j - len(jobs), x) if j >= len(jobs) else None)
-        done = [replace(x, prep=p) for x, (_, p, _) in zip(finished, preps)]
+        done = [replace(x, prep=p) for (x, _), (_, p, _) in zip(finished, preps)]
+        ablated = [first for _, first in finished[:len(preps)]]
         for s in SPLITS:  # one BH family per split: every model, seed, layer, head and tested detector
             add_q_values([x.stats[s] for x in done])
         analyses = [_with_findings(a) for a in done[:len(prepared)]]
         extra = [(i, _with_findings(x)) for (i, _, _), x in zip(preps[len(prepared):], done[len(prepared):])]
-        jobs, slots = [], []  # the causal stage needs the roles (after FDR); the longest jobs first
+        jobs, slots = [], []  # the rest of the causal stage needs the roles (after FDR); the longest jobs first
         for i, a in enumerate(analyses):
             if cfg.ablation_windows:
-                jobs.append(partial(causal_evidence, a, cfg, i))
+                jobs.append(partial(causal_evidence, a, cfg, i, first=ablated[i]))
                 slots.append(("causal", i))
         for k, (i, x) in enumerate(extra):
             label, number = seed_label(x, 1 + sum(j == i for j, _ in extra[:k]))
-            jobs.append(partial(measure_seed, x, cfg, i, label, number, unigram_bits(x.prep.ids["heldout"])))
+            jobs.append(partial(measure_seed, x, cfg, i, label, number, unigram_bits(x.prep.ids["heldout"]),
+                                first=ablated[len(prepared) + k]))
             slots.append(("seed", k))
         got = dict(zip(slots, run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers))))
         timelines = emergence(analyses, cfg, progress, early)  # the points computed above (or on a dask cluster)
@@ -389,9 +391,12 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
                     [figure_inputs(a) for a in analyses], stage_seconds(progress))
 
 
-def _measured(prep: Prepared, cfg: RunConfig, index: int, progress, stage: str = "") -> ModelAnalysis:
-    """`analyze_model` without its `Prepared` (a worker hands back numbers, not the model)."""
-    return replace(analyze_model(prep, cfg, index, progress, stage), prep=None)
+def _measured(prep: Prepared, cfg: RunConfig, index: int, progress, stage: str = "") -> tuple[ModelAnalysis, Ablated | None]:
+    """`analyze_model` without its `Prepared` (a worker hands back numbers, not the model), and the part of the
+    causal stage that needs no roles (`ablation.ablate_model`: every head ablated, and a drawn model's controls)."""
+    a = analyze_model(prep, cfg, index, progress, stage)
+    first = ablate_model(prep, a.stats, cfg, index, progress, seed=bool(stage)) if cfg.ablation_windows else None
+    return replace(a, prep=None), first
 
 
 def _with_findings(a: ModelAnalysis) -> ModelAnalysis:

@@ -138,7 +138,22 @@ def pooled(draws: list[ControlResult]) -> ControlResult:
 def run_controls(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict, rng: np.random.Generator,
                  progress) -> Controls:
     """Both controls on the first `cfg.control_windows` held-out windows; the random-init one drawn
-    `cfg.control_draws` times."""
+    `cfg.control_draws` times. `stats` must carry the run's q-values (the shuffled control's role labels ask
+    whether the trained head passes the random-sequence induction rule)."""
+    return finish_controls(measure_controls(prep, cfg, index, stats, rng, progress), stats)
+
+
+def finish_controls(measured: tuple, stats: dict) -> Controls:
+    """The `Controls` from `measure_controls`' output, once `stats` carry the run's q-values."""
+    random_init, shuffled_stats, n_ctrl, trained, (L, H) = measured
+    shuffled_text = control_result(shuffled_stats, L, H, lambda l, h: random_repeats(stats, l, h))
+    return Controls(random_init, shuffled_text, n_ctrl, trained_median_entropy=trained if math.isfinite(trained) else None)
+
+
+def measure_controls(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict, rng: np.random.Generator,
+                     progress) -> tuple:
+    """What `run_controls` measures, which needs no q-values of the trained model (its median entropy only): the
+    random-init draws pooled, the shuffled text's statistics, the windows, the trained entropy and the shape."""
     bundle, classes = prep.bundle, prep.classes
     L, H, T = bundle.config.n_layers, bundle.config.n_heads, bundle.config.max_context_len
     ids = prep.ids["heldout"]
@@ -159,5 +174,4 @@ def run_controls(prep: "Prepared", cfg: "RunConfig", index: int, stats: dict, rn
     shuffled_stats = split_stats(capture(bundle, shuffled.ravel(), classes, n_samples=0), {},
                                  np.random.default_rng([cfg.seed, index, 13]))
     progress.advance(task)
-    shuffled_text = control_result(shuffled_stats, L, H, lambda l, h: random_repeats(stats, l, h))
-    return Controls(random_init, shuffled_text, n_ctrl, trained_median_entropy=trained if math.isfinite(trained) else None)
+    return random_init, shuffled_stats, n_ctrl, trained, (L, H)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .config import SEED_FOLDER, display_path
 from .languages import shown
@@ -76,11 +75,11 @@ def record(a: "ModelAnalysis", label: str, seed: int | None, drawn: bool, baseli
 
 
 def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: int | None, unigram: float,
-            progress) -> Seed:
-    """An extra seed's causal summary: every head resample-ablated on the run's ablation windows (no mean column,
-    second-copy contrast, controls, generation or composition: its record keeps each head's Δ and CI), what its
-    role heads write, and its record."""
-    from .ablation import ablate_heads, ablation_inputs
+            progress, first=None) -> Seed:
+    """An extra seed's causal summary: every head resample-ablated on the run's ablation windows (`first`, from
+    `ablation.ablate_model`, measured here if not given; no mean column, second-copy contrast, controls, generation
+    or composition: its record keeps each head's Δ and CI), what its role heads write, and its record."""
+    from .ablation import ablate_model, ablation_inputs
     from .writes import head_writes
 
     prep = a.prep
@@ -88,15 +87,9 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
     rng = np.random.default_rng([cfg.seed, index, 11])
     ablation, writes, ci = [], [], None
     if cfg.ablation_windows:
-        T = bundle.config.max_context_len
-        ids = prep.ids["heldout"]
-        windows, _, period = ablation_inputs(ids, T, cfg)
-        L, H = bundle.config.n_layers, bundle.config.n_heads
-        task = progress.add_task(f"{prep.spec.label}: seeds: ablate each head", total=L * H)
-        found: list[float] = []
-        baseline, ablation = ablate_heads(bundle, windows, None, period, prep.classes, rng,  # a seed's record keeps
-                                          on_head=lambda: progress.advance(task), baseline_ci=found)  # Δ and CI only
-        ci = (found[0], found[1]) if found else None
+        first = first or ablate_model(prep, a.stats, cfg, index, progress, seed=True)
+        baseline, ablation, ci, rng = first.baseline, first.heads, first.baseline_ci or None, first.rng
+        windows, _, _ = ablation_inputs(prep.ids["heldout"], bundle.config.max_context_len, cfg)
         heads = sorted({(f.layer, f.head) for f in a.findings if f.primary})  # as for the drawn seed
         writes = head_writes(bundle.model, windows[:, :-1], prep.classes, heads, rng)
     else:
