@@ -104,9 +104,11 @@ def window_starts(n_chars: int, length: int, limit: int | None, source: str) -> 
 @torch.no_grad()
 def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit: int | None = None,
             batch_size: int = 32, n_samples: int = 4, source: str = "text", on_batch=None,
-            hypotheses: tuple = (), query_chars: bool = False) -> HeadScores:
+            hypotheses: tuple = (), query_chars: bool = False, losses: list | None = None) -> HeadScores:
     """Run the model over windows of `ids` and score every detector per batch (memory flat in text size); with
-    `query_chars`, also sum attention by query character (`querychars.accumulate`, for the head pages)."""
+    `query_chars`, also sum attention by query character (`querychars.accumulate`, for the head pages); with a
+    `losses` list, also append each window's loss in bits of predicting characters 1..T-1 (numpy (b, T-1) per
+    piece, in window order), from the same forward passes (the full model, its last layer's MLP and logits too)."""
     model = bundle.model
     T = model.config.max_context_len
     starts = window_starts(len(ids), T, limit, source)
@@ -125,7 +127,14 @@ def capture(bundle: ModelBundle, ids: np.ndarray, classes: CharClasses, *, limit
         for lo in range(0, len(batch), piece):
             b = len(batch[lo:lo + piece])
             out = buffer if b == buffer.shape[1] else buffer[:, :b].contiguous()  # a short last piece: its own
-            yield model.attention(batch[lo:lo + piece], out)  # (b, L, H, T, S)
+            if losses is None:
+                yield model.attention(batch[lo:lo + piece], out)  # (b, L, H, T, S)
+                continue
+            part = batch[lo:lo + piece].to(device)
+            logits, weights = model(part, True, out)
+            nats = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), part[:, 1:], reduction="none")
+            losses.append((nats / LN2).double().cpu().numpy())
+            yield weights.transpose(0, 1).to(batch.device)  # (b, L, H, T, S)
 
     def batches():
         for lo in range(0, len(windows), batch_size):

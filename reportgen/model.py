@@ -257,15 +257,17 @@ class TransformerLM(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, return_attention_weights: bool = False):
-        """Logits (B, N, vocab); with `return_attention_weights`, also attention (L, B, H, N, N)."""
+    def forward(self, idx: torch.Tensor, return_attention_weights: bool = False, out: torch.Tensor | None = None):
+        """Logits (B, N, vocab); with `return_attention_weights`, also attention (L, B, H, N, N) (into `out`, an
+        (L, B, H, N, N) buffer a caller reuses, when given and autograd is off)."""
         B, N = idx.shape
         if N > self.config.max_context_len:
             raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
         x = self.embed(idx)  # (B, N, D)
         # Without autograd each layer writes its weights into one (L, B, H, N, N) buffer (no stacking copy);
         # with autograd (out= has no gradient) they are stacked.
-        buffer = self._weight_buffer(B, N, x) if return_attention_weights and not torch.is_grad_enabled() else None
+        buffer = (out if out is not None else self._weight_buffer(B, N, x)) \
+            if return_attention_weights and not torch.is_grad_enabled() else None
         weights = []
         for layer, block in enumerate(self.layers):
             x, att = block(x, return_attention_weights, None if buffer is None else buffer[layer])

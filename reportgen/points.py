@@ -74,9 +74,8 @@ def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
     and the loss by position; the step and losses the checkpoint recorded (NaN where none); `shape` (its
     hyperparameters and vocabulary)."""
     import torch
-    import torch.nn.functional as F
 
-    from .capture import capture, window_starts
+    from .capture import capture
     from .catalogue import set_hypotheses
     from .checkpoint import load_checkpoint
     from .stats import block_resample_counts, bootstrap_ci, split_stats
@@ -84,19 +83,12 @@ def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
     set_hypotheses(task.hypotheses)  # a cluster worker did not inherit the run's
     bundle = load_checkpoint(task.path, with_residuals=task.with_residuals, train_text=task.train_text,
                              meta_path=task.meta, device=torch.device(task.device))
-    scores = capture(bundle, ids, classes, limit=task.windows, n_samples=0, hypotheses=task.hypotheses)
+    losses: list[np.ndarray] = []  # the loss from the capture's own forward passes, window by window
+    scores = capture(bundle, ids, classes, limit=task.windows, n_samples=0, hypotheses=task.hypotheses, losses=losses)
     rng = np.random.default_rng([task.seed, 21])
     out = {f"{name}/{k}": np.asarray(v[k], dtype=np.float64)
            for name, v in split_stats(scores, {}, rng).values.items() for k in FIELDS}
     T = bundle.config.max_context_len
-    starts = window_starts(len(ids), T, task.windows, "held-out text")
-    windows = torch.as_tensor(np.stack([ids[s:s + T] for s in starts]), dtype=torch.long)  # (W, T)
-    losses = []
-    with torch.no_grad():
-        for batch in windows.split(32):
-            logits = bundle.model(batch.to(task.device))[:, :-1].float().cpu()  # (B, T - 1, vocab)
-            nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
-            losses.append(nats.reshape(len(batch), T - 1).double().numpy() / math.log(2))
     bits = np.concatenate(losses)  # (W, T - 1)
     late, early = icl_positions(T)
     icl = bits[:, late].mean(1) - bits[:, early].mean(1)  # (W,)
