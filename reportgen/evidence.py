@@ -279,8 +279,9 @@ class PhaseChange:
 
     step_before: int
     step: int
-    icl_drop: float  # fall of the in-context-learning score, bits/char
+    icl_drop: float  # fall of the score (`score`), bits/char
     roles: list[str]
+    score: str | None = optional()  # which in-context score fell: "in-context-learning score" or "copying score"
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,12 @@ class Timeline:
     icl_ci_high: list[float] | None = optional()
     icl_late: list[int] | None = optional()  # [first, last] query position of the late and early loss
     icl_early: list[int] | None = optional()
+    copying: list[float] | None = optional()  # copying score: second-copy minus first-copy loss on repeated passages
+    copying_ci_low: list[float] | None = optional()
+    copying_ci_high: list[float] | None = optional()
+    copying_period: int | None = optional()  # characters per copy
+    icl_from: int | None = optional()  # first step from which the score's upper 95% bound stays below 0
+    copying_from: int | None = optional()
     phase_changes: list[PhaseChange] | None = optional()
     phase_rule: str | None = optional()  # the rule that marks them (phases.RULE)
 

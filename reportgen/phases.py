@@ -5,8 +5,9 @@
 * A series *jumps* between checkpoints k-1 and k when it rises beyond both CIs (lower bound at k above the upper
   bound at k-1) by at least `JUMP_SHARE` of its whole range over the run; the in-context-learning score jumps when
   it falls that way (a lower score: late positions predicted better than early ones).
-* A *phase change* is marked between k-1 and k when the in-context-learning score and at least one drawn role jump
-  there together.
+* A *phase change* is marked between k-1 and k when an in-context score (the in-context-learning score on natural
+  text, or the copying score: second-copy minus first-copy loss on repeated held-out passages) and at least one
+  drawn role jump there together; each score is tested on its own and named.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Sequence
 from .evidence import PhaseChange, Series
 
 JUMP_SHARE = 0.25
-RULE = (f"a phase change is marked where, between two consecutive checkpoints, the in-context-learning score falls "
-        f"and a role's strength rises together, each beyond both checkpoints' 95% CIs and by at least "
-        f"{JUMP_SHARE:.0%} of its whole range over the run")
+RULE = (f"a phase change is marked where, between two consecutive checkpoints, an in-context score (the "
+        f"in-context-learning score on natural text, or the copying score on repeated passages) falls and a role's "
+        f"strength rises together, each beyond both checkpoints' 95% CIs and by at least {JUMP_SHARE:.0%} of its "
+        f"whole range over the run")
 
 
 def significant_from(steps: Sequence[int], ci_low: Sequence[float], chance: float | None) -> int | None:
@@ -47,13 +49,14 @@ def jumps(mean: Sequence[float], ci_low: Sequence[float], ci_high: Sequence[floa
 
 
 def phase_changes(steps: Sequence[int], icl: Sequence[float], icl_low: Sequence[float], icl_high: Sequence[float],
-                  series: Sequence[Series]) -> list[PhaseChange]:
-    """Where the in-context-learning score falls and a drawn role rises together (see the module's rule)."""
+                  series: Sequence[Series], score: str = "in-context-learning score") -> list[PhaseChange]:
+    """Where an in-context score (`score`: the in-context-learning score, or the copying score) falls and a drawn
+    role rises together (see the module's rule)."""
     falls = jumps([-x for x in icl], [-x for x in icl_high], [-x for x in icl_low])
     rising = {s.label: jumps(s.mean, s.ci_low, s.ci_high) for s in series if s.leaves_chance}
     out = []
     for k in range(1, len(steps)):
         roles = [label for label, up in rising.items() if up[k]]
         if falls[k] and roles:
-            out.append(PhaseChange(steps[k - 1], steps[k], icl[k - 1] - icl[k], roles))
+            out.append(PhaseChange(steps[k - 1], steps[k], icl[k - 1] - icl[k], roles, score))
     return out

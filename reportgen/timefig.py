@@ -1,6 +1,6 @@
 """The emergence timeline figure: role strength with its CI and its detector's chance line over training steps (the
 step from which each role stays significant marked, phase changes shaded), and below it the held-out bits/char and
-the in-context-learning score of every checkpoint."""
+the in-context-learning and copying scores of every checkpoint."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 from .figures import FONT, png_bytes  # noqa: E402
 
 ICL_COLOUR = "#7b3294"
+COPY_COLOUR = "#1b7837"
 
 
 def _steps_axis(ax, steps: list[int]) -> None:
@@ -32,11 +33,12 @@ def _steps_axis(ax, steps: list[int]) -> None:
 
 def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[float | None],
                     loss: str = "held-out bits/char", icl: dict | None = None,
-                    phases: list[tuple[int, int]] = ()) -> bytes:
+                    phases: list[tuple[int, int]] = (), copying: dict | None = None) -> bytes:
     """Top: each drawn series (`series` dicts with label, mean, ci_low, ci_high, chance, significant_from) as its mean
     with a 95% CI band and its chance line (dotted, same colour), a ring at the step from which it stays above
     chance. Bottom: `bpc` (`loss`: what it is) and, when given, the in-context-learning score `icl` (mean, ci_low,
-    ci_high) on a second axis. `phases`: (step before, step) spans shaded in both panels."""
+    ci_high) and the copying score `copying` (the same keys) on a second axis, both a later loss minus an earlier
+    one in bits/char. `phases`: (step before, step) spans shaded in both panels."""
     with matplotlib.rc_context(FONT):
         fig = Figure(figsize=(7.5, 4.8), layout="constrained")
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -62,14 +64,15 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
                         label=loss)
         bottom.set_ylabel(loss if loss.endswith("bits/char") else f"{loss}, bits/char")
         handles, labels = bottom.get_legend_handles_labels()
-        if icl is not None:
+        if icl is not None or copying is not None:
             right = bottom.twinx()
-            right.fill_between(steps, icl["ci_low"], icl["ci_high"], color=ICL_COLOUR, alpha=0.2, lw=0)
-            right.plot(steps, icl["mean"], color=ICL_COLOUR, lw=1.2, marker="s", ms=2,
-                       label="ICL score (right axis)")
-            right.axhline(0, color=ICL_COLOUR, lw=0.6, ls=":")
-            right.set_ylabel("late − early loss, bits/char", color=ICL_COLOUR)
-            right.tick_params(axis="y", colors=ICL_COLOUR)
+            for score, colour, marker, label in ((icl, ICL_COLOUR, "s", "ICL score: late − early loss (right axis)"),
+                                                 (copying, COPY_COLOUR, "^", "copying score: 2nd − 1st copy (right axis)")):
+                if score is not None:
+                    right.fill_between(steps, score["ci_low"], score["ci_high"], color=colour, alpha=0.18, lw=0)
+                    right.plot(steps, score["mean"], color=colour, lw=1.2, marker=marker, ms=2.5, label=label)
+            right.axhline(0, color="grey", lw=0.6, ls=":")
+            right.set_ylabel("later − earlier loss, bits/char\n(below 0: learned in context)")
             more = right.get_legend_handles_labels()
             handles, labels = handles + more[0], labels + more[1]
         for before, step in phases:
@@ -99,4 +102,6 @@ def timeline_args(t) -> tuple:
     else:
         bpc, loss = t.recorded_bits_per_char, t.recorded
     icl = {"mean": t.icl, "ci_low": t.icl_ci_low, "ci_high": t.icl_ci_high} if t.icl else None
-    return t.steps, series, bpc, loss, icl, [(p.step_before, p.step) for p in t.phase_changes or []]
+    copying = {"mean": t.copying, "ci_low": t.copying_ci_low, "ci_high": t.copying_ci_high} if t.copying else None
+    spans = list(dict.fromkeys((p.step_before, p.step) for p in t.phase_changes or []))  # one shade per span
+    return t.steps, series, bpc, loss, icl, spans, copying

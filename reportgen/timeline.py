@@ -142,11 +142,20 @@ def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | No
     icl = {k: [float(q[k]) for q in got] for k in ("icl", "icl_ci_low", "icl_ci_high")}
     T = len(got[-1]["loss_by_position"]) + 1
     late, early = icl_positions(T)
+    more = {k: [float(q[k]) for q in got] for k in ("copying", "copying_ci_low", "copying_ci_high")} \
+        if all("copying" in q for q in got) else {}
+    changes = phase_changes(steps, icl["icl"], icl["icl_ci_low"], icl["icl_ci_high"], series)
+    if more:
+        changes += phase_changes(steps, more["copying"], more["copying_ci_low"], more["copying_ci_high"], series,
+                                 "copying score")
+        more["copying_period"] = int(got[-1]["copying_period"])
+        more["copying_from"] = significant_from(steps, [-x for x in more["copying_ci_high"]], 0.0)
+    more["icl_from"] = significant_from(steps, [-x for x in icl["icl_ci_high"]], 0.0)  # upper bound below 0
     return Timeline(steps, [num(q["heldout_bits_per_char"]) for q in got], int(got[-1]["n_windows"]), series,
                     recorded if kinds else None, " / ".join(kinds) if kinds else None,
                     bits_per_char=[float(q["bits_per_char"]) for q in got], **icl,
-                    icl_late=[late[0], late[-1]], icl_early=[early[0], early[-1]],
-                    phase_changes=phase_changes(steps, icl["icl"], icl["icl_ci_low"], icl["icl_ci_high"], series),
+                    icl_late=[late[0], late[-1]], icl_early=[early[0], early[-1]], **more,
+                    phase_changes=sorted(changes, key=lambda c: steps.index(c.step)),
                     phase_rule=RULE)
 
 

@@ -40,9 +40,9 @@ def test_a_series_at_chance_is_named_and_not_drawn_and_the_significant_step_is_s
     assert "No phase change at these checkpoints." in text and str(escape(RULE)) in text
     assert "query positions 96–126 minus the mean loss at positions 8–23" in text
     assert text.count("<tr><td>") == len(STEPS)  # a row per checkpoint
-    steps, series, bpc, loss, icl, phases = timeline_args(t)
+    steps, series, bpc, loss, icl, phases, copying = timeline_args(t)
     assert [s["label"] for s in series] == ["L0H2 previous character"] and bpc == t.bits_per_char
-    assert icl["mean"] == t.icl and phases == []
+    assert icl["mean"] == t.icl and phases == [] and copying is None
     assert timeline_figure("x", steps, series, bpc, loss, icl, phases)[:4] == b"\x89PNG"
 
 
@@ -52,4 +52,22 @@ def test_a_phase_change_is_said_with_its_steps_and_roles():
     assert ("Phase change between steps 250 and 500: the in-context-learning score falls by 0.200 bits/char while "
             "L0H2 previous character rises.") in text
     assert "No phase change" not in text
-    assert timeline_args(t)[-1] == [(250, 500)]
+    assert timeline_args(t)[5] == [(250, 500)]
+
+
+def test_the_copying_score_is_drawn_tabled_and_named_in_its_phase_change():
+    from dataclasses import replace
+
+    t = replace(_timeline([PhaseChange(500, 1000, 0.3, ["L0H2 previous character"], "copying score")]),
+                copying=[0.02, 0.01, -0.3, -0.5, -0.55], copying_ci_low=[0.0, -0.01, -0.33, -0.53, -0.58],
+                copying_ci_high=[0.04, 0.03, -0.27, -0.47, -0.52], copying_period=64, copying_from=1000, icl_from=250)
+    text = _notes(t)
+    assert ("Phase change between steps 500 and 1000: the copying score falls by 0.300 bits/char while L0H2 previous "
+            "character rises.") in text
+    assert ("the in-context-learning score (natural text) is below 0 (upper 95% bound under 0) from step 250 on; the "
+            "copying score (repeated passages) is below 0 (upper 95% bound under 0) from step 1000 on.") in text
+    assert "on 64 held-out passages of 64 characters, each repeated twice" in text
+    assert "<td>-0.300 [-0.330, -0.270]</td>" in text  # the table's copying column
+    steps, series, bpc, loss, icl, phases, copying = timeline_args(t)
+    assert copying["mean"] == t.copying and phases == [(500, 1000)]
+    assert timeline_figure("x", steps, series, bpc, loss, icl, phases, copying)[:4] == b"\x89PNG"
