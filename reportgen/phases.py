@@ -3,8 +3,9 @@
 * A role is *significant from* step s when its lower 95% CI bound is above its detector's uniform chance at s and at
   every later checkpoint; it *never leaves chance* when its lower bound is above chance at no checkpoint.
 * A series *jumps* between checkpoints k-1 and k when it rises beyond both CIs (lower bound at k above the upper
-  bound at k-1) by at least `JUMP_SHARE` of its whole range over the run; the in-context-learning score jumps when
-  it falls that way (a lower score: late positions predicted better than early ones).
+  bound at k-1) by at least `JUMP_SHARE` of its whole range over the run; an in-context score jumps when it falls
+  that way (a lower score: later characters predicted better than earlier ones) to below 0 (its upper bound at k
+  under 0: a fall from "worse late" to "no worse" is not learning in context).
 * A *phase change* is marked between k-1 and k when an in-context score (the in-context-learning score on natural
   text, or the copying score: second-copy minus first-copy loss on repeated held-out passages) and at least one
   drawn role jump there together; each score is tested on its own and named.
@@ -19,9 +20,10 @@ from .evidence import PhaseChange, Series
 
 JUMP_SHARE = 0.25
 RULE = (f"a phase change is marked where, between two consecutive checkpoints, an in-context score (the "
-        f"in-context-learning score on natural text, or the copying score on repeated passages) falls and a role's "
-        f"strength rises together, each beyond both checkpoints' 95% CIs and by at least {JUMP_SHARE:.0%} of its "
-        f"whole range over the run")
+        f"in-context-learning score on natural text, or the copying score on repeated passages) falls to below 0 "
+        f"(its upper 95% bound under 0: the model does learn in context there) and a role's strength rises "
+        f"together, each beyond both checkpoints' 95% CIs and by at least {JUMP_SHARE:.0%} of its whole range over "
+        f"the run")
 
 
 def significant_from(steps: Sequence[int], ci_low: Sequence[float], chance: float | None) -> int | None:
@@ -57,6 +59,6 @@ def phase_changes(steps: Sequence[int], icl: Sequence[float], icl_low: Sequence[
     out = []
     for k in range(1, len(steps)):
         roles = [label for label, up in rising.items() if up[k]]
-        if falls[k] and roles:
+        if falls[k] and icl_high[k] < 0 and roles:  # it falls to where the model does learn in context
             out.append(PhaseChange(steps[k - 1], steps[k], icl[k - 1] - icl[k], roles, score))
     return out

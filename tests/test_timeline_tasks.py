@@ -194,6 +194,10 @@ def test_a_phase_change_needs_the_icl_score_and_a_role_to_jump_together():
     assert phase_changes(steps, icl, wide, [x + 0.5 for x in icl], [role]) == []
     hidden = Series(**{**role.__dict__, "leaves_chance": False})  # a role at chance is never part of one
     assert phase_changes(steps, icl, low, high, [hidden]) == []
+    worse = [x + 0.6 for x in icl]  # the same fall from "late is worse" to still worse late: not learning in context
+    assert phase_changes(steps, worse, [x - 0.03 for x in worse], [x + 0.03 for x in worse], [role, flat]) == []
+    (pc,) = phase_changes(steps, icl, low, high, [role], "copying score")  # each score is named
+    assert pc.score == "copying score"
 
 
 @pytest.mark.slow
