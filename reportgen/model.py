@@ -5,9 +5,8 @@ loads with ``strict=True``. Leaves first: attention, MLP, block, config, model.
 
 Dimension letters: B batch, N (or T) sequence length, D embed size, H heads, hs = D / H.
 The default forward fuses every head into one matmul and ``scaled_dot_product_attention``;
-``return_attention_weights=True`` takes the explicit-softmax path and also returns the
-attention probabilities. Head ablation is a context manager (`TransformerLM.ablate`) that
-never touches the weights and always restores the model's state.
+``return_attention_weights=True`` takes the explicit-softmax path and also returns the attention probabilities.
+Head ablation is a context manager (`TransformerLM.ablate`) that never touches the weights and restores the model.
 """
 
 from __future__ import annotations
@@ -258,16 +257,15 @@ class TransformerLM(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor, return_attention_weights: bool = False, out: torch.Tensor | None = None):
-        """Logits (B, N, vocab); with `return_attention_weights`, also attention (L, B, H, N, N) (into `out`, an
-        (L, B, H, N, N) buffer a caller reuses, when given and autograd is off)."""
+        """Logits (B, N, vocab); with `return_attention_weights`, also attention (L, B, H, N, N) (into `out`)."""
         B, N = idx.shape
         if N > self.config.max_context_len:
             raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
         x = self.embed(idx)  # (B, N, D)
-        # Without autograd each layer writes its weights into one (L, B, H, N, N) buffer (no stacking copy);
-        # with autograd (out= has no gradient) they are stacked.
-        buffer = (out if out is not None else self._weight_buffer(B, N, x)) \
-            if return_attention_weights and not torch.is_grad_enabled() else None
+        # Without autograd each layer writes its weights into one (L, B, H, N, N) buffer (`out`, or a new one: no
+        # stacking copy); with autograd (out= has no gradient) they are stacked.
+        wanted = return_attention_weights and not torch.is_grad_enabled()
+        buffer = (self._weight_buffer(B, N, x) if out is None else out) if wanted else None
         weights = []
         for layer, block in enumerate(self.layers):
             x, att = block(x, return_attention_weights, None if buffer is None else buffer[layer])
