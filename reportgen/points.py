@@ -150,5 +150,11 @@ def write(key: str, point: dict[str, np.ndarray]) -> None:
 
 
 def job(task: PointTask, ids: np.ndarray, classes, progress=None) -> dict[str, np.ndarray]:
-    """`compute` as a `workers.run_jobs` job (called with a progress object it does not need)."""
-    return compute(task, ids, classes)
+    """`compute` as a `workers.run_jobs` job; with a progress object, timed as a hidden task (its stage time, in
+    `progress.stage_seconds`, is then the work of the points, whatever else shares their pool)."""
+    if progress is None:
+        return compute(task, ids, classes)
+    timed = progress.add_task("timeline: checkpoint point", total=1, visible=False)
+    point = compute(task, ids, classes)
+    progress.advance(timed)
+    return point

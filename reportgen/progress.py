@@ -25,9 +25,12 @@ def make_progress() -> Progress:
 
 def stage_seconds(progress: Progress) -> dict[str, float]:
     """Elapsed seconds per stage, summed over models: a task "English: capture heldout (1363 windows)" counts as
-    "capture heldout" (what `scripts/benchmark.py` prints as each stage's share)."""
+    "capture heldout" (what `scripts/benchmark.py` prints as each stage's share); bars added with `span=True` are
+    left out."""
     out: dict[str, float] = {}
     for task in progress.tasks:
+        if task.fields.get("span"):  # a bar over jobs that share a pool with others: its time is not their work
+            continue
         name = re.sub(r"\s*\(.*\)$", "", task.description.split(": ", 1)[-1])
         name = re.sub(r" over \d+ checkpoints$", "", name)
         took = task.finished_time if task.finished_time is not None else task.elapsed  # from its start to done

@@ -103,7 +103,7 @@ def compute_points(plans: list[Plan], cfg: RunConfig, progress,
         say(f"timeline: {n - len(todo)} of {n} checkpoint point(s) from the cache, {len(todo)} to compute {where}")
     if not todo:
         return points
-    bar = progress.add_task(f"timeline: checkpoint points ({len(todo)})", total=len(todo))
+    bar = progress.add_task(f"timeline: checkpoint points ({len(todo)})", total=len(todo), span=True)
 
     def done(task: PointTask, point: dict[str, np.ndarray]) -> None:
         write(task.key, point)
@@ -203,7 +203,8 @@ def early_jobs(prepared: list[Prepared], cfg: RunConfig, progress) -> Early | No
         say(f"timeline: {n - len(early.jobs)} of {n} checkpoint point(s) from the cache, {len(early.jobs)} to compute "
             f"here")
     if early.jobs:
-        early.bar = progress.add_task(f"timeline: checkpoint points ({len(early.jobs)})", total=len(early.jobs))
+        early.bar = progress.add_task(f"timeline: checkpoint points ({len(early.jobs)})", total=len(early.jobs),
+                                      span=True)  # from the first job to the last: not work (see `points.job`)
     return early
 
 

@@ -20,7 +20,7 @@ import torch
 from .errors import ReportgenError
 
 _JOBS: list[Callable[[Any], Any]] = []  # set before the pool forks: children inherit them, nothing is pickled
-_QUEUE = None  # progress messages from the workers: ("add", job, task, description, total) | ("adv", job, task, n)
+_QUEUE = None  # progress messages from the workers: ("add", job, task, description, total, visible) | ("adv", job, task, n)
 
 
 class Relay:
@@ -29,9 +29,9 @@ class Relay:
     def __init__(self, job: int):
         self.job, self.count = job, 0
 
-    def add_task(self, description: str, total: float | None = None, **_) -> int:
+    def add_task(self, description: str, total: float | None = None, visible: bool = True, **_) -> int:
         self.count += 1
-        _QUEUE.put(("add", self.job, self.count, description, total))
+        _QUEUE.put(("add", self.job, self.count, description, total, visible))
         return self.count
 
     def advance(self, task: int, advance: float = 1) -> None:
@@ -106,7 +106,7 @@ def _attempt(jobs: list[Callable[[Any], Any]], todo: list[int], progress, worker
     def relay() -> None:
         while (msg := queue.get()) is not None:
             if msg[0] == "add":
-                tasks[msg[1], msg[2]] = progress.add_task(msg[3], total=msg[4])
+                tasks[msg[1], msg[2]] = progress.add_task(msg[3], total=msg[4], visible=msg[5])
             else:
                 progress.advance(tasks[msg[1], msg[2]], msg[3])
 
