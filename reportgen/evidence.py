@@ -259,7 +259,9 @@ class CausalAgreement:
 @dataclass(frozen=True)
 class Series:
     """One role's held-out strength at every checkpoint of the timeline, with its detector's uniform-chance value;
-    `significant_from`: the first step from which its lower 95% bound stays above chance (`phases.py`)."""
+    `significant_from`: the first step from which the lower 95% bound of its excess over its strictest null
+    (uniform chance, or the positional, label-swap or word-structure null where the detector has them) stays
+    above 0 (`timeline.assemble`, `phases.significant_from`)."""
 
     label: str
     detector: str

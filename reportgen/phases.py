@@ -21,9 +21,9 @@ from .evidence import PhaseChange, Series
 JUMP_SHARE = 0.25
 RULE = (f"a phase change is marked where, between two consecutive checkpoints, an in-context score (the "
         f"in-context-learning score on natural text, or the copying score on repeated passages) falls to below 0 "
-        f"(its upper 95% bound under 0: the model does learn in context there) and a role's strength rises "
-        f"together, each beyond both checkpoints' 95% CIs and by at least {JUMP_SHARE:.0%} of its whole range over "
-        f"the run")
+        f"(its upper 95% bound under 0: the later characters predicted better than the earlier) and a role's "
+        f"strength rises together, each beyond both checkpoints' 95% CIs and by at least {JUMP_SHARE:.0%} of its "
+        f"whole range over the run")
 
 
 def significant_from(steps: Sequence[int], ci_low: Sequence[float], chance: float | None) -> int | None:

@@ -23,7 +23,8 @@ import numpy as np
 
 from . import taskcache
 
-FIELDS = ("mean", "chance", "ci_low", "ci_high")
+FIELDS = ("mean", "chance", "ci_low", "ci_high", "gain_ci_low")  # gain: the excess over the strictest null (where
+# a detector has positional, label-swap or word-structure nulls), window by window
 ICL_LATE = 3 / 4  # the in-context-learning score: mean loss at positions >= 3/4 T ...
 ICL_EARLY = (1 / 16, 3 / 16)  # ... minus mean loss at positions in [T/16, 3T/16) (around T/8)
 
@@ -87,7 +88,7 @@ def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
     scores = capture(bundle, ids, classes, limit=task.windows, n_samples=0, hypotheses=task.hypotheses, losses=losses)
     rng = np.random.default_rng([task.seed, 21])
     out = {f"{name}/{k}": np.asarray(v[k], dtype=np.float64)
-           for name, v in split_stats(scores, {}, rng).values.items() for k in FIELDS}
+           for name, v in split_stats(scores, {}, rng).values.items() for k in FIELDS if k in v}
     T = bundle.config.max_context_len
     bits = np.concatenate(losses)  # (W, T - 1)
     late, early = icl_positions(T)

@@ -55,7 +55,7 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
                 top.plot([steps[at]], [mean[at]], marker="o", ms=9, mfc="none", mec=c, mew=1.5, ls="none")
         top.plot([], [], color="grey", ls=":", lw=1, label="chance of each role's detector (dotted)")
         top.plot([], [], marker="o", ms=8, mfc="none", mec="grey", mew=1.5, ls="none",
-                 label="ring: significant from here on (lower 95% bound > chance)")
+                 label="ring: significant from here on (above its strictest null)")
         top.set_ylabel("held-out statistic\n(mean, 95% CI band)")
         top.set_ylim(0, 1.05)
         top.set_title(title)

@@ -76,7 +76,9 @@ def plan(a: ModelAnalysis, cfg: RunConfig, code: str) -> Plan | None:
     if not any(p == "induction" for p, *_ in series):
         ind = a.stats["heldout"].values["induction"]["mean"]
         l, h = np.unravel_index(np.nanargmax(ind), ind.shape)
-        series.append(("induction", int(l), int(h), f"L{l}H{h} natural-text induction attention (strongest at the final step)"))
+        role = next((f.role for f in a.findings if f.replicated and f.primary and (f.layer, f.head) == (l, h)), None)
+        series.append(("induction", int(l), int(h), f"L{l}H{h} natural-text induction attention (strongest at the "
+                       f"final step{f'; its role there: {role}' if role else ''})"))
     return Plan(prep.spec.label, tasks, prep.ids["heldout"], prep.classes, shape(prep.bundle), series)
 
 
@@ -135,7 +137,11 @@ def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | No
     for det, l, h, label in p.series:
         v = {k: [float(q[f"{det}/{k}"][l, h]) for q in got] for k in ("mean", "ci_low", "ci_high")}
         chance = num(got[-1][f"{det}/chance"][l, h])
-        series.append(Series(label, det, l, h, chance, **v, significant_from=significant_from(steps, v["ci_low"], chance),
+        if all(f"{det}/gain_ci_low" in q for q in got):  # as the role itself: its excess over its strictest null
+            first = significant_from(steps, [float(q[f"{det}/gain_ci_low"][l, h]) for q in got], 0.0)
+        else:  # a detector with uniform chance as its only null
+            first = significant_from(steps, v["ci_low"], chance)
+        series.append(Series(label, det, l, h, chance, **v, significant_from=first,
                              leaves_chance=leaves_chance(v["ci_low"], chance)))
     recorded = [num(q["recorded_bits_per_char"]) for q in got]
     kinds = sorted({str(q["recorded"]) for q in got} - {""})

@@ -228,3 +228,28 @@ def test_a_dask_worker_killed_mid_run_has_its_tasks_run_again(series_plan, tmp_p
     assert killed and set(got) == {t.key for t in tasks}
     for t in series_plan.tasks:
         assert _same(got[t.key], local[t.key]) and _same(got["x" + t.key], local[t.key])
+
+
+def test_a_series_is_significant_where_it_clears_its_strictest_null_not_only_chance():
+    """Above uniform chance at every step, but above its word-structure null only from the last two: significant from
+    there (as the role itself is judged); a detector with chance as its only null is judged against chance."""
+    T, W = 16, 8
+    tasks = [PointTask(Path(f"step{s}.pt"), f"key{s}", True, None, None, "cpu", W, 0) for s in (100, 200, 300)]
+
+    def point(k: int, step: int) -> dict:
+        one = lambda v: np.full((1, 1), v)  # noqa: E731 - one layer, one head
+        return {"shape": np.asarray("s"), "step": np.asarray(float(step)), "heldout_bits_per_char": np.asarray(3.0),
+                "recorded_bits_per_char": np.asarray(np.nan), "recorded": np.asarray(""),
+                "bits_per_char": np.asarray(3.0), "icl": np.asarray(0.0), "icl_ci_low": np.asarray(-0.1),
+                "icl_ci_high": np.asarray(0.1), "loss_by_position": np.zeros(T - 1), "n_windows": np.asarray(float(W)),
+                "class_vowel/mean": one(0.5), "class_vowel/chance": one(0.3), "class_vowel/ci_low": one(0.45),
+                "class_vowel/ci_high": one(0.55), "class_vowel/gain_ci_low": one([-0.05, 0.01, 0.02][k]),
+                "offset_1/mean": one(0.5), "offset_1/chance": one(0.1), "offset_1/ci_low": one(0.4),
+                "offset_1/ci_high": one(0.6)}
+
+    points = {t.key: point(k, s) for k, (t, s) in enumerate(zip(tasks, (100, 200, 300)))}
+    plan = tl.Plan("X", tasks, np.zeros(64, dtype=int), None, "s",
+                   [("class_vowel", 0, 0, "L0H0 vowel"), ("offset_1", 0, 0, "L0H0 previous")])
+    vowel, previous = tl.assemble(plan, points).series
+    assert vowel.significant_from == 200 and vowel.leaves_chance  # not 100, where it is above chance only
+    assert previous.significant_from == 100
