@@ -137,10 +137,12 @@ def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | No
     for det, l, h, label in p.series:
         v = {k: [float(q[f"{det}/{k}"][l, h]) for q in got] for k in ("mean", "ci_low", "ci_high")}
         chance = num(got[-1][f"{det}/chance"][l, h])
-        if all(f"{det}/gain_ci_low" in q for q in got):  # as the role itself: its excess over its strictest null
-            first = significant_from(steps, [float(q[f"{det}/gain_ci_low"][l, h]) for q in got], 0.0)
-        else:  # a detector with uniform chance as its only null
-            first = significant_from(steps, v["ci_low"], chance)
+        # as the role itself: above uniform chance and, where the detector has them, above its other nulls (the
+        # lower bound of the excess over the strictest of them, window by window)
+        margin = [c - float(q[f"{det}/chance"][l, h]) for c, q in zip(v["ci_low"], got)]
+        if all(f"{det}/gain_ci_low" in q for q in got):
+            margin = [min(m, float(q[f"{det}/gain_ci_low"][l, h])) for m, q in zip(margin, got)]
+        first = significant_from(steps, margin, 0.0)
         series.append(Series(label, det, l, h, chance, **v, significant_from=first,
                              leaves_chance=leaves_chance(v["ci_low"], chance)))
     recorded = [num(q["recorded_bits_per_char"]) for q in got]

@@ -245,11 +245,15 @@ def test_a_series_is_significant_where_it_clears_its_strictest_null_not_only_cha
                 "class_vowel/mean": one(0.5), "class_vowel/chance": one(0.3), "class_vowel/ci_low": one(0.45),
                 "class_vowel/ci_high": one(0.55), "class_vowel/gain_ci_low": one([-0.05, 0.01, 0.02][k]),
                 "offset_1/mean": one(0.5), "offset_1/chance": one(0.1), "offset_1/ci_low": one(0.4),
-                "offset_1/ci_high": one(0.6)}
+                "offset_1/ci_high": one(0.6), "induction/mean": one(0.06), "induction/chance": one(0.05),
+                "induction/ci_low": one([0.04, 0.045, 0.055][k]), "induction/ci_high": one(0.08),
+                "induction/gain_ci_low": one(0.01)}  # above its positional null throughout, above chance at 300
 
     points = {t.key: point(k, s) for k, (t, s) in enumerate(zip(tasks, (100, 200, 300)))}
     plan = tl.Plan("X", tasks, np.zeros(64, dtype=int), None, "s",
-                   [("class_vowel", 0, 0, "L0H0 vowel"), ("offset_1", 0, 0, "L0H0 previous")])
-    vowel, previous = tl.assemble(plan, points).series
+                   [("class_vowel", 0, 0, "L0H0 vowel"), ("offset_1", 0, 0, "L0H0 previous"),
+                    ("induction", 0, 0, "L0H0 induction")])
+    vowel, previous, induction = tl.assemble(plan, points).series
     assert vowel.significant_from == 200 and vowel.leaves_chance  # not 100, where it is above chance only
     assert previous.significant_from == 100
+    assert induction.significant_from == 300  # uniform chance is one of its nulls too
