@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import torch
 
 from .keysets import SKIP, keys_product, word_initial
@@ -59,8 +61,15 @@ def not_offered(vocab: list[str], language: str | None) -> str | None:
     return f"Capital letters and sentence starts are not analysed: {why}."
 
 
+@lru_cache(maxsize=8)
+def _code_points(vocab: tuple[str, ...]) -> np.ndarray:
+    """Each token's code point (NUL for a token that is not one character), for `_text`."""
+    return np.array([ord(c) if len(c) == 1 else 0 for c in vocab], dtype="<u4")
+
+
 def _text(ids: torch.Tensor, vocab: list[str]) -> str:
-    return "".join(vocab[int(x)] if len(vocab[int(x)]) == 1 else "\0" for x in ids)
+    """A window's text, one character per token (NUL where a token is not one character)."""
+    return _code_points(tuple(vocab))[ids.numpy()].tobytes().decode("utf-32-le")
 
 
 def _starts(ids: torch.Tensor, vocab: list[str], pattern: re.Pattern) -> torch.Tensor:

@@ -247,16 +247,15 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
     uniform = 1.0 / torch.arange(1, T + 1, dtype=torch.float32)
     for h in hyps:
         share = (shares or {}).get(h.detector, 1.0)
-        m = h.mask(ids, codes, vocab).to(attn.dtype)  # (B, T, S)
-        obs[h.detector] = _query_mean((attn * m.view(B, 1, 1, T, S)).sum(-1)) / share
-        chance[h.detector] = (_query_mean(m.sum(-1) * uniform) / share).view(B, 1, 1).expand(B, L, H)
+        mass, targets = _target_mass(h, attn, ids, codes, vocab)
+        obs[h.detector] = _query_mean(mass) / share
+        chance[h.detector] = (_query_mean(targets * uniform) / share).view(B, 1, 1).expand(B, L, H)
         if h.keys == "offset":
             continue
         if partner_labels is None:
             swap[h.detector] = torch.full_like(obs[h.detector], float("nan"))
         else:
-            mr = h.mask(*partner_labels, vocab).to(attn.dtype)
-            swap[h.detector] = _query_mean((attn * mr.view(B, 1, 1, T, S)).sum(-1)) / share
+            swap[h.detector] = _query_mean(_target_mass(h, attn, *partner_labels, vocab)[0]) / share
         if hasattr(h, "structure"):  # a key set with its own simpler explanations (caseclasses.CaseClass)
             structure[h.detector] = h.structure(attn, ids, codes, vocab)
         elif h.keys == "class":
@@ -265,6 +264,22 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
             if h.key_class in LETTER_CLASSES:
                 profiles.update(_profiles(h, attn.float(), ids, queries, len(vocab), share))
     return obs, chance, swap, structure, profiles
+
+
+def _target_mass(h, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor,
+                 vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's attention mass on the keys `h` reads (B, L, H, T), zero at queries it is not about, and the
+    number of such keys in view (B, T) (`h.mask(...).sum(-1)`), on these labels. A key set (not a fixed offset)
+    is one matrix product with its keys (causal attention is zero above the diagonal, where the mask is) and a
+    running count: ~20x less memory traffic than weighting every (query, key) pair by the mask."""
+    B, L, H, T, S = attn.shape
+    if getattr(h, "key_offset", None) is not None or h.keys == "offset":
+        mask = h.mask(ids, codes, vocab).to(attn.dtype)  # (B, T, S)
+        return (attn * mask.view(B, 1, 1, T, S)).sum(-1), mask.sum(-1)
+    keys = h.key_positions(ids, codes, vocab).to(attn.dtype)  # (B, S)
+    queries = h.query_positions(ids, codes, vocab).to(attn.dtype)  # (B, T)
+    mass = keys_product(attn, keys.unsqueeze(-1))[..., 0] * queries.view(B, 1, 1, T)
+    return mass, keys.cumsum(1) * queries
 
 
 def _profiles(h: Hypothesis, attn: torch.Tensor, ids: torch.Tensor, queries: torch.Tensor, vocab_size: int,
