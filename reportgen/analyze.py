@@ -211,6 +211,9 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: s
     spec, bundle, classes, ids = prep.spec, prep.bundle, prep.classes, prep.ids
     T = bundle.config.max_context_len
     limits = {"train": cfg.train_windows, "heldout": cfg.heldout_windows}
+    # capital letters and sentence starts are classes shown on the drawn model's pages, not roles: another seed's
+    # would be computed, tested and never read (and would only widen the run's FDR family)
+    hypotheses = cfg.hypotheses + (() if stage else case_classes(bundle.tokenizer.vocab, prep.split.language))
     scores: dict[str, HeadScores] = {}
     for s in SPLITS:
         n = len(ids[s]) // T
@@ -218,7 +221,7 @@ def analyze_model(prep: Prepared, cfg: RunConfig, index: int, progress, stage: s
         task = progress.add_task(f"{spec.label}: {stage}capture {s} ({n} windows)", total=n)
         scores[s] = capture(bundle, ids[s], classes, limit=limits[s], batch_size=cfg.batch_size, n_samples=8,
                             source=prep.sources[s], on_batch=lambda k, t=task: progress.advance(t, k),
-                            hypotheses=cfg.hypotheses + case_classes(bundle.tokenizer.vocab, prep.split.language),
+                            hypotheses=hypotheses,
                             query_chars=s == "heldout" and not stage)  # the head pages' table: drawn seed, held out
     # Probes per split: fresh random sequences, and repeated passages from that split's own text, so a
     # probe-based role found on training text is confirmed on sequences it never saw.
