@@ -233,8 +233,7 @@ def explain_controls(f: Finding, m: ModelResult) -> str:
         else:
             parts.append(f"{who} (this head's effect size, its held-out mean minus its strictest null: "
                          f"{num(f.effect)}, above it).")
-    label = f"{f.head_name} {f.role}"
-    kept = label in c.shuffled_text.positional_roles + c.shuffled_text.content_roles
+    kept = kept_on_shuffled(f, m)
     fam = FAMILY[f.family]
     if kept and fam.positional:
         parts.append("It keeps this role on character-shuffled text, as a role that depends on position should.")
@@ -253,6 +252,12 @@ def explain_controls(f: Finding, m: ModelResult) -> str:
     else:
         parts.append("It loses this role on character-shuffled text, as a role that needs the text's order should.")
     return " ".join(parts)
+
+
+def kept_on_shuffled(f: Finding, m: ModelResult) -> bool:
+    """Whether the head keeps this role on character-shuffled text (the shuffled-text control)."""
+    c = m.controls
+    return c is not None and f"{f.head_name} {f.role}" in c.shuffled_text.positional_roles + c.shuffled_text.content_roles
 
 
 def random_repeats_sentence(f: Finding, m: ModelResult) -> str:
@@ -289,11 +294,15 @@ def _significance(f: Finding, m: ModelResult, abl: Ablation | None) -> str:
     if m.ablation_mode and abl is not None and not narrate.supported(f, m):
         why = ("removing it breaks the model rather than removing one contribution" if narrate.breaks(m, abl) else
                "its removal does not hurt most where this role predicts" if narrate.specific(f, abl) is False else
-               f"its removal matters most when predicting {narrate.standout_classes(abl)[0][0]} characters"
+               f"its removal stands out most when predicting {narrate.standout_classes(abl)[0][0]} characters"
                if narrate.standout_classes(abl) else "no test singles out its removal where this role predicts")
         return (f"Evidence is mixed: {f.head_name} reads where this role says, but {why} (see What breaks without "
                 f"it), so what the pattern is good for is not claimed here.")
     note = linguistic_note(f.pattern, m.language, "".join(m.classes.values()))
+    if note and f.family == "word boundary" and kept_on_shuffled(f, m):
+        return (f"Evidence is mixed: {f.head_name} keeps this role on character-shuffled text, where no words are "
+                f"left, so it may track the space character itself; what it would tell the model about words is not "
+                f"claimed here.")
     if f.pattern in ("induction", "probe_random", "probe_natural"):
         probe = m.probes.get("probe_natural")
         reads = m.head(f.layer, f.head).summary("probe_natural") if "probe_natural" in m.head(0, 0).detectors else None

@@ -148,7 +148,8 @@ def explain_ablation(f: Finding, m: ModelResult) -> str:
     classes = standout_classes(a)
     if classes:
         c, ct = classes[0]
-        text += (f" Its removal matters most when predicting {c} characters: {_s(ct.delta_target)} there vs "
+        text += (f" Against the median other head, its removal stands out most when predicting {c} characters: "
+                 f"{_s(ct.delta_target)} there vs "
                  f"{_s(ct.delta_rest)} elsewhere, {_s(ct.specificity)} more than the median other head (95% CI "
                  f"{_s(ct.specificity_ci_low)} to {_s(ct.specificity_ci_high)}).")
     return text
@@ -259,8 +260,14 @@ def causal_verdict(f: Finding, m: ModelResult) -> str:
     if not relied(a):
         return f"Causal evidence: no measurable reliance (Δ {_s(a.delta_bits_per_char)} bits/char, CI includes 0)."
     if supported(f, m):
-        return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most where its role "
-                f"predicts.")
+        target = _target(f, a)
+        where = CAUSAL_TARGETS.get(target, "after the queries your hypothesis is about") if target else None
+        if specific(f, a):
+            return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most where its "
+                    f"role predicts ({where}).")
+        mixed = f"; {where} it is not specific" if where and specific(f, a) is False else ""
+        return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most when "
+                f"predicting {ROLE_CLASS.get(f.pattern)} characters, its own class{mixed}.")
     if not testable(f, m):
         return (f"Causal evidence: removing it costs {_s(a.delta_bits_per_char)} bits/char; no test says where such a "
                 f"role should matter, so its linguistic use is not claimed.")
