@@ -264,7 +264,7 @@ def causal_verdict(f: Finding, m: ModelResult) -> str:
         where = CAUSAL_TARGETS.get(target, "after the queries your hypothesis is about") if target else None
         if specific(f, a):
             return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most where its "
-                    f"role predicts ({where}).")
+                    f"role predicts: {where}.")
         mixed = f"; {where} it is not specific" if where and specific(f, a) is False else ""
         return (f"Causal evidence agrees: removing it costs {_s(a.delta_bits_per_char)} bits/char, most when "
                 f"predicting {ROLE_CLASS.get(f.pattern)} characters, its own class{mixed}.")
