@@ -4,6 +4,8 @@ the in-context-learning and copying scores of every checkpoint."""
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -47,7 +49,7 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
             c = colours[k % len(colours)]
             mean, low, high = (np.asarray(s[f], dtype=float) for f in ("mean", "ci_low", "ci_high"))
             top.fill_between(steps, low, high, color=c, alpha=0.2, lw=0)
-            top.plot(steps, mean, color=c, marker="o", ms=2.5, lw=1.2, label=s["label"])
+            top.plot(steps, mean, color=c, marker="o", ms=2.5, lw=1.2, label=textwrap.fill(s["label"], 52))
             if s.get("chance") is not None:
                 top.axhline(s["chance"], color=c, ls=":", lw=1)
             if s.get("significant_from") is not None:
@@ -66,13 +68,13 @@ def timeline_figure(title: str, steps: list[int], series: list[dict], bpc: list[
         handles, labels = bottom.get_legend_handles_labels()
         if icl is not None or copying is not None:
             right = bottom.twinx()
-            for score, colour, marker, label in ((icl, ICL_COLOUR, "s", "ICL score: late − early loss (right axis)"),
-                                                 (copying, COPY_COLOUR, "^", "copying score: 2nd − 1st copy (right axis)")):
+            for score, colour, marker, label in ((icl, ICL_COLOUR, "s", "ICL score: late − early (right)"),
+                                                 (copying, COPY_COLOUR, "^", "copying: 2nd − 1st copy (right)")):
                 if score is not None:
                     right.fill_between(steps, score["ci_low"], score["ci_high"], color=colour, alpha=0.18, lw=0)
                     right.plot(steps, score["mean"], color=colour, lw=1.2, marker=marker, ms=2.5, label=label)
             right.axhline(0, color="grey", lw=0.6, ls=":")
-            right.set_ylabel("later − earlier loss, bits/char\n(below 0: learned in context)")
+            right.set_ylabel("later − earlier loss, bits/char\n(below 0: later predicted better)")
             more = right.get_legend_handles_labels()
             handles, labels = handles + more[0], labels + more[1]
         for before, step in phases:
