@@ -130,7 +130,16 @@ def test_explanation_choice_follows_the_numbers(run):
         a = dataclasses.replace(abl, **{"ci_low": 0.05, "ci_high": 0.2, "targeted": {"in_word": stands},
                                         "class_contrasts": {}, **kw})
         return dataclasses.replace(m, ablation=[a if x is abl else x for x in m.ablation])
-    note = explain(f, causal()).linguistics
+    from reportgen.explain import kept_on_shuffled
+
+    shuffled = causal()
+    assert kept_on_shuffled(f, shuffled)  # the planted space head reads spaces whatever the order of the text
+    note = explain(f, shuffled).linguistics  # so what spaces tell about words is not claimed for it
+    assert note.startswith("Evidence is mixed") and "character-shuffled text" in note and "Spaces separate" not in note
+    c = shuffled.controls  # had it lost the role on shuffled text, the space note would be printed
+    lost = dataclasses.replace(c, shuffled_text=dataclasses.replace(
+        c.shuffled_text, content_roles=[r for r in c.shuffled_text.content_roles if not r.startswith(f.head_name)]))
+    note = explain(f, dataclasses.replace(shuffled, controls=lost)).linguistics
     assert "Spaces separate English words" in note and "where the current word" in note  # the space note
     # a class role without a targeted test (vowels): relied upon, but its removal stands out when predicting
     # another class, not its own: the note is not printed; when its own class stands out, it is
