@@ -363,7 +363,7 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
             [(i, sp, "seeds: ") for i, p in enumerate(prepared) for sp in p.seeds]
         jobs = [partial(_measured, p, cfg, i, stage=stage) for i, p, stage in preps]
         early = early_points(prepared, cfg, progress)  # the timeline's points need no roles: in the same pool
-        more = early.jobs if early else []
+        more = early.jobs() if early else []
         finished = run_jobs(jobs + more, progress, workers(device, len(jobs) + len(more), cfg.workers), RETRIES,
                             on_done=lambda j, x: early.done(j - len(jobs), x) if j >= len(jobs) else None)
         done = [replace(x, prep=p) for (x, _), (_, p, _) in zip(finished, preps)]

@@ -86,43 +86,24 @@ def compute_points(plans: list[Plan], cfg: RunConfig, progress,
                    known: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every point of `plans` by cache key: `known` ones (computed earlier in this run), then those the cache holds,
     the others computed (local workers, or the dask cluster at `cfg.scheduler`) and stored as they arrive."""
-    from .progress import say
     from .workers import count, run_jobs
 
-    points: dict[str, dict[str, np.ndarray]] = dict(known or {})
-    todo: list[tuple[Plan, PointTask]] = []
-    for p in plans:
-        for t in p.tasks:
-            if t.key not in points and all(t.key != u.key for _, u in todo):
-                got = read(t.key)
-                if got is not None:
-                    points[t.key] = got
-                else:
-                    todo.append((p, t))
-    if known is None or todo:
-        n = sum(len(p.tasks) for p in plans)
-        where = f"on the dask cluster at {cfg.scheduler}" if cfg.scheduler else "here"
-        say(f"timeline: {n - len(todo)} of {n} checkpoint point(s) from the cache, {len(todo)} to compute {where}")
-    if not todo:
-        return points
-    bar = progress.add_task(f"timeline: checkpoint points ({len(todo)})", total=len(todo), span=True)
-
-    def done(task: PointTask, point: dict[str, np.ndarray]) -> None:
-        write(task.key, point)
-        points[task.key] = point
-        progress.advance(bar)
-
+    todo = pending([(p.ids, p.classes, p.tasks) for p in plans], cfg, progress, known)
+    if not todo.tasks:
+        return todo.points
     if cfg.scheduler:
         from .cluster import run_on_cluster
 
-        run_on_cluster(cfg.scheduler, [(p.ids, p.classes, [t for q, t in todo if q is p]) for p in plans], done)
+        batches: dict[int, tuple] = {}  # the tasks of each held-out text together: the text travels once
+        for ids, classes, t in todo.tasks:
+            batches.setdefault(id(ids), (ids, classes, []))[2].append(t)
+        run_on_cluster(cfg.scheduler, list(batches.values()), todo.store)
     else:
         import torch
 
-        jobs = [partial(job, t, p.ids, p.classes) for p, t in todo]
-        run_jobs(jobs, progress, count(torch.device(todo[0][1].device), len(jobs), cfg.workers), RETRIES,
-                 on_done=lambda j, point: done(todo[j][1], point))
-    return points
+        run_jobs(todo.jobs(), progress, count(torch.device(todo.tasks[0][2].device), len(todo.tasks), cfg.workers),
+                 RETRIES, on_done=todo.done)
+    return todo.points
 
 
 def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | None:
@@ -168,56 +149,69 @@ def assemble(p: Plan, points: dict[str, dict[str, np.ndarray]]) -> Timeline | No
 
 
 @dataclass
-class Early:
-    """The points a run computes beside its models' capture (`early_jobs`): jobs for its worker pool, and the
-    points by cache key, filled from the cache and by `done` as the jobs finish."""
+class Pending:
+    """Timeline points by cache key (given, read from the cache, and stored by `done` as their jobs finish) and the
+    tasks still to compute, each as (held-out ids, classes, task)."""
 
-    jobs: list
-    keys: list[str]
     points: dict[str, dict[str, np.ndarray]]
+    tasks: list[tuple[np.ndarray, object, PointTask]]
     progress: object
     bar: object = None
 
+    def jobs(self) -> list:
+        """The tasks as `workers.run_jobs` jobs."""
+        return [partial(job, t, ids, classes) for ids, classes, t in self.tasks]
+
     def done(self, j: int, point: dict[str, np.ndarray]) -> None:
-        """Job `j` finished: store its point in the cache and here."""
-        write(self.keys[j], point)
-        self.points[self.keys[j]] = point
+        """Job `j` finished."""
+        self.store(self.tasks[j][2], point)
+
+    def store(self, task: PointTask, point: dict[str, np.ndarray]) -> None:
+        """A task's point arrived: into the cache and here."""
+        write(task.key, point)
+        self.points[task.key] = point
         self.progress.advance(self.bar)
 
 
-def early_jobs(prepared: list[Prepared], cfg: RunConfig, progress) -> Early | None:
+def pending(groups: list[tuple[np.ndarray, object, list[PointTask]]], cfg: RunConfig, progress,
+            known: dict[str, dict[str, np.ndarray]] | None = None) -> Pending:
+    """The points of `groups` (held-out ids, classes, tasks): `known` ones, those the cache holds, and the tasks
+    still to compute (each key once), said in one line and given one progress bar."""
+    from .progress import say
+
+    out = Pending(dict(known or {}), [], progress)
+    n = 0
+    for ids, classes, tasks in groups:
+        for t in tasks:
+            n += 1
+            if t.key in out.points or any(t.key == u.key for *_, u in out.tasks):
+                continue
+            got = read(t.key)
+            if got is not None:
+                out.points[t.key] = got
+            else:
+                out.tasks.append((ids, classes, t))
+    if n and (known is None or out.tasks):
+        where = f"on the dask cluster at {cfg.scheduler}" if cfg.scheduler else "here"
+        say(f"timeline: {n - len(out.tasks)} of {n} checkpoint point(s) from the cache, {len(out.tasks)} to compute "
+            f"{where}")
+    if out.tasks:  # from the first job to the last (not work: see `points.job`)
+        out.bar = progress.add_task(f"timeline: checkpoint points ({len(out.tasks)})", total=len(out.tasks), span=True)
+    return out
+
+
+def early_jobs(prepared: list[Prepared], cfg: RunConfig, progress) -> Pending | None:
     """The timeline points not in the cache, as jobs for the run's first worker pool (they need no roles, and small
     jobs after the models' fill its idle workers); None when there is no timeline, or the points go to a dask
     cluster (`compute_points` sends them there after the roles)."""
     if not cfg.timeline_windows or cfg.scheduler:
         return None
-    from .progress import say
-
     code = code_version("points")
-    early = Early([], [], {}, progress)
-    n = 0
-    for prep in prepared:
-        for t in point_tasks(prep, cfg, code) or []:
-            n += 1
-            if t.key in early.points or t.key in early.keys:
-                continue
-            got = read(t.key)
-            if got is not None:
-                early.points[t.key] = got
-            else:
-                early.jobs.append(partial(job, t, prep.ids["heldout"], prep.classes))
-                early.keys.append(t.key)
-    if n:
-        say(f"timeline: {n - len(early.jobs)} of {n} checkpoint point(s) from the cache, {len(early.jobs)} to compute "
-            f"here")
-    if early.jobs:
-        early.bar = progress.add_task(f"timeline: checkpoint points ({len(early.jobs)})", total=len(early.jobs),
-                                      span=True)  # from the first job to the last: not work (see `points.job`)
-    return early
+    return pending([(p.ids["heldout"], p.classes, point_tasks(p, cfg, code) or []) for p in prepared], cfg, progress)
 
 
 def timelines(analyses: list[ModelAnalysis], cfg: RunConfig, progress,
-              early: Early | None = None) -> list[Timeline | None]:
+              early: Pending | None = None) -> list[Timeline | None]:
     """Each model's emergence timeline (None where its folder is no series, or `timeline_windows` is 0), from the
     points `early` computed and those still to compute."""
     if not cfg.timeline_windows:
