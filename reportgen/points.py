@@ -94,7 +94,7 @@ def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
     late, early = icl_positions(T)
     icl = bits[:, late].mean(1) - bits[:, early].mean(1)  # (W,)
     low, high, _ = bootstrap_ci(icl[:, None], block_resample_counts(len(icl), np.random.default_rng([task.seed, 22]), 1))
-    copy = copying(bundle.model, ids, task.windows, T, np.random.default_rng([task.seed, 23]))
+    copy = copying(bundle, ids, task.windows, T, scores.mean_attn, np.random.default_rng([task.seed, 23]))
     recorded, what = recorded_loss(bundle.metadata)
     meta = bundle.metadata
     number = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
@@ -106,25 +106,18 @@ def compute(task: PointTask, ids: np.ndarray, classes) -> dict[str, np.ndarray]:
             "recorded": np.asarray(what or "")}
 
 
-def copying(model, ids: np.ndarray, n: int, T: int, rng: np.random.Generator) -> dict[str, float]:
-    """The copying score on `n` held-out passages of T // 2 characters, each repeated twice (`natural_probes`, as in
-    the model card): mean loss on the second copy minus the first, bits/char, with its 95% bootstrap CI over
-    passages (below 0: the model predicts a passage better once it has seen it), and the passage length."""
-    import torch
-    import torch.nn.functional as F
-
-    from .capture import natural_probes
+def copying(bundle, ids: np.ndarray, n: int, T: int, mean_attn: np.ndarray,
+            rng: np.random.Generator) -> dict[str, float]:
+    """The copying score on `n` held-out passages of T // 2 characters, each repeated twice (`capture.probe` on
+    `natural_probes`, as the run's copying probe): mean loss on the second copy minus the first, bits/char, with its
+    95% bootstrap CI over passages (below 0: the model predicts a passage better once it has seen it), and the
+    passage length."""
+    from .capture import natural_probes, probe
     from .stats import bootstrap_ci
 
     seqs, period = natural_probes(ids, n, T)
-    nll = []
-    with torch.no_grad():
-        for batch in torch.as_tensor(seqs, device=model.word_prediction.weight.device).split(32):
-            logits, _ = model(batch, True)  # the explicit-softmax path: the same numbers at any thread count
-            nats = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch[:, 1:], reduction="none")
-            nll.append((nats / math.log(2)).double().cpu().numpy())
-    nll = np.concatenate(nll)  # (P, T - 1)
-    gain = nll[:, period:].mean(1) - nll[:, : period - 1].mean(1)  # (P,) predicting the second copy vs the first
+    p = probe(bundle, seqs, period, "natural", mean_attn)
+    gain = (p.loss_repeat - p.loss_first).astype(np.float64)  # (P,) predicting the second copy vs the first
     low, high, _ = bootstrap_ci(gain[:, None], rng)
     return {"copying": float(gain.mean()), "copying_ci_low": float(low[0]), "copying_ci_high": float(high[0]),
             "copying_period": float(period)}
