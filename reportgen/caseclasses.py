@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-
-import numpy as np
 import torch
 
-from .keysets import SKIP, keys_product, word_initial
+from .keysets import SKIP, keys_product, window_text, word_initial
 from .languages import LANGUAGE
 
 SENTENCE_END = re.compile(r"[.?!][\"')\]\u2019\u201d]*\s+[\"'(\[\u2018\u201c]*(\w)")
@@ -61,22 +58,11 @@ def not_offered(vocab: list[str], language: str | None) -> str | None:
     return f"Capital letters and sentence starts are not analysed: {why}."
 
 
-@lru_cache(maxsize=8)
-def _code_points(vocab: tuple[str, ...]) -> np.ndarray:
-    """Each token's code point (NUL for a token that is not one character), for `_text`."""
-    return np.array([ord(c) if len(c) == 1 else 0 for c in vocab], dtype="<u4")
-
-
-def _text(ids: torch.Tensor, vocab: list[str]) -> str:
-    """A window's text, one character per token (NUL where a token is not one character)."""
-    return _code_points(tuple(vocab))[ids.numpy()].tobytes().decode("utf-32-le")
-
-
 def _starts(ids: torch.Tensor, vocab: list[str], pattern: re.Pattern) -> torch.Tensor:
     """Bool (B, S): letters at group 1 of `pattern` in each window's text."""
     out = torch.zeros(ids.shape, dtype=torch.bool)
     for b in range(ids.shape[0]):
-        for m in pattern.finditer(_text(ids[b], vocab)):
+        for m in pattern.finditer(window_text(ids[b], vocab)):
             if m.group(1).isalpha():
                 out[b, m.start(1)] = True
     return out

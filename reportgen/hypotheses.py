@@ -36,7 +36,7 @@ import torch
 from .catalogue import LETTER_CLASSES, hypothesis_keys
 from .classes import CLASS_NAMES
 from .classwide import class_wide_fields
-from .keysets import SKIP, boundary_targets, keys_product, word_initial
+from .keysets import SKIP, boundary_targets, keys_product, window_text, word_initial
 from .profiles import structure_shares
 from .languages import without_bidi_controls
 from .errors import ReportgenError
@@ -101,17 +101,12 @@ class Hypothesis:
     def has_query(self) -> bool:
         return any(v is not None for v in (self.query_chars, self.query_class, self.query_regex))
 
-    @staticmethod
-    def _text(ids: torch.Tensor, vocab: list[str]) -> str:
-        """One window's characters (multi-character symbols such as <PAD> as NUL, so regexes never match them)."""
-        return "".join(vocab[int(x)] if len(vocab[int(x)]) == 1 else "\0" for x in ids)
-
     def query_positions(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         """Bool (B, T): the positions this hypothesis is about (every position if it names no queries); also its
         targeted-ablation contrast (predicting the character after them)."""
         rows = []
         for b in range(ids.shape[0]):
-            text = self._text(ids[b], vocab)
+            text = window_text(ids[b], vocab)
             q = self._positions(self.query_chars, self.query_class, self.query_regex, text, codes[b])
             rows.append(torch.ones(ids.shape[1], dtype=torch.bool) if q is None else q)
         return torch.stack(rows)
@@ -119,7 +114,7 @@ class Hypothesis:
     def key_positions(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         """Bool (B, S): the keys it names by content (characters, class or regex; not for `key_offset`)."""
         return torch.stack([self._positions(self.key_chars, self.key_class, self.key_regex,
-                                            self._text(ids[b], vocab), codes[b]) for b in range(ids.shape[0])])
+                                            window_text(ids[b], vocab), codes[b]) for b in range(ids.shape[0])])
 
     def mask(self, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         """Target mask (B, T, S): query i is one the hypothesis is about and key j <= i one it should read."""
@@ -273,7 +268,7 @@ def _target_mass(h, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor,
     is one matrix product with its keys (causal attention is zero above the diagonal, where the mask is) and a
     running count: ~20x less memory traffic than weighting every (query, key) pair by the mask."""
     B, L, H, T, S = attn.shape
-    if getattr(h, "key_offset", None) is not None or h.keys == "offset":
+    if h.keys == "offset":
         mask = h.mask(ids, codes, vocab).to(attn.dtype)  # (B, T, S)
         return (attn * mask.view(B, 1, 1, T, S)).sum(-1), mask.sum(-1)
     keys = h.key_positions(ids, codes, vocab).to(attn.dtype)  # (B, S)

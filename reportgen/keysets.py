@@ -6,6 +6,9 @@ Shapes as in `detectors`: B windows, L layers, H heads, T queries, S keys (S == 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 
 from .classes import CLASS_NAMES
@@ -70,3 +73,15 @@ def last_before(hit: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(hit.shape[1]).view(1, -1, *[1] * (hit.dim() - 2)).expand(hit.shape)
     last = torch.where(hit, pos, torch.full_like(pos, -1)).cummax(dim=1).values
     return torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+
+
+@lru_cache(maxsize=8)
+def _code_points(vocab: tuple[str, ...]) -> np.ndarray:
+    """Each token's code point (NUL for a token that is not one character, such as <PAD>), for `window_text`."""
+    return np.array([ord(c) if len(c) == 1 else 0 for c in vocab], dtype="<u4")
+
+
+def window_text(ids: torch.Tensor, vocab: list[str]) -> str:
+    """One window's text (T,) -> str, one character per token; multi-character symbols as NUL, so regexes never
+    match them. Decoded from a code-point table (no Python loop over characters)."""
+    return _code_points(tuple(vocab))[ids.numpy()].tobytes().decode("utf-32-le")
