@@ -328,10 +328,11 @@ class FigureWriter:
         cache = {} if cache is None else cache
         self.folder.mkdir(parents=True, exist_ok=True)
         names = self.names()
-        todo = [k for k, key in enumerate(self.keys)
-                if not (cache.get(key) == names[k] and (self.folder / names[k]).exists())]
+        first_of = {key: k for k, key in reversed(list(enumerate(self.keys)))}  # a figure queued twice: drawn once
         early = set(first)
-        todo.sort(key=lambda k: k not in early)  # stable: job order within each group
+        todo = sorted((k for key, k in first_of.items()
+                       if not (cache.get(key) == names[k] and (self.folder / names[k]).exists())),
+                      key=lambda k: (k not in early, k))  # the `first` jobs, then the rest, each in job order
 
         def save(k: int, blob: bytes) -> None:
             tmp = self.folder / f".{names[k]}.tmp"  # a killed run never leaves a partial PNG under a figure's name
@@ -356,8 +357,6 @@ class FigureWriter:
                 save(k, get(k))
         if between is not None:
             between()
-        for k, key in enumerate(self.keys):
-            cache[key] = names[k]
         return names
 
 
