@@ -328,9 +328,8 @@ class FigureWriter:
         cache = {} if cache is None else cache
         self.folder.mkdir(parents=True, exist_ok=True)
         names = self.names()
-        first_of = {key: k for k, key in reversed(list(enumerate(self.keys)))}  # a figure queued twice: drawn once
         early = set(first)
-        todo = sorted((k for key, k in first_of.items()
+        todo = sorted((k for k, key in enumerate(self.keys)
                        if not (cache.get(key) == names[k] and (self.folder / names[k]).exists())),
                       key=lambda k: (k not in early, k))  # the `first` jobs, then the rest, each in job order
 
