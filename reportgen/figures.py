@@ -14,7 +14,6 @@ import importlib
 import io
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -40,11 +39,17 @@ def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
     """Render a figure to an RGB PNG (the figure is opaque: no alpha channel, which WeasyPrint would split off and
     encode again for the PDF) with no timestamp or software metadata (deterministic)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
 
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
+    return encode_png(canvas)
+
+
+def encode_png(canvas) -> bytes:
+    """A drawn Agg canvas as RGB PNG bytes (see `png_bytes`)."""
+    from PIL import Image
+
     rgb = np.asarray(canvas.buffer_rgba())[..., :3]
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="png", compress_level=3)
@@ -68,7 +73,7 @@ def _char_ticks(ax, labels: list[str], size: float, pad: float = 1.0) -> None:
     ax.yaxis.labelpad = pad + 1.1 * size + 2  # one character's width, at most about an em
 
 
-def _heatmap(ax, attn: np.ndarray, text: str, title: str):
+def heatmap(ax, attn: np.ndarray, text: str, title: str):
     """Draw one attention matrix (T, S) on ax with characters on both axes; return the image."""
     img = ax.imshow(attn, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest", aspect="equal")
     labels = visible(text)
@@ -77,64 +82,6 @@ def _heatmap(ax, attn: np.ndarray, text: str, title: str):
     ax.set_ylabel("query", fontsize=7)
     ax.set_title(title, fontsize=8)
     return img
-
-
-@dataclass(frozen=True)
-class HeadFigureData:
-    """What the per-head figure shows: example inputs with attention, mean pattern, profiles."""
-
-    title: str
-    examples: tuple[tuple[str, str, np.ndarray], ...]  # (caption, text, attn (T, T))
-    mean_attn: np.ndarray  # (T, S) mean over held-out windows (first 48 positions shown)
-    offset_profile: np.ndarray  # (K,)
-    class_names: tuple[str, ...]
-    class_ratio: np.ndarray  # (C', C') observed / chance for classes present
-
-
-def head_figure(d: HeadFigureData) -> bytes:
-    """One head: example heatmaps three to a row (short passages, character ticks legible at display size),
-    the mean pattern and the class-to-class ratio, and the offset profile across the bottom."""
-    with matplotlib.rc_context(FONT):
-        n = len(d.examples)
-        cols = 3
-        rows = (n + 2 + cols - 1) // cols  # examples, then the mean pattern and the class matrix
-        fig = Figure(figsize=(12.0, 3.7 * rows + 2.5))
-        grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1] * rows + [0.55], hspace=0.5, wspace=0.6,
-                                left=0.06, right=0.94, top=1 - 0.8 / fig.get_figheight(),
-                                bottom=0.55 / fig.get_figheight())
-        slots = [grid[k // cols, k % cols] for k in range(rows * cols)]
-        for k, (caption, text, attn) in enumerate(d.examples):
-            _heatmap(fig.add_subplot(slots[k]), attn, text, caption)
-        ax = fig.add_subplot(slots[n])
-        m = d.mean_attn[:48, :48]
-        img = ax.imshow(m, cmap=CMAP, norm=PowerNorm(**NORM), interpolation="nearest")
-        ax.set_title("mean over held-out windows\n(first 48 positions)", fontsize=8)
-        ax.set_xlabel("key position", fontsize=7)
-        ax.set_ylabel("query position", fontsize=7)
-        fig.colorbar(img, ax=ax, fraction=0.046, pad=0.04, label="attention weight (square-root scale)")
-        ax = fig.add_subplot(slots[n + 1])
-        ratio = np.log2(np.clip(d.class_ratio, 1 / 16, 16))
-        im2 = ax.imshow(ratio, cmap="RdBu_r", vmin=-3, vmax=3)
-        ax.set_xticks(range(len(d.class_names)), d.class_names, rotation=40, ha="right")
-        ax.set_yticks(range(len(d.class_names)), d.class_names)
-        ax.set_xlabel("key class")
-        ax.set_ylabel("query class")
-        ax.set_title("attention by class: observed / chance (cells)")
-        for (i, j), v in np.ndenumerate(d.class_ratio):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(ratio[i, j]) > 1.8 else "black")
-        cb = fig.colorbar(im2, ax=ax, fraction=0.046, pad=0.04, label="observed / chance (log scale)")
-        cb.set_ticks([-3, -2, -1, 0, 1, 2, 3], labels=["⅛", "¼", "½", "1", "2", "4", "8"])
-        ax = fig.add_subplot(grid[rows, :])
-        k = np.arange(len(d.offset_profile))
-        ax.bar(k, d.offset_profile, color="#5b3f8c", width=0.8)
-        ax.set_xlabel("offset i − j (0 = itself, 1 = previous character)")
-        ax.set_ylabel("mean attention")
-        ax.set_ylim(0, max(0.05, float(d.offset_profile.max()) * 1.1))
-        ax.set_title("offset profile (held-out)")
-        ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(d.title, fontsize=10)
-        return png_bytes(fig)
 
 
 def role_panel(title: str, text: str, attn: np.ndarray, marks: np.ndarray, rtl: bool) -> bytes:
@@ -238,7 +185,7 @@ def comparison_figure(families: list[str], counts: dict[str, list[int]], n_heads
         return png_bytes(fig)
 
 
-FIGURE_CODE = ("figures.py", "gridfig.py", "timefig.py")
+FIGURE_CODE = ("figures.py", "gridfig.py", "headfig.py", "timefig.py")
 CODE_HASH = hashlib.sha256(b"".join(Path(__file__).with_name(n).read_bytes() for n in FIGURE_CODE)).digest()
 # a change to any figure code redraws every figure
 

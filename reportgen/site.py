@@ -18,7 +18,8 @@ from .catalogue import FAMILIES, shown_in
 from .classes import CLASS_NAMES
 from .config import template_dir
 from .explain import num, pct, qval, signed, times
-from .figures import FigureWriter, HeadFigureData
+from .figures import FigureWriter
+from .headfig import HeadFigureData
 from .keysets import SKIP
 from .languages import LANGUAGE, has_rtl, without_bidi_controls
 from .narrate import selective
@@ -115,7 +116,7 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path,
                     mean_attn=a.mean_attn[l, h], offset_profile=offsets[l, h],
                     class_names=tuple(_class_label(c, a.language) for c in present),
                     class_ratio=np.where(ch > 0, obs / np.maximum(ch, 1e-12), np.nan))
-                idx[(m.label, l, h)] = fw.add("head_figure", data)
+                idx[(m.label, l, h)] = fw.add("headfig.head_figure", data)
     if len(run.models) > 1:
         fams = [f.name for f in FAMILIES if f.compared]
         counts = {m.label: [len({f.head_name for f in m.primary if f.family == fam}) for fam in fams]

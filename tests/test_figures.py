@@ -65,3 +65,53 @@ def test_figure_cache_keys_change_with_the_figure_code(monkeypatch):
     before = figures._job_key(job)
     monkeypatch.setattr(figures, "CODE_HASH", b"other code")
     assert figures._job_key(job) != before
+
+
+def _head_data(rng: np.random.Generator, title: str) -> "HeadFigureData":
+    from reportgen.headfig import HeadFigureData
+
+    def attn(n: int) -> np.ndarray:
+        a = np.tril(rng.random((n, n)) ** 8)
+        return a / a.sum(1, keepdims=True)
+
+    examples = tuple((f"input {t}", t, attn(len(t))) for t in ("the cat", "in the beginning", "ab abab ab"))
+    return HeadFigureData(title, examples, attn(64), rng.random(17), ("letter", "space", "punct"), rng.random((3, 3)) * 4)
+
+
+def test_head_figures_drawn_on_a_shared_layer_equal_fresh_ones():
+    """A worker draws a model's static layer once and each head over it: a head's PNG must not depend on which heads
+    the worker drew before (nor on its template's first head), and must show the head's own numbers."""
+    from reportgen import headfig
+
+    rng = np.random.default_rng(1)
+    heads = [_head_data(rng, f"L0H{k}: role {k}") for k in range(3)]
+    headfig._TEMPLATES.clear()
+    in_turn = [headfig.head_figure(d) for d in heads]
+    for k, d in enumerate(heads):
+        headfig._TEMPLATES.clear()
+        assert headfig.head_figure(d) == in_turn[k]  # drawn first, on its own template
+    assert headfig.head_figure(heads[0]) == in_turn[0]  # after another head, on that head's template
+    assert len(set(in_turn)) == 3  # each head's own data is drawn
+    for a, b in ((0, 1), (1, 2)):  # the heads differ in their heatmaps, not only in the title
+        pa, pb = (mpimg.imread(io.BytesIO(in_turn[k]))[..., :3] for k in (a, b))
+        assert np.abs(pa - pb)[pa.shape[0] // 3:].sum() > 100
+
+
+def test_head_figure_blitting_equals_one_full_draw():
+    """The static layer plus the head's artists gives the pixels of drawing the whole figure at once."""
+    from reportgen import headfig
+
+    d = _head_data(np.random.default_rng(2), "L1H2: role")
+    headfig._TEMPLATES.clear()
+    blitted = headfig.head_figure(d)
+    template = next(iter(headfig._TEMPLATES.values()))
+    for artist in (*(img for img, _ in template.examples), template.mean, template.classes, template.offsets,
+                   template.title):
+        artist.set_animated(False)
+    import matplotlib
+
+    with matplotlib.rc_context(FONT):
+        whole = png_bytes(template.fig, dpi=headfig.DPI)
+    a, b = (mpimg.imread(io.BytesIO(x))[..., :3] for x in (blitted, whole))
+    assert a.shape == b.shape and np.abs(a - b).max() == 0
+    headfig._TEMPLATES.clear()
