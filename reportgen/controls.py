@@ -60,7 +60,7 @@ def control_result(stats: SplitStats, n_layers: int, n_heads: int, olsson=None, 
 @torch.no_grad()
 def median_entropy(model, windows: torch.Tensor) -> float:
     """Median over heads of the normalised attention entropy H_i / ln(i+1), averaged over queries i >= SKIP."""
-    _, attn = model(windows, return_attention_weights=True)  # (L, B, H, T, S)
+    attn = model.attention(windows).transpose(0, 1)  # (L, B, H, T, S): no logits, no last MLP
     T = attn.shape[-1]
     ent = torch.special.entr(attn).sum(-1)[..., SKIP:] / torch.arange(SKIP + 1, T + 1).log()
     return float(ent.mean((1, 3)).median())
