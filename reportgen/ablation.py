@@ -7,6 +7,7 @@ T positions, L layers, H heads.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,16 +60,18 @@ RESUME_BYTES = 256 * 2 ** 20  # most memory kept for resuming forward passes at 
 
 @torch.no_grad()
 def nll_bits(model, windows: torch.Tensor, batch_size: int = 64,
-             resume: tuple[int, list[list[torch.Tensor]]] | None = None) -> torch.Tensor:
+             resume: tuple[int, list[list[torch.Tensor]]] | None = None, given=None) -> torch.Tensor:
     """Per-position loss in bits (W, T-1) of predicting windows[:, 1:] from windows[:, :-1]. With `resume`
     (layer, `layer_inputs(...)` of the same windows) each batch's pass starts at that layer from its stored
-    input: an ablation at that layer leaves the layers below it unchanged, so the result is the same bit for bit."""
+    input: an ablation at that layer leaves the layers below it unchanged, so the result is the same bit for bit.
+    `given(k)`: head outputs {(layer, head): (B | 1, N, hs)} patched into batch k's pass."""
     out = []
     for k, batch in enumerate(batches(windows, batch_size)):
-        if resume is None:
-            logits = model(batch[:, :-1])  # (B, T-1, V)
-        else:
-            logits = model.logits_from(resume[0], resume[1][k][resume[0]]).to(batch.device)
+        with model.patch(given(k)) if given else contextlib.nullcontext():
+            if resume is None:
+                logits = model(batch[:, :-1])  # (B, T-1, V)
+            else:
+                logits = model.logits_from(resume[0], resume[1][k][resume[0]]).to(batch.device)
         out.append(F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none") / LN2)
     return torch.cat(out)
 
@@ -81,6 +84,30 @@ def layer_inputs(model, windows: torch.Tensor, batch_size: int = 64) -> list[lis
     if size > RESUME_BYTES:
         return None
     return [model.layer_inputs(batch[:, :-1]) for batch in batches(windows, batch_size)]
+
+
+@torch.no_grad()
+def clean_heads(model, stored: list[list[torch.Tensor]] | None) -> list[list[torch.Tensor]] | None:
+    """Per batch and layer, every head's output (B, H, N, hs) on the stored layer inputs (`layer_inputs`), as the
+    unablated pass computes it: a resumed pass that ablates one head of a layer patches in the others' (and the
+    head's own, rolled, for a resample) instead of attending again."""
+    if stored is None or 2 * sum(x.numel() for xs in stored for x in xs) * 4 > RESUME_BYTES:
+        return None
+    return [[layer.causal_attention.head_outputs(layer.layer_norm_1(x)) for layer, x in zip(model.layers, xs)]
+            for xs in stored]
+
+
+def _replaced(y: torch.Tensor, layer: int, head: int, mode: str, mean: torch.Tensor | None,
+              shift: int) -> dict[tuple[int, int], torch.Tensor]:
+    """Every head's output of `layer` (B, N, hs) from its clean outputs y (B, H, N, hs), with `head` ablated as
+    `TransformerLM.ablate` does it (resample: window b takes window b - shift's; mean; zero)."""
+    out = {(layer, j): y[:, j] for j in range(y.shape[1])}
+    own = y[:, head]
+    if mode == "resample":
+        out[layer, head] = own.roll(shift % len(y) or 1, dims=0)
+    else:
+        out[layer, head] = torch.zeros_like(own) if mode == "zero" else mean.to(y.dtype).expand(1, *own.shape[1:])
+    return out
 
 
 def batches(windows: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, ...]:
@@ -161,12 +188,21 @@ def _contrasts(values: dict[str, list[np.ndarray]], means: dict[str, list[tuple[
 
 
 def _ablated(model, key: tuple[int, int], mode: str, data: torch.Tensor, stored, means, draws: int) -> np.ndarray:
-    """Per-position loss (W, T) with one head ablated; a resample is averaged over `draws` donors (shifts 1..)."""
+    """Per-position loss (W, T) with one head ablated; a resample is averaged over `draws` donors (shifts 1..).
+    `stored`: (`layer_inputs`, `clean_heads`) of `data`, or None; with both, a pass starts at the head's layer with
+    its outputs patched in (`_replaced`), with layer inputs only it attends again at that layer: the same losses."""
+    inputs, heads = stored or (None, None)
     shifts = range(1, draws + 1) if mode == "resample" else (1,)
     total = 0.0
     for shift in shifts:
+        resume = (key[0], inputs) if inputs else None
+        if heads is not None and mode in ("resample", "mean", "zero"):
+            given = lambda k, shift=shift: _replaced(heads[k][key[0]], *key, mode,  # noqa: E731
+                                                     means[key] if mode == "mean" else None, shift)
+            total = total + nll_bits(model, data, resume=resume, given=given).numpy()
+            continue
         with model.ablate({key: mode}, means=means, shift=shift):
-            total = total + nll_bits(model, data, resume=(key[0], stored) if stored else None).numpy()
+            total = total + nll_bits(model, data, resume=resume).numpy()
     return total / len(shifts)
 
 
@@ -212,8 +248,9 @@ def ablate_heads(bundle: ModelBundle, windows: torch.Tensor, probes: torch.Tenso
         copy[:, period:] = True  # predicting positions period+1.. : inside the second copy
     names = [*masks, *(["second_copy"] if probes is not None else []), *class_masks]
     rows, values, target_means = [], {k: [] for k in names}, {k: [] for k in names}
-    stored = (layer_inputs(model, windows),  # layers below an ablated head: as they were
+    inputs = (layer_inputs(model, windows),  # layers below an ablated head: as they were
               layer_inputs(model, probes) if probes is not None else None)
+    stored = [(x, clean_heads(model, x)) for x in inputs]
     for l in range(cfg.n_layers):
         for h in range(cfg.n_heads):
             delta = _ablated(model, (l, h), mode, windows, stored[0], means, draws) - base  # (W, T)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -238,6 +239,33 @@ def test_a_forward_pass_resumed_at_an_ablated_heads_layer_gives_the_full_pass_bi
             assert not torch.equal(full, nll_bits(model, windows))  # the ablation did change the losses
             checked += 1
     assert checked == 9
+
+
+@pytest.mark.parametrize("residuals", [True, False])
+def test_an_ablation_pass_with_the_layers_other_heads_patched_in_gives_the_full_pass_bit_for_bit(residuals):
+    """A resumed ablation pass that patches in the layer's clean head outputs (and the ablated head's zero, mean or
+    rolled resample) attends to nothing at that layer; its losses must equal the full ablated pass's exactly."""
+    from reportgen.ablation import _ablated, clean_heads, head_means, layer_inputs, nll_bits
+
+    torch.manual_seed(1)
+    model = TransformerLM(3, 2, 16, 24, 11, 32, residuals).eval()
+    windows = torch.randint(0, 11, (70, 25))
+    inputs = layer_inputs(model, windows)
+    heads = clean_heads(model, inputs)
+    assert heads is not None and heads[0][0].shape == (35, 2, 24, 8)
+    means = head_means(model, windows)
+    for mode in ("zero", "mean", "resample"):
+        for layer in range(3):
+            for head in range(2):
+                full = 0.0
+                for shift in (1, 2) if mode == "resample" else (1,):
+                    with model.ablate({(layer, head): mode}, means=means, shift=shift):
+                        full = full + nll_bits(model, windows).numpy()
+                full = full / (2 if mode == "resample" else 1)
+                draws = 2 if mode == "resample" else 1
+                patched = _ablated(model, (layer, head), mode, windows, (inputs, heads), means, draws)
+                assert np.array_equal(full, patched), (mode, layer, head)
+                assert not np.array_equal(full, nll_bits(model, windows).numpy())
 
 
 def test_attention_weights_keep_their_gradient():
