@@ -18,33 +18,62 @@ from .stats import bootstrap_ci, resample_counts
 
 EDGE_CUT = 0.5  # share of the role's excess over chance an input's removal must remove
 DRAWS = 2
+BATCH = 32  # windows per pass (resample donors come from the same batch)
 
 
 @torch.no_grad()
 def _scores(model, windows: torch.Tensor, codes: torch.Tensor, probes: dict[str, tuple[torch.Tensor, int]],
-            vocab_size: int, batch_size: int = 32) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+            vocab_size: int, batch_size: int = BATCH, clean: "_Clean | None" = None,
+            layer: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every window detector (W, L, H) and probe (P, L, H) value, and their chance values, under whatever
-    ablation is in force (batches of >= 2 windows: resample donors come from the same batch)."""
+    ablation is in force (batches of >= 2 windows: resample donors come from the same batch). With `clean` (the
+    unablated pass, `_Clean`) an ablation at `layer` leaves the layers below it as they were: each pass resumes at
+    `layer` from its stored input, the weights below copied from the clean pass (the same values bit for bit)."""
     obs: dict[str, list[np.ndarray]] = {}
     chance: dict[str, list[np.ndarray]] = {}
-    n = max(1, -(-len(windows) // batch_size))
-    for ids, c in zip(torch.tensor_split(windows, n), torch.tensor_split(codes, n)):
-        stats = batch_stats(model.attention(ids), ids, c, vocab_size)
-        for k, v in stats.observed.items():
-            obs.setdefault(k, []).append(v.numpy())
-            chance.setdefault(k, []).append(stats.chance[k].numpy())
+    for k, (ids, c) in enumerate(zip(_split(windows, batch_size), _split(codes, batch_size))):
+        stats = batch_stats(_attention(model, ids, clean and (layer, clean.windows[k])), ids, c, vocab_size)
+        for name, v in stats.observed.items():
+            obs.setdefault(name, []).append(v.numpy())
+            chance.setdefault(name, []).append(stats.chance[name].numpy())
     out = {k: np.concatenate(v) for k, v in obs.items()}
     base = {k: np.concatenate(v) for k, v in chance.items()}
     for name, (seqs, period) in probes.items():
         T = seqs.shape[1]
         pos = torch.arange(period, T)
         vals = []
-        for batch in torch.tensor_split(seqs, max(1, -(-len(seqs) // batch_size))):
-            attn = model.attention(batch)  # (B, L, H, T, S)
+        for k, batch in enumerate(_split(seqs, batch_size)):
+            attn = _attention(model, batch, clean and (layer, clean.probes[name][k]))  # (B, L, H, T, S)
             vals.append(attn[..., pos, pos - period + 1].mean(-1).numpy())
         out[name] = np.concatenate(vals)
         base[name] = np.full_like(out[name], float((1.0 / (pos + 1)).mean()))
     return out, base
+
+
+def _split(x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+    return torch.tensor_split(x, max(1, -(-len(x) // batch_size)))
+
+
+def _attention(model, ids: torch.Tensor, resume: tuple[int, tuple] | None) -> torch.Tensor:
+    """`model.attention(ids)`; with `resume` (layer, (its stored inputs, the clean attention (L, B, H, T, S))) the
+    pass starts at that layer, the layers below taken from the clean attention."""
+    if not resume:
+        return model.attention(ids)
+    layer, (inputs, attn) = resume
+    return model.attention(ids, out=attn.clone(), start=(layer, inputs[layer]))
+
+
+class _Clean:
+    """The unablated pass of `_scores`, batch by batch: each layer's input and the attention (layer-major), for the
+    windows and each probe set."""
+
+    @torch.no_grad()
+    def __init__(self, model, windows: torch.Tensor, probes: dict[str, tuple[torch.Tensor, int]], batch_size: int):
+        def passes(x):  # the inputs as a pass that keeps the weights computes them (not `layer_inputs`' fused pass)
+            return [(c.resid_pre, torch.stack(c.attention)) for c in map(model.run_with_cache, _split(x, batch_size))]
+
+        self.windows = passes(windows)
+        self.probes = {name: passes(seqs) for name, (seqs, _) in probes.items()}
 
 
 def composition(model, windows: torch.Tensor, codes: torch.Tensor, targets: list[tuple[int, int, str]],
@@ -58,13 +87,14 @@ def composition(model, windows: torch.Tensor, codes: torch.Tensor, targets: list
         return Circuit(len(windows), draws, [], [])
     H = model.config.n_heads
     clean, chance = _scores(model, windows, codes, probes, vocab_size)
+    stored = _Clean(model, windows, probes, BATCH)
     sources = [(l, h) for l in range(max(t[0] for t in targets)) for h in range(H)]
     edges = []
     for src in sources:
         runs = []
         for shift in range(1, draws + 1):
             with model.ablate({src: "resample"}, shift=shift):
-                runs.append(_scores(model, windows, codes, probes, vocab_size)[0])
+                runs.append(_scores(model, windows, codes, probes, vocab_size, clean=stored, layer=src[0])[0])
         for l, h, det in [t for t in targets if t[0] > src[0]]:
             before = clean[det][:, l, h]
             after = np.mean([r[det][:, l, h] for r in runs], axis=0)

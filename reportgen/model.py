@@ -300,18 +300,18 @@ class TransformerLM(nn.Module):
         return self.word_prediction(self.layer_norm(x))
 
     @torch.no_grad()
-    def attention(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention of every layer (B, L, H, N, N), without computing logits: a view of a layer-major
-        (L, B, H, N, N) tensor (`.transpose(0, 1)` is contiguous), `out` if given (a caller scoring many batches
-        reuses one buffer: a fresh 32 MB tensor per batch costs page faults). Runs where the weights are and
-        returns on idx's device."""
+    def attention(self, idx: torch.Tensor, out: torch.Tensor | None = None,
+                  start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Attention of every layer (B, L, H, N, N), without logits: a view of a layer-major (L, B, H, N, N) tensor,
+        `out` if given (one buffer for many batches saves page faults), on idx's device. `start` (layer, its input
+        (B, N, D), as `layer_inputs` gives it): the pass resumes there, and `out`'s layers below it are kept."""
         B, N = idx.shape
         if N > self.config.max_context_len:
             raise ValueError(f"sequence length {N} exceeds max_context_len {self.config.max_context_len}")
-        x = self.embed(idx.to(self.word_prediction.weight.device))  # (B, N, D)
+        first, x = start or (0, self.embed(idx.to(self.word_prediction.weight.device)))  # x: (B, N, D)
         weights = self._weight_buffer(B, N, x) if out is None else out
-        for layer, block in enumerate(self.layers[:-1]):
-            x, _ = block(x, True, weights[layer])
+        for layer in range(first, self.config.n_layers - 1):
+            x, _ = self.layers[layer](x, True, weights[layer])
         last = self.layers[-1]  # its weights need neither its output nor its MLP: skip both
         last.causal_attention.weights(last.layer_norm_1(x), weights[-1])
         return weights.transpose(0, 1).to(idx.device)  # (B, L, H, N, N)

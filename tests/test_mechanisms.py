@@ -113,3 +113,27 @@ def test_what_a_head_writes_is_not_computed_without_residuals(tmp_path):
     ckpt, _ = write_planted_circuit(tmp_path)
     with pytest.raises(Exception, match="residual"):
         api.direct_logits(dataclasses.replace(api.load(ckpt), model=flat), "in the beginning", 1, 0)
+
+
+def test_composition_scores_resumed_at_the_ablated_layer_equal_the_full_pass_bit_for_bit():
+    """Each earlier head's removal is scored by a pass resumed at its own layer (the weights below copied from the
+    clean pass); every detector and probe value of every head must equal a full pass under the same ablation."""
+    from reportgen.circuits import BATCH, _Clean, _scores
+    from reportgen.model import TransformerLM
+
+    torch.manual_seed(3)
+    model = TransformerLM(4, 2, 16, 32, 12, 32, True).eval()
+    ids = torch.randint(0, 12, (40, 32))  # two batches, the second short
+    codes = torch.randint(0, 4, (40, 32))
+    probes = {"probe_random": (torch.randint(0, 12, (6, 32)), 8)}
+    clean = _scores(model, ids, codes, probes, 12)
+    stored = _Clean(model, ids, probes, BATCH)
+    for layer in range(3):
+        with model.ablate({(layer, 1): "resample"}, shift=1):
+            full = _scores(model, ids, codes, probes, 12)
+            resumed = _scores(model, ids, codes, probes, 12, clean=stored, layer=layer)
+        for part in (0, 1):
+            assert full[part].keys() == resumed[part].keys()
+            for name, v in full[part].items():
+                assert np.array_equal(v, resumed[part][name], equal_nan=True), (layer, name)
+        assert not np.array_equal(full[0]["induction"][:, layer + 1:], clean[0]["induction"][:, layer + 1:])
