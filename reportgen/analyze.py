@@ -372,22 +372,18 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
             add_q_values([x.stats[s] for x in done])
         analyses = [_with_findings(a) for a in done[:len(prepared)]]
         extra = [(i, _with_findings(x)) for (i, _, _), x in zip(preps[len(prepared):], done[len(prepared):])]
-        jobs, slots = [], []  # the rest of the causal stage needs the roles (after FDR); the longest jobs first
+        jobs = []  # the rest of the causal stage needs the roles (after FDR): a job per model, then its seeds
         for i, a in enumerate(analyses):
-            if cfg.ablation_windows:
-                jobs.append(partial(causal_evidence, a, cfg, i, first=ablated[i]))
-                slots.append(("causal", i))
-        for k, (i, x) in enumerate(extra):
-            label, number = seed_label(x, 1 + sum(j == i for j, _ in extra[:k]))
-            jobs.append(partial(measure_seed, x, cfg, i, label, number, unigram_bits(x.prep.ids["heldout"]),
-                                first=ablated[len(prepared) + k]))
-            slots.append(("seed", k))
-        got = dict(zip(slots, run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers))))
+            seeds = [partial(measure_seed, x, cfg, i, *seed_label(x, 1 + sum(j == i for j, _ in extra[:k])),
+                             unigram_bits(x.prep.ids["heldout"]), first=ablated[len(prepared) + k])
+                     for k, (j, x) in enumerate(extra) if j == i]
+            causal = partial(causal_evidence, a, cfg, i, first=ablated[i]) if cfg.ablation_windows else None
+            jobs.append(partial(_second_stage, causal, seeds))
+        got = run_jobs(jobs, progress, workers(device, len(jobs), cfg.workers))
         timelines = emergence(analyses, cfg, progress, early)  # the points computed above (or on a dask cluster)
         models = []
         for i, a in enumerate(analyses):
-            causal = got.get(("causal", i))
-            measured = [got["seed", k] for k, (j, _) in enumerate(extra) if j == i]
+            causal, measured = got[i]
             seeds = records(a, causal, measured, cfg.seed, unigram_bits(a.prep.ids["heldout"])) if measured else []
             models.append(model_result(a, causal, timelines[i], cfg.seed, seeds))
     return Analysed(models, {a.prep.spec.label: window_values(a) for a in analyses},
@@ -400,6 +396,12 @@ def _measured(prep: Prepared, cfg: RunConfig, index: int, progress, stage: str =
     a = analyze_model(prep, cfg, index, progress, stage)
     first = ablate_model(prep, a.stats, cfg, index, progress, seed=bool(stage)) if cfg.ablation_windows else None
     return replace(a, prep=None), first
+
+
+def _second_stage(causal, seeds: list, progress) -> tuple:
+    """A model's causal evidence (None without `causal`) and its other seeds' summaries, in one job (a job per seed's
+    short summary cost each its share of the pool's hand-over gaps)."""
+    return causal(progress) if causal else None, [measure(progress) for measure in seeds]
 
 
 def _with_findings(a: ModelAnalysis) -> ModelAnalysis:
