@@ -266,10 +266,9 @@ class FigureWriter:
         return [f"{key[:16]}.png" for key in self.keys]
 
     def run(self, cache: dict[str, str] | None = None, first: tuple[int, ...] = (), between=None) -> list[str]:
-        """Render every job not in `cache` (job key -> file name); return `names()`. Jobs `first` are drawn before the
-        others, and `between(ready)` is called in this process as soon as the drawing has started, while the workers
-        draw: `ready(name)` returns once that figure is on disk (the PDF's layout waits for its figures only where it
-        reads them, not before it starts).
+        """Render every job not in `cache` (job key -> file name); return `names()`. Jobs `first` are rendered before
+        the others, and `between()` is called in this process as soon as they are on disk, while the workers draw
+        the rest (the PDF needs a few figures, the pages all of them).
 
         `cache` is updated in place, so a caller that keeps it skips unchanged figures next time.
         """
@@ -280,7 +279,6 @@ class FigureWriter:
         todo = sorted((k for k, key in enumerate(self.keys)
                        if not (cache.get(key) == names[k] and (self.folder / names[k]).exists())),
                       key=lambda k: (k not in early, k))  # the `first` jobs, then the rest, each in job order
-        pending = {names[k]: k for k in todo}
 
         def save(k: int, blob: bytes) -> None:
             tmp = self.folder / f".{names[k]}.tmp"  # a killed run never leaves a partial PNG under a figure's name
@@ -298,15 +296,13 @@ class FigureWriter:
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # `between` failed: stop drawing
                 futures = {k: pool.submit(_render, self.jobs[k]) for k in todo}
                 get = lambda k: futures[k].result()  # noqa: E731
-
-            def ready(name: str) -> None:
-                if (k := pending.pop(name, None)) is not None:
-                    save(k, get(k))
-
-            if between is not None:
-                between(ready)
-            for name in list(pending):
-                ready(name)
+            for k in todo:
+                if k not in early and between is not None:
+                    between, call = None, between
+                    call()  # the first figures are saved; the workers go on with the rest meanwhile
+                save(k, get(k))
+        if between is not None:
+            between()
         return names
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import jinja2
 import markupsafe
@@ -189,27 +187,18 @@ def render(pages: Pages, figs: dict | None = None, pdf_link: bool = False) -> tu
     return html, pdf
 
 
-def write_pdf(html: str, base: Path, path: Path, ready=None) -> None:
+def write_pdf(html: str, base: Path, path: Path) -> None:
     """Render HTML to a tagged PDF (WeasyPrint's PDF/UA-1 variant: a structure tree with headings, tables, figures
-    and their alt text, for screen readers and reflow) with the print stylesheet (relative links resolved in `base`).
-    `ready(name)` (`FigureWriter.run`) is called before a figure of `base / FIGURES` is read: it waits until the
-    figure is drawn."""
+    and their alt text, for screen readers and reflow) with the print stylesheet (relative links resolved in `base`)."""
     import logging
 
-    from weasyprint import CSS, HTML, URLFetcher
-
-    class Fetcher(URLFetcher):
-        def fetch(self, url, headers=None):
-            local = Path(url2pathname(urlsplit(url).path)) if url.startswith("file:") else None
-            if ready is not None and local is not None and local.parent.name == FIGURES:
-                ready(local.name)  # a figure this run draws (any other name: nothing to wait for)
-            return super().fetch(url, headers)
+    from weasyprint import CSS, HTML
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     tmp = path.with_name(f".{path.name}.tmp")
-    HTML(string=html, base_url=str(base), url_fetcher=Fetcher()).write_pdf(
-        tmp, stylesheets=[CSS(filename=str(template_dir() / "print.css"))], pdf_variant="pdf/ua-1")
+    HTML(string=html, base_url=str(base)).write_pdf(tmp, stylesheets=[CSS(filename=str(template_dir() / "print.css"))],
+                                                    pdf_variant="pdf/ua-1")
     tmp.replace(path)
 
 
@@ -236,10 +225,10 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
         html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}), figs, pdf)
         write_pages(html, out.path)  # the output folder is staged: nothing is published before every figure is drawn
 
-        def write_report(ready) -> None:  # while the workers draw: the PDF's figures first, then the head pages'
+        def write_report() -> None:  # while the workers draw the head pages' figures
             clock.lap("figures_and_pages")
-            status.update("writing the PDF (and drawing the figures)")
-            write_pdf(pdf_html, out.path, out.path / "report.pdf", ready)
+            status.update("writing the PDF (and drawing the head pages' figures)")
+            write_pdf(pdf_html, out.path, out.path / "report.pdf")
             clock.lap("pdf")
             status.update("drawing the head pages' figures")
 

@@ -115,25 +115,3 @@ def test_head_figure_blitting_equals_one_full_draw():
     a, b = (mpimg.imread(io.BytesIO(x))[..., :3] for x in (blitted, whole))
     assert a.shape == b.shape and np.abs(a - b).max() == 0
     headfig._TEMPLATES.clear()
-
-
-def test_figure_writer_hands_each_figure_to_the_pdf_once_it_is_on_disk(tmp_path):
-    """`between(ready)` runs while the workers draw: `ready(name)` returns only once that figure's file is complete,
-    whichever order they are asked for in; the figures never asked for are saved after `between` returns."""
-    rng = np.random.default_rng(0)
-    fw = FigureWriter(tmp_path, workers=2)
-    for k in range(5):
-        attn = np.tril(rng.random((2, 2, 6, 6)))
-        fw.add("gridfig.grid_figure", f"figure {k}", "HELLO!", attn / attn.sum(-1, keepdims=True), [["x", "y"], ["z", "w"]])
-    names = fw.names()
-    seen = []
-
-    def between(ready):
-        for name in (names[3], names[0], "not-a-figure.png"):
-            ready(name)
-            seen.append((tmp_path / name).is_file() and (tmp_path / name).read_bytes()[:4] == b"\x89PNG")
-
-    assert fw.run(first=(0, 3), between=between) == names
-    assert seen == [True, True, False]
-    assert all((tmp_path / n).read_bytes()[:4] == b"\x89PNG" for n in names)
-    assert not list(tmp_path.glob(".*.tmp"))
