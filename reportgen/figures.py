@@ -236,6 +236,11 @@ def circuit_figure(title: str, roles: list[list[str]], edges: list[tuple[str, st
         return png_bytes(fig)
 
 
+def _render_all(jobs: list[tuple]) -> list[bytes]:
+    """Worker entry: figure jobs of one group, drawn in turn in one process (`FigureWriter.add`'s `group`)."""
+    return [_render(job) for job in jobs]
+
+
 def _render(job: tuple) -> bytes:
     """Worker entry: (function name, args) -> PNG bytes."""
     name, args = job
@@ -254,12 +259,35 @@ class FigureWriter:
         self.workers = workers
         self.jobs: list[tuple[str, tuple]] = []
         self.keys: list[str] = []
+        self.groups: list[str | None] = []
 
-    def add(self, function: str, *args) -> int:
-        """Queue a figure; returns its index into `names`."""
+    def add(self, function: str, *args, group: str | None = None) -> int:
+        """Queue a figure; returns its index into `names`. Figures of one `group` are drawn by one worker in turn
+        (split in two while there are fewer groups than workers), for figures that share work in a worker (a
+        model's head figures share their static layer: `headfig`)."""
         self.jobs.append((function, args))
         self.keys.append(_job_key(self.jobs[-1]))
+        self.groups.append(group)
         return len(self.jobs) - 1
+
+    def _units(self, todo: list[int]) -> list[list[int]]:
+        """`todo` as the lists of jobs each worker call draws: each group's jobs together, every other job alone."""
+        units, grouped = [], {}
+        for k in todo:
+            if self.groups[k] is None:
+                units.append([k])
+            elif self.groups[k] not in grouped:
+                grouped[self.groups[k]] = [k]
+                units.append(grouped[self.groups[k]])
+            else:
+                grouped[self.groups[k]].append(k)
+        while len(grouped) and len([u for u in units if len(u) > 1]) < self.workers:
+            big = max(units, key=len)
+            if len(big) < 4:
+                break
+            i = units.index(big)
+            units[i:i + 1] = [big[:len(big) // 2], big[len(big) // 2:]]
+        return units
 
     def names(self) -> list[str]:
         """File names of the queued figures, in job order (the same inputs and code always give the same name)."""
@@ -294,8 +322,11 @@ class FigureWriter:
                 pool = stack.enter_context(ProcessPoolExecutor(self.workers, initializer=die_with_parent,
                                                                initargs=(os.getpid(),)))
                 stack.callback(pool.shutdown, wait=True, cancel_futures=True)  # `between` failed: stop drawing
-                futures = {k: pool.submit(_render, self.jobs[k]) for k in todo}
-                get = lambda k: futures[k].result()  # noqa: E731
+                futures = {}
+                for unit in self._units(todo):
+                    drawn = pool.submit(_render_all, [self.jobs[k] for k in unit])
+                    futures.update({k: (drawn, i) for i, k in enumerate(unit)})
+                get = lambda k: futures[k][0].result()[futures[k][1]]  # noqa: E731
             for k in todo:
                 if k not in early and between is not None:
                     between, call = None, between

@@ -116,7 +116,7 @@ def plan_figures(run: Run, inputs: list[FigureInputs], folder: Path,
                     mean_attn=a.mean_attn[l, h], offset_profile=offsets[l, h],
                     class_names=tuple(_class_label(c, a.language) for c in present),
                     class_ratio=np.where(ch > 0, obs / np.maximum(ch, 1e-12), np.nan))
-                idx[(m.label, l, h)] = fw.add("headfig.head_figure", data)
+                idx[(m.label, l, h)] = fw.add("headfig.head_figure", data, group=m.label)
     if len(run.models) > 1:
         fams = [f.name for f in FAMILIES if f.compared]
         counts = {m.label: [len({f.head_name for f in m.primary if f.family == fam}) for fam in fams]

@@ -115,3 +115,24 @@ def test_head_figure_blitting_equals_one_full_draw():
     a, b = (mpimg.imread(io.BytesIO(x))[..., :3] for x in (blitted, whole))
     assert a.shape == b.shape and np.abs(a - b).max() == 0
     headfig._TEMPLATES.clear()
+
+
+def test_grouped_figures_are_drawn_together_and_equal_ungrouped_ones(tmp_path):
+    """A group's figures go to one worker call (split in two while there are fewer groups than workers); the files
+    are the same as when each figure is its own job."""
+    rng = np.random.default_rng(4)
+    heads = [_head_data(rng, f"L0H{k}: role") for k in range(6)]
+    other = [_head_data(rng, f"L1H{k}: role") for k in range(2)]
+    plain, grouped = FigureWriter(tmp_path / "plain", workers=2), FigureWriter(tmp_path / "grouped", workers=2)
+    for d in heads:
+        plain.add("headfig.head_figure", d)
+        grouped.add("headfig.head_figure", d, group="a")
+    grouped.add("gridfig.grid_figure", "title", "HELLO!", np.full((2, 2, 6, 6), 1 / 6), [["x", "y"], ["z", "w"]])
+    assert grouped._units(list(range(7))) == [[0, 1, 2], [3, 4, 5], [6]]  # one group, two workers: halves
+    for d in other:
+        grouped.add("headfig.head_figure", d, group="b")
+    assert grouped._units(list(range(9))) == [[0, 1, 2, 3, 4, 5], [6], [7, 8]]  # two groups: kept whole
+    names = plain.run()
+    assert grouped.run()[:6] == names
+    for name in names:
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "grouped" / name).read_bytes()
