@@ -31,28 +31,34 @@ class QueryChars:
     by_class: list[list[float]]  # (chars, classes)
 
 
-def offset_bins(T: int):
-    """One-hot offset bin of every (query, key) pair (T, S, K), zero above the diagonal (torch float)."""
+def by_offset(attn, skip: int):
+    """Each valid query's attention mass in each offset bin, (B, L, H, T', K), from attention (B, L, H, T, S): the
+    diagonals A[i, i - k] summed over each bin's offsets, the open last bin as the row's mass minus the others'."""
+    last = max(hi for _, hi in OFFSET_BINS if hi is not None)
+    T = attn.shape[-1]
+    diags = attn.new_zeros(last + 1, *attn.shape[:-1])  # (D, B, L, H, T): zero where i < k
+    for k in range(min(last + 1, T)):
+        diags[k, ..., k:] = attn.diagonal(offset=-k, dim1=-2, dim2=-1)
+    diags = diags[..., skip:]
     import torch
 
-    k = torch.arange(T).view(T, 1) - torch.arange(T).view(1, T)  # (T, S) offset i - j
-    out = torch.zeros(T, T, len(OFFSET_BINS))
-    for b, (lo, hi) in enumerate(OFFSET_BINS):
-        out[..., b] = ((k >= lo) & ((k <= hi) if hi is not None else (k >= lo))).float()
-    return out
+    return torch.stack([diags[lo:hi + 1].sum(0) if hi is not None else attn[..., skip:, :].sum(-1) - diags[:lo].sum(0)
+                        for lo, hi in OFFSET_BINS], -1)
 
 
 def accumulate(acc: dict | None, attn, ids, codes, vocab_size: int, n_classes: int, skip: int) -> dict:
     """Add one batch's sums to `acc` (None to start): 'offset' (L, H, V, K), 'cls' (L, H, V, C) and 'count' (V,),
-    float64 numpy, from attention (B, L, H, T, S), ids and class codes (B, T)."""
+    float64 numpy, from attention (B, L, H, T, S), ids and class codes (B, T). By key class, one matrix product
+    (`keysets.keys_product`, the detectors' own); by offset, the diagonals (`by_offset`): one pass over the
+    attention each, not a product with a (T, S, K) mask."""
     import torch
 
-    T = attn.shape[-1]
-    a = attn[..., skip:, :].float()  # (B, L, H, T', S) valid queries
+    from .keysets import keys_product
+
     q = torch.nn.functional.one_hot(ids[:, skip:], vocab_size).double()  # (B, T', V) query characters
-    by_offset = torch.einsum("blhts,tsk->blhtk", a, offset_bins(T)[skip:])  # (B, L, H, T', K)
-    by_cls = torch.einsum("blhts,bsc->blhtc", a, torch.nn.functional.one_hot(codes, n_classes).float())
-    new = {"offset": torch.einsum("blhtk,btv->lhvk", by_offset.double(), q).numpy(),
+    offsets = by_offset(attn.float(), skip)  # (B, L, H, T', K)
+    by_cls = keys_product(attn.float(), torch.nn.functional.one_hot(codes, n_classes).float())[..., skip:, :]
+    new = {"offset": torch.einsum("blhtk,btv->lhvk", offsets.double(), q).numpy(),
            "cls": torch.einsum("blhtc,btv->lhvc", by_cls.double(), q).numpy(), "count": q.sum((0, 1)).numpy()}
     return new if acc is None else {k: acc[k] + new[k] for k in acc}
 
