@@ -112,20 +112,26 @@ class CaseClass:
     def letters(ids: torch.Tensor, vocab: list[str]) -> torch.Tensor:
         return torch.tensor([len(c) == 1 and c.isalpha() for c in vocab], dtype=torch.bool)[ids]
 
-    def structure(self, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str]) -> torch.Tensor:
-        """The strictest simpler explanation (B, L, H), query means: `blind_null` of each of `explanations`."""
+    def structure(self, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
+                  masses: torch.Tensor | None = None) -> torch.Tensor:
+        """The strictest simpler explanation (B, L, H), query means: `blind_null` of each of `explanations`.
+        `masses` (B, L, H, T, 2k): the attention on each explanation's keys and on the others, computed already."""
         keys = self.key_positions(ids, codes, vocab)
-        nulls = [blind_null(attn, keys, e) for e in self.explanations(ids, codes, vocab)]
+        nulls = [blind_null(attn, keys, e, None if masses is None else masses[..., 2 * k:2 * k + 2])
+                 for k, e in enumerate(self.explanations(ids, codes, vocab))]
         return torch.stack(nulls).amax(0)
 
 
-def blind_null(attn: torch.Tensor, keys: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+def blind_null(attn: torch.Tensor, keys: torch.Tensor, coarse: torch.Tensor,
+               mass: torch.Tensor | None = None) -> torch.Tensor:
     """Query-mean mass (B, L, H) on `keys` (B, S) of a head that reads the coarser set `coarse` (B, S) exactly as
     much as this one does but cannot tell its members apart: per query i, its mass on `coarse` keys times the share
-    of those keys in [0, i] that are in `keys`, plus its mass on the other keys times their share in `keys`."""
+    of those keys in [0, i] that are in `keys`, plus its mass on the other keys times their share in `keys`.
+    `mass` (B, L, H, T, 2): its mass on `coarse` keys and on the others, if computed already."""
     T = keys.shape[1]
     k, e = keys.float(), coarse.float()
-    mass = keys_product(attn.float(), torch.stack([e, 1 - e], -1))  # (B, L, H, T, 2)
+    if mass is None:
+        mass = keys_product(attn.float(), torch.stack([e, 1 - e], -1))  # (B, L, H, T, 2)
     with torch.no_grad():
         n_e, n_o = e.cumsum(1), (1 - e).cumsum(1)  # (B, T) keys in [0, i]
         in_e, in_o = (k * e).cumsum(1), (k * (1 - e)).cumsum(1)

@@ -240,9 +240,10 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
     B, L, H, T, S = attn.shape
     obs, chance, swap, structure, profiles = {}, {}, {}, {}, {}
     uniform = 1.0 / torch.arange(1, T + 1, dtype=torch.float32)
+    products = _products(hyps, attn, ids, codes, vocab, partner_labels)
     for h in hyps:
         share = (shares or {}).get(h.detector, 1.0)
-        mass, targets = _target_mass(h, attn, ids, codes, vocab)
+        mass, targets = _target_mass(h, attn, ids, codes, vocab, products.get((h.detector, "own")))
         obs[h.detector] = _query_mean(mass) / share
         chance[h.detector] = (_query_mean(targets * uniform) / share).view(B, 1, 1).expand(B, L, H)
         if h.keys == "offset":
@@ -250,9 +251,10 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
         if partner_labels is None:
             swap[h.detector] = torch.full_like(obs[h.detector], float("nan"))
         else:
-            swap[h.detector] = _query_mean(_target_mass(h, attn, *partner_labels, vocab)[0]) / share
+            swap[h.detector] = _query_mean(_target_mass(h, attn, *partner_labels, vocab,
+                                                        products.get((h.detector, "partner")))[0]) / share
         if hasattr(h, "structure"):  # a key set with its own simpler explanations (caseclasses.CaseClass)
-            structure[h.detector] = h.structure(attn, ids, codes, vocab)
+            structure[h.detector] = h.structure(attn, ids, codes, vocab, products.get((h.detector, "explained")))
         elif h.keys == "class":
             queries = h.query_positions(ids, codes, vocab).to(attn.dtype)
             structure[h.detector] = _structure(h, attn.float(), ids, codes, vocab, queries) / share
@@ -261,20 +263,45 @@ def scores(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, voc
     return obs, chance, swap, structure, profiles
 
 
-def _target_mass(h, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor,
-                 vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _target_mass(h, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
+                 product: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's attention mass on the keys `h` reads (B, L, H, T), zero at queries it is not about, and the
     number of such keys in view (B, T) (`h.mask(...).sum(-1)`), on these labels. A key set (not a fixed offset)
     is one matrix product with its keys (causal attention is zero above the diagonal, where the mask is) and a
-    running count: ~20x less memory traffic than weighting every (query, key) pair by the mask."""
+    running count: ~20x less memory traffic than weighting every (query, key) pair by the mask. `product`: that
+    product (B, L, H, T), computed already (`_products`)."""
     B, L, H, T, S = attn.shape
     if h.keys == "offset":
         mask = h.mask(ids, codes, vocab).to(attn.dtype)  # (B, T, S)
         return (attn * mask.view(B, 1, 1, T, S)).sum(-1), mask.sum(-1)
     keys = h.key_positions(ids, codes, vocab).to(attn.dtype)  # (B, S)
     queries = h.query_positions(ids, codes, vocab).to(attn.dtype)  # (B, T)
-    mass = keys_product(attn, keys.unsqueeze(-1))[..., 0] * queries.view(B, 1, 1, T)
-    return mass, keys.cumsum(1) * queries
+    product = keys_product(attn, keys.unsqueeze(-1))[..., 0] if product is None else product
+    return product * queries.view(B, 1, 1, T), keys.cumsum(1) * queries
+
+
+def _products(hyps, attn: torch.Tensor, ids: torch.Tensor, codes: torch.Tensor, vocab: list[str],
+              partner_labels: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    """Every key-set product the hypotheses read on one batch, from one `keys_product` (the attention read once,
+    not once per key set: each read is a pass over (B, L, H, T, S)): (detector, "own" | "partner") -> (B, L, H, T)
+    of its key set, and (detector, "explained") -> (B, L, H, T, 2k) of a case class's simpler explanations
+    (`caseclasses.CaseClass.structure`)."""
+    columns, slots = [], {}
+    for h in hyps:
+        if h.keys == "offset":
+            continue
+        sets = {"own": [h.key_positions(ids, codes, vocab)]}
+        if partner_labels is not None:
+            sets["partner"] = [h.key_positions(*partner_labels, vocab)]
+        if hasattr(h, "explanations"):
+            sets["explained"] = [x for e in h.explanations(ids, codes, vocab) for x in (e.float(), 1 - e.float())]
+        for name, keys in sets.items():
+            slots[h.detector, name] = slice(len(columns), len(columns) + len(keys))
+            columns += [k.to(attn.dtype) for k in keys]
+    if not columns:
+        return {}
+    product = keys_product(attn, torch.stack(columns, -1))  # (B, L, H, T, F)
+    return {k: product[..., v] if k[1] == "explained" else product[..., v.start] for k, v in slots.items()}
 
 
 def _profiles(h: Hypothesis, attn: torch.Tensor, ids: torch.Tensor, queries: torch.Tensor, vocab_size: int,
