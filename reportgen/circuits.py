@@ -19,6 +19,7 @@ from .stats import bootstrap_ci, resample_counts
 EDGE_CUT = 0.5  # share of the role's excess over chance an input's removal must remove
 DRAWS = 2
 BATCH = 32  # windows per pass (resample donors come from the same batch)
+CLEAN_BYTES = 256 * 2 ** 20  # most memory kept for the clean pass (`_Clean`); beyond it every pass starts afresh
 
 
 @torch.no_grad()
@@ -87,7 +88,10 @@ def composition(model, windows: torch.Tensor, codes: torch.Tensor, targets: list
         return Circuit(len(windows), draws, [], [])
     H = model.config.n_heads
     clean, chance = _scores(model, windows, codes, probes, vocab_size)
-    stored = _Clean(model, windows, probes, BATCH)
+    cfg = model.config
+    sequences = len(windows) + sum(len(seqs) for seqs, _ in probes.values())
+    size = 4 * sequences * cfg.n_layers * (cfg.n_heads * windows.shape[1] + cfg.embed_size) * windows.shape[1]
+    stored = _Clean(model, windows, probes, BATCH) if size <= CLEAN_BYTES else None
     sources = [(l, h) for l in range(max(t[0] for t in targets)) for h in range(H)]
     edges = []
     for src in sources:

@@ -137,3 +137,20 @@ def test_composition_scores_resumed_at_the_ablated_layer_equal_the_full_pass_bit
             for name, v in full[part].items():
                 assert np.array_equal(v, resumed[part][name], equal_nan=True), (layer, name)
         assert not np.array_equal(full[0]["induction"][:, layer + 1:], clean[0]["induction"][:, layer + 1:])
+
+
+def test_composition_without_room_for_the_clean_pass_gives_the_same_circuit(monkeypatch):
+    """Past `CLEAN_BYTES` every ablated pass starts afresh (a long context's attention is large); the edges and
+    every number on them are the same either way."""
+    from reportgen import circuits
+
+    text = planted_text()
+    tok = CharTokenizer.from_text([text])
+    model = planted_circuit_model(tok)
+    ids = torch.tensor(tok.tokenize(text))[: 24 * 32].view(24, 32)
+    codes = torch.as_tensor(CharClasses.for_vocab(tok.vocab, "en").lookup())[ids]
+    targets = [(1, 0, "induction"), (1, 1, "class_space")]
+    kept = composition(model, ids, codes, targets, {}, tok.vocab_size(), np.random.default_rng(0))
+    monkeypatch.setattr(circuits, "CLEAN_BYTES", 0)
+    afresh = composition(model, ids, codes, targets, {}, tok.vocab_size(), np.random.default_rng(0))
+    assert kept == afresh and len(kept.measured) == 4
