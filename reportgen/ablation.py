@@ -308,6 +308,7 @@ class Ablated:
     controls: tuple | None  # `controls.measure_controls` (finished once the run's q-values are known), None for a seed
     means: dict | None  # each head's mean output on the ablation windows (mean-ablation), None for a seed
     rng: np.random.Generator  # the stream, where the ablations and controls left it
+    windows: torch.Tensor  # the held-out windows (W, T+1) every head was ablated on (`ablation_inputs`)
 
 
 def ablate_model(prep: "Prepared", stats: dict, cfg: "RunConfig", index: int, progress, seed: bool = False) -> Ablated:
@@ -325,7 +326,7 @@ def ablate_model(prep: "Prepared", stats: dict, cfg: "RunConfig", index: int, pr
     if seed:
         baseline, heads = ablate_heads(bundle, windows, None, period, classes, rng,
                                        on_head=lambda: progress.advance(task), baseline_ci=baseline_ci)
-        return Ablated(baseline, heads, tuple(baseline_ci), None, None, rng)
+        return Ablated(baseline, heads, tuple(baseline_ci), None, None, rng, windows)
     means = head_means(bundle.model, windows)
     extra = {h.detector: h.query_positions(windows[:, :-1], torch.as_tensor(classes.lookup())[windows[:, :-1]],
                                            bundle.tokenizer.vocab).numpy()
@@ -334,7 +335,7 @@ def ablate_model(prep: "Prepared", stats: dict, cfg: "RunConfig", index: int, pr
                                    on_head=lambda: progress.advance(task), means=means, baseline_ci=baseline_ci,
                                    extra_masks=extra, second="mean")
     controls = measure_controls(prep, cfg, index, stats, rng, progress)
-    return Ablated(baseline, heads, tuple(baseline_ci), controls, means, rng)
+    return Ablated(baseline, heads, tuple(baseline_ci), controls, means, rng, windows)
 
 
 def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress,
@@ -345,9 +346,9 @@ def causal_evidence(a: "ModelAnalysis", cfg: "RunConfig", index: int, progress,
     prep, stats = a.prep, a.stats
     bundle, classes = prep.bundle, prep.classes
     T = bundle.config.max_context_len
-    windows, _, _ = ablation_inputs(prep.ids["heldout"], T, cfg)
     first = first or ablate_model(prep, a.stats, cfg, index, progress)
     baseline, heads, baseline_ci, means, rng = first.baseline, first.heads, first.baseline_ci, first.means, first.rng
+    windows = first.windows
     controls = finish_controls(first.controls, stats)
     # Generation with the strongest role heads removed.
     role_heads = []

@@ -79,7 +79,7 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
     """An extra seed's causal summary: every head resample-ablated on the run's ablation windows (`first`, from
     `ablation.ablate_model`, measured here if not given; no mean column, second-copy contrast, controls, generation
     or composition: its record keeps each head's Δ and CI), what its role heads write, and its record."""
-    from .ablation import ablate_model, ablation_inputs
+    from .ablation import ablate_model
     from .writes import head_writes
 
     prep = a.prep
@@ -89,7 +89,7 @@ def measure(a: "ModelAnalysis", cfg: "RunConfig", index: int, label: str, seed: 
     if cfg.ablation_windows:
         first = first or ablate_model(prep, a.stats, cfg, index, progress, seed=True)
         baseline, ablation, ci, rng = first.baseline, first.heads, first.baseline_ci or None, first.rng
-        windows, _, _ = ablation_inputs(prep.ids["heldout"], bundle.config.max_context_len, cfg)
+        windows = first.windows
         heads = sorted({(f.layer, f.head) for f in a.findings if f.primary})  # as for the drawn seed
         writes = head_writes(bundle.model, windows[:, :-1], prep.classes, heads, rng)
     else:
