@@ -186,10 +186,10 @@ def _indicators_from_max(attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return top, as_float(offset == torch.arange(MAX_OFFSET + 1).view(-1, *[1] * offset.dim()))
 
 
-def diagonals(attn: torch.Tensor) -> torch.Tensor:
-    """A[i, i - k] for k = 0..max(MAX_OFFSET, NEAR), zero where i < k: (K, B, L, H, T), one tensor."""
+def diagonals(attn: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    """A[i, i - k] for k = 0..`last` (default max(MAX_OFFSET, NEAR)), zero where i < k: (K, B, L, H, T), one tensor."""
     B, L, H, T, _ = attn.shape
-    out = attn.new_zeros(max(MAX_OFFSET, NEAR) + 1, B, L, H, T)
+    out = attn.new_zeros((max(MAX_OFFSET, NEAR) if last is None else last) + 1, B, L, H, T)
     for k in range(min(len(out), T)):
         out[k, ..., k:] = attn.diagonal(offset=-k, dim1=-2, dim2=-1)
     return out

@@ -34,14 +34,11 @@ class QueryChars:
 def by_offset(attn, skip: int):
     """Each valid query's attention mass in each offset bin, (B, L, H, T', K), from attention (B, L, H, T, S): the
     diagonals A[i, i - k] summed over each bin's offsets, the open last bin as the row's mass minus the others'."""
-    last = max(hi for _, hi in OFFSET_BINS if hi is not None)
-    T = attn.shape[-1]
-    diags = attn.new_zeros(last + 1, *attn.shape[:-1])  # (D, B, L, H, T): zero where i < k
-    for k in range(min(last + 1, T)):
-        diags[k, ..., k:] = attn.diagonal(offset=-k, dim1=-2, dim2=-1)
-    diags = diags[..., skip:]
     import torch
 
+    from .detectors import diagonals
+
+    diags = diagonals(attn, max(hi for _, hi in OFFSET_BINS if hi is not None))[..., skip:]  # (D, B, L, H, T')
     return torch.stack([diags[lo:hi + 1].sum(0) if hi is not None else attn[..., skip:, :].sum(-1) - diags[:lo].sum(0)
                         for lo, hi in OFFSET_BINS], -1)
 
