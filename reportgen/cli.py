@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import ReportgenError
 from .languages import LANGUAGE_CODES
+from .process import one_blas_thread, reuse_freed_memory
 from .progress import say
 from .taskcache import add_command as _add_cache_command
 
@@ -337,17 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_blas_thread() -> None:
-    """numpy's OpenBLAS (the bootstrap's matrix products) on one thread, unless the user chose a count: with a
-    thread per core its sums are split by the core count, so CIs would differ between machines in their last
-    bits (measured: 37 % of a bootstrap's resample means, 6e-16 relative), and a diff's two sides, analysed in
-    two processes, would each start a thread per core (its bootstrap ran 2x slower on 2 cores). The default run's
-    results.json is identical either way, and as fast (measured). Read when numpy loads."""
-    import os
-
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-
 def cli(args: list[str] | None = None) -> int:
     """Entry point; returns the exit status (tests call it directly). Every failure is one line on stderr."""
     parser = build_parser()
@@ -401,7 +391,8 @@ def main() -> None:
     """Console-script entry point."""
     import signal
 
-    _one_blas_thread()
+    one_blas_thread()  # before anything imports numpy
+    reuse_freed_memory()  # before the first large tensor
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         sys.exit(cli())

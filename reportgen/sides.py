@@ -6,7 +6,7 @@ a re-diff, or a diff that shares a side with an earlier one, reads it back in se
 checkpoints still to be analysed, they run as two jobs on the path the timeline's tasks take (`workers.run_jobs`:
 forked workers, on Linux with the CPU and two or more torch threads), each with half the threads (on 2 cores a diff
 of two shipped checkpoints took 12.9-13.4 s instead of 14.7-15.8 s one side after the other at two threads,
-measured alternately; numpy's OpenBLAS runs on one thread, see `cli._one_blas_thread`). The workers print nothing;
+measured alternately; numpy's OpenBLAS runs on one thread, see `process.one_blas_thread`). The workers print nothing;
 a side whose worker fails is analysed here afterwards, so a failure costs only time, and a real error is reported
 from this process in one line. Both ways give the same numbers: every per-window value is identical at one and at
 two torch threads, and the class matrices, sums over all windows, are summed in float64 so the thread count cannot

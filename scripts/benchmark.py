@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-if "--timeline" in sys.argv:  # numpy's OpenBLAS on one thread, as `reportgen` runs it (cli._one_blas_thread): two
+if "--timeline" in sys.argv:  # numpy's OpenBLAS on one thread, as `reportgen` runs it (process.one_blas_thread): two
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # workers' bootstraps would otherwise each spin a thread per core
 
 import numpy as np  # noqa: E402

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from reportgen.model import TransformerLM
+from reportgen.process import reuse_freed_memory
 from reportgen.tokenizer import CharTokenizer
+
+reuse_freed_memory()  # as a command does (`cli.main`): freed tensors' memory reused, not faulted in again
 
 TINY_TEXT = "the cat sat on the mat. the dog ran to the log!\nhello world, hello again.\n" * 4
 
