@@ -293,10 +293,12 @@ class FigureWriter:
         """File names of the queued figures, in job order (the same inputs and code always give the same name)."""
         return [f"{key[:16]}.png" for key in self.keys]
 
-    def run(self, cache: dict[str, str] | None = None, first: tuple[int, ...] = (), between=None) -> list[str]:
+    def run(self, cache: dict[str, str] | None = None, first: tuple[int, ...] = (), between=None,
+            meanwhile=None) -> list[str]:
         """Render every job not in `cache` (job key -> file name); return `names()`. Jobs `first` are rendered before
         the others, and `between()` is called in this process as soon as they are on disk, while the workers draw
-        the rest (the PDF needs a few figures, the pages all of them).
+        the rest (the PDF needs a few figures, the pages all of them). `meanwhile()` is called in this process once
+        the workers are started (all forked: it may import), before any figure is waited for.
 
         `cache` is updated in place, so a caller that keeps it skips unchanged figures next time.
         """
@@ -327,6 +329,8 @@ class FigureWriter:
                     drawn = pool.submit(_render_all, [self.jobs[k] for k in unit])
                     futures.update({k: (drawn, i) for i, k in enumerate(unit)})
                 get = lambda k: futures[k][0].result()[futures[k][1]]  # noqa: E731
+            if meanwhile is not None:
+                meanwhile()
             for k in todo:
                 if k not in early and between is not None:
                     between, call = None, between

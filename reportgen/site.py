@@ -222,17 +222,23 @@ def write_site(run: Run, inputs: list[FigureInputs], out: OutputFolder, figure_c
         scripts = {label: (out.path / name).read_text(encoding="utf-8") for label, name in (explorer or {}).items()
                    if (out.path / name).is_file()}
         fw, figs, pdf_figures = plan_figures(run, inputs, out.path / FIGURES, scripts)
-        html, pdf_html = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}), figs, pdf)
-        write_pages(html, out.path)  # the output folder is staged: nothing is published before every figure is drawn
+        pdf_html = []
+
+        def write_html() -> None:  # while the workers draw the PDF's figures (the pages only name them)
+            html, pdf_page = render(build_pages(run, figs, diff_link, *title, passages=explorer or {}), figs, pdf)
+            write_pages(html, out.path)  # the output folder is staged: nothing is published before every figure
+            pdf_html.append(pdf_page)
+            if pdf:
+                import weasyprint  # noqa: F401  (its import, ~1 s, off the PDF's own path)
 
         def write_report() -> None:  # while the workers draw the head pages' figures
             clock.lap("figures_and_pages")
             status.update("writing the PDF (and drawing the head pages' figures)")
-            write_pdf(pdf_html, out.path, out.path / "report.pdf")
+            write_pdf(pdf_html[0], out.path, out.path / "report.pdf")
             clock.lap("pdf")
             status.update("drawing the head pages' figures")
 
-        fw.run(figure_cache, first=pdf_figures, between=write_report if pdf else None)
+        fw.run(figure_cache, first=pdf_figures, between=write_report if pdf else None, meanwhile=write_html)
     used = {v for k, v in figs.items() if not (isinstance(k, tuple) and k[1:2] == ("panel_caption",))}
     for stale in (out.path / FIGURES).glob("*.png"):
         if f"{FIGURES}/{stale.name}" not in used:
