@@ -349,10 +349,10 @@ def _offset_profile(mean_attn: np.ndarray, max_offset: int = 32) -> np.ndarray:
                      for k in range(K)], axis=-1)
 
 
-def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
+def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None, meanwhile=None) -> Analysed:
     """Run the analysis for every model: capture and statistics, FDR over all models, causal stage, timeline.
     The models and seeds of each stage run side by side in worker processes where there are cores for it
-    (`workers.run_jobs`); the numbers are the same either way."""
+    (`workers.run_jobs`; `meanwhile` as there); the numbers are the same either way."""
     torch.manual_seed(cfg.seed)
     set_hypotheses(cfg.hypotheses)
     prepared = prepared if prepared is not None else [prepare(spec, cfg) for spec in cfg.models]
@@ -365,7 +365,8 @@ def analyze(cfg: RunConfig, prepared: list[Prepared] | None = None) -> Analysed:
         early = early_points(prepared, cfg, progress)  # the timeline's points need no roles: in the same pool
         more = early.jobs() if early else []
         finished = run_jobs(jobs + more, progress, workers(device, len(jobs) + len(more), cfg.workers), RETRIES,
-                            on_done=lambda j, x: early.done(j - len(jobs), x) if j >= len(jobs) else None)
+                            on_done=lambda j, x: early.done(j - len(jobs), x) if j >= len(jobs) else None,
+                            meanwhile=meanwhile)
         done = [replace(x, prep=p) for (x, _), (_, p, _) in zip(finished, preps)]
         ablated = [first for _, first in finished[:len(preps)]]
         for s in SPLITS:  # one BH family per split: every model, seed, layer, head and tested detector

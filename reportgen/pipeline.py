@@ -9,6 +9,7 @@ stored analysis and render again; anything else -> analyse again.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from pathlib import Path
@@ -162,7 +163,6 @@ def _build(cfg: RunConfig, analyze_only: bool, force: bool) -> Path:
         say(f"{cfg.out}: up to date (inputs unchanged); nothing to do")
         return cfg.out
     from .analyze import analyze, new_run, prepare  # heavy imports only when there is work to do
-    from .site import write_site
 
     stored = cache.stored_analysis()
     if stored is not None:
@@ -171,10 +171,13 @@ def _build(cfg: RunConfig, analyze_only: bool, force: bool) -> Path:
         stages = {}
     else:
         prepared = clock.lap("load", [prepare(spec, cfg) for spec in cfg.models])
-        analysed = clock.lap("analyze", analyze(cfg, prepared))
+        # the site's modules (matplotlib among them) are imported while the workers capture, off the serial path
+        analysed = clock.lap("analyze", analyze(cfg, prepared, lambda: importlib.import_module(".site", __package__)))
         run, windows, inputs = new_run(cfg, analysed.models), analysed.windows, analysed.figure_inputs
         stages = analysed.stages
         scripts = clock.lap("explorer_model", explorer_scripts(run, prepared))
+    from .site import write_site
+
     with OutputFolder.staged(cfg.out) as out:
         out.write_run(run)  # the pages are built from it as written (floats at 6 significant digits)
         out.write_windows(windows)

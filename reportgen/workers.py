@@ -69,21 +69,26 @@ def count(device: torch.device, jobs: int, limit: int | None = None) -> int:
 
 
 def run_jobs(jobs: list[Callable[[Any], Any]], progress, workers: int, retries: int = 0,
-             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+             on_done: Callable[[int, Any], None] | None = None,
+             meanwhile: Callable[[], None] | None = None) -> list[Any]:
     """Each job called with a progress object (`add_task`/`advance`); results in the jobs' order, each also handed
     to `on_done(index, result)` in this process as it arrives. With `workers` > 1 they run in forked workers and
     their results come back pickled (so a job returns plain data, not models). A job's exception is raised here; a
     worker that dies (killed, out of memory) breaks the pool, and the jobs without a result run again in a fresh
-    pool, up to `retries` times, before that is an error."""
+    pool, up to `retries` times, before that is an error. `meanwhile()` runs once in this process while the jobs
+    do, after every worker is forked (so it may import; e.g. what the next stage needs), else before them."""
     on_done = on_done or (lambda j, result: None)
     out: dict[int, Any] = {}
     if workers <= 1:
+        if meanwhile is not None:
+            meanwhile()
         for j, job in enumerate(jobs):
             out[j] = job(progress)
             on_done(j, out[j])
         return list(out.values())
     for attempt in range(retries + 1):
-        lost = _attempt(jobs, [j for j in range(len(jobs)) if j not in out], progress, workers, out, on_done)
+        lost = _attempt(jobs, [j for j in range(len(jobs)) if j not in out], progress, workers, out, on_done,
+                        meanwhile if attempt == 0 else None)
         if not lost:
             return [out[j] for j in range(len(jobs))]
     raise ReportgenError(f"a worker process died (killed, or out of memory) {retries + 1} time(s); {len(lost)} "
@@ -91,7 +96,7 @@ def run_jobs(jobs: list[Callable[[Any], Any]], progress, workers: int, retries: 
 
 
 def _attempt(jobs: list[Callable[[Any], Any]], todo: list[int], progress, workers: int, out: dict[int, Any],
-             on_done: Callable[[int, Any], None]) -> list[int]:
+             on_done: Callable[[int, Any], None], meanwhile: Callable[[], None] | None = None) -> list[int]:
     """Run jobs `todo` in a pool of forked workers, results into `out`; the jobs lost to a dead worker."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -115,8 +120,11 @@ def _attempt(jobs: list[Callable[[Any], Any]], todo: list[int], progress, worker
     threads = max(1, torch.get_num_threads() // workers)
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_start,
                                initargs=(os.getpid(), threads))
+    clean = False  # every worker exited by itself: none can have died holding the queue's write lock
     try:
-        futures = {pool.submit(_run, j): j for j in todo}
+        futures = {pool.submit(_run, j): j for j in todo}  # the first submit forks every worker (fork context)
+        if meanwhile is not None:
+            meanwhile()
         lost = []
         for f in as_completed(futures):  # a broken pool fails every job it had not finished
             error = f.exception()
@@ -128,13 +136,16 @@ def _attempt(jobs: list[Callable[[Any], Any]], todo: list[int], progress, worker
                 out[futures[f]] = f.result()
                 on_done(futures[f], out[futures[f]])
         pool.shutdown(wait=True)  # the workers exit, their last progress messages sent
+        clean = not lost
         return sorted(lost)
     finally:
         for process in list((getattr(pool, "_processes", None) or {}).values()):  # a job failed: stop the rest
             if process.is_alive():
                 process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
+        if not clean:  # a worker killed (by us, or the system) while sending progress holds the queue's lock for
+            queue.cancel_join_thread()  # good, maybe mid-message: the stop below may never arrive; exit must not wait
         queue.put(None)
-        listener.join()
+        listener.join(None if clean else 5.0)  # else its bars may stay short; the run is failing or retrying anyway
         _QUEUE = None
         _JOBS.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -199,6 +200,38 @@ def test_models_analysed_side_by_side_in_workers_give_the_numbers_analysed_in_tu
     assert used == [1, 1, 2, 2]  # both stages of each run
     assert len(docs[0]["models"]) == 2 and len(docs[0]["models"][0]["seeds"]) == 2
     assert _close(docs[0], docs[1]) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers run on Linux only")
+def test_a_failing_job_is_reported_even_when_a_stopped_worker_held_the_progress_queue():
+    """When a job fails the other workers are stopped; one stopped while sending a progress message holds the
+    queue's write lock for good, and the relay's stop message could never be sent: the run hung instead of
+    printing the error (seen once in this suite). The error must come back within seconds."""
+    import subprocess
+
+    code = """
+import time
+from functools import partial
+from reportgen import workers
+from reportgen.errors import ReportgenError
+from reportgen.progress import make_progress
+
+def hold(progress):  # as if stopped mid-message: the queue's write lock taken, never given back
+    workers._QUEUE._wlock.acquire()
+    time.sleep(600)
+
+def bad(progress):
+    time.sleep(1)
+    raise ReportgenError("x.pt: broken")
+
+with make_progress() as progress:
+    try:
+        workers.run_jobs([hold, bad], progress, 2)
+    except ReportgenError as e:
+        print("error:", e)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "error: x.pt: broken" in done.stdout, done.stderr[-2000:]
 
 
 def test_run_jobs_relays_progress_and_keeps_order():
