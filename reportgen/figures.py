@@ -298,7 +298,8 @@ class FigureWriter:
         """Render every job not in `cache` (job key -> file name); return `names()`. Jobs `first` are rendered before
         the others, and `between()` is called in this process as soon as they are on disk, while the workers draw
         the rest (the PDF needs a few figures, the pages all of them). `meanwhile()` is called in this process once
-        the workers are started (all forked: it may import), before any figure is waited for.
+        the workers are started (all forked: it may import), before any figure is waited for; with no workers,
+        before the figures are drawn here.
 
         `cache` is updated in place, so a caller that keeps it skips unchanged figures next time.
         """
